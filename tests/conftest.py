@@ -1,0 +1,108 @@
+"""Shared fixtures: paths into ../shared (CI has it beside the clone) and small real models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HYENA_SHARED", ROOT.parent / "shared"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"missing shared resource {path}: set HYENA_SHARED to the shared/ directory")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return _need(SHARED)
+
+
+@pytest.fixture(scope="session")
+def pythia_dir(shared) -> Path:
+    return _need(shared / "models" / "pythia-70m")
+
+
+@pytest.fixture(scope="session")
+def smollm_gguf(shared) -> Path:
+    return _need(shared / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def owt_jsonl(shared) -> Path:
+    return _need(shared / "data" / "openwebtext" / "owt_val_1000docs.jsonl")
+
+
+@pytest.fixture(scope="session")
+def wikitext_raw(shared) -> Path:
+    return _need(shared / "data" / "wikitext-2-raw" / "wiki.test.raw")
+
+
+@pytest.fixture(scope="session")
+def pythia_tokenizer(pythia_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(pythia_dir))
+
+
+@pytest.fixture(scope="session")
+def smollm_teacher(smollm_gguf):
+    """The real SmolLM2-135M teacher (fp32), loaded once per session (~20 s)."""
+    from hyena.teachers import load_teacher
+
+    return load_teacher(str(smollm_gguf))
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer(smollm_gguf):
+    from hyena.teachers import load_tokenizer
+
+    return load_tokenizer(str(smollm_gguf))
+
+
+def tiny_neox_config(vocab_size: int = 50304, layers: int = 2, d: int = 64, heads: int = 4):
+    """A GPT-NeoX config shaped like Pythia (parallel residual, 25% rotary), but tiny."""
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=vocab_size, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * d, rotary_pct=0.25, use_parallel_residual=True,
+        max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def tiny_llama_config(vocab_size: int = 49152, layers: int = 2, d: int = 64, heads: int = 4, kv_heads: int = 2):
+    """A Llama config shaped like SmolLM2 (GQA, RMSNorm, tied embeddings), but tiny."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, intermediate_size=3 * d, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+    )
+
+
+@pytest.fixture
+def tiny_neox():
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_neox_config()).eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_llama_config()).eval()
