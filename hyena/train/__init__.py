@@ -1,0 +1,1 @@
+"""Trainers: the LR schedule, data-parallel plumbing, layer distillation and LM training."""
