@@ -1,0 +1,71 @@
+"""PNG plots of the evaluation results (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hyena.evaluate.report import DATASET_LABEL, ppl_value  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_ppl(results: dict, path: str | Path) -> None:
+    """Grouped bars: perplexity (log scale) per dataset, one bar per model; n/a bars are left out."""
+    s, models = results["settings"], results["models"]
+    datasets = s.get("datasets", ["wikitext", "owt"])
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(datasets) * max(1, len(models)) / 2, 4))
+    width = 0.8 / max(1, len(models))
+    for i, (name, m) in enumerate(models.items()):
+        xs, ys = [], []
+        for j, ds in enumerate(datasets):
+            v = ppl_value(m, ds, s["context"])
+            if v is not None:
+                xs.append(j + (i - (len(models) - 1) / 2) * width)
+                ys.append(v)
+        bars = ax.bar(xs, ys, width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(datasets)), [DATASET_LABEL.get(d, d) for d in datasets])
+    ax.set_yscale("log")
+    ax.set_ylabel(f"token perplexity (context {s['context']})")
+    ax.set_title("Perplexity per model")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_ppl_vs_context(results: dict, path: str | Path) -> None:
+    """Perplexity against context length per model, one panel per dataset; the teacher's trained
+    length is a dashed line."""
+    s, models = results["settings"], results["models"]
+    datasets = s.get("long_context_datasets") or s.get("datasets", [])
+    contexts = sorted({s["context"], *s.get("long_contexts", [])})
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(5 * max(1, len(datasets)), 4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=False):
+        for name, m in models.items():
+            pts = [(c, ppl_value(m, ds, c)) for c in contexts]
+            pts = [(c, v) for c, v in pts if v is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+        teacher_len = (models.get("teacher") or {}).get("max_positions")
+        if teacher_len:
+            ax.axvline(teacher_len, ls="--", c="grey", lw=1, label="teacher max positions")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(contexts, [str(c) for c in contexts])
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel("token perplexity")
+        ax.set_title(DATASET_LABEL.get(ds, ds))
+        ax.legend(fontsize=8)
+    _save(fig, path)
