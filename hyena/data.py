@@ -1,0 +1,440 @@
+"""Token data: read a corpus, tokenise it with the teacher's tokenizer, split by document, pack.
+
+Layout written by `build_token_dataset` (one directory, written atomically):
+
+    train.npy, val.npy                 int32 (n_sequences, context): packed token rows
+    train_documents.npy, val_documents.npy
+                                       int64: source document indices in packing order
+    manifest.json                      counts, tokenizer identity, source, params, file hashes,
+                                       and `content_hash` (sha256 of the rest of the manifest)
+
+Splitting and packing: the N non-empty documents are permuted with `numpy.random.default_rng(seed)`;
+the first n_val = max(min_val_documents, round(val_fraction * N)) documents of the permutation are
+the validation split, the rest training. Each split's documents, in permutation order, are
+tokenised (no special tokens), followed by one EOS token each, concatenated into one stream
+t_0 t_1 ... t_{T-1}, and cut into rows of `context` tokens: row r = t[r*C : (r+1)*C] for
+r < floor(T / C). The ragged tail of T mod C tokens is dropped (reported in the manifest).
+A split therefore never shares a document with the other, while a row may span documents.
+
+Plain-text files (`.txt`, `.raw`): `txt_split="auto"` starts a new document at every WikiText
+top-level heading line (` = Title = `) when the file has such lines, and otherwise treats the
+whole file as one document; "file", "wikitext" and "blank_lines" force one rule.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hyena.io import atomic_dir, file_sha256
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+FORMAT = "hyena-tokens/1"
+JSONL_SUFFIXES = (".jsonl",)
+TEXT_SUFFIXES = (".txt", ".raw", ".text")
+PARQUET_SUFFIXES = (".parquet",)
+LOCAL_SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES
+TXT_SPLITS = ("auto", "file", "wikitext", "blank_lines")
+WIKITEXT_HEADING = re.compile(r"^ = [^=].* = $")  # level-1 heading; ' = = Sub = = ' is level 2
+
+
+class CorpusError(ValueError):
+    """Bad corpus or tokenize params; the message names the file/param and the fix."""
+
+
+@dataclass
+class TokenizeParams:
+    corpus: str = "../shared/data/openwebtext/owt_val_1000docs.jsonl"  # HF dataset id, file, dir or glob
+    text_field: str = "text"  # jsonl/parquet/HF field holding each document's text
+    hf_split: str = "train"  # HF dataset split to stream (HF ids only)
+    hf_config: str | None = None  # HF dataset config name (HF ids only)
+    max_documents: int | None = None  # read at most this many documents (None: all)
+    txt_split: str = "auto"  # .txt/.raw documents: auto | file | wikitext | blank_lines
+    context: int = 1024  # tokens per packed sequence
+    val_fraction: float = 0.001  # fraction of documents held out (paper: 0.1%)
+    min_val_documents: int = 1  # at least this many validation documents
+    seed: int = 0  # seed of the document shuffle that decides the split and packing order
+    eos_token: str | None = None  # separator token appended after each document (None: tokenizer's EOS)
+    batch_size: int = 256  # documents per batched tokenizer call
+
+    def validate(self) -> None:
+        if self.context < 2:
+            raise CorpusError(f"tokenize.context must be >= 2, got {self.context}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise CorpusError(f"tokenize.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.min_val_documents < 0:
+            raise CorpusError(f"tokenize.min_val_documents must be >= 0, got {self.min_val_documents}")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise CorpusError(f"tokenize.max_documents must be >= 1 or null, got {self.max_documents}")
+        if self.txt_split not in TXT_SPLITS:
+            raise CorpusError(f"tokenize.txt_split must be one of {', '.join(TXT_SPLITS)}, got {self.txt_split!r}")
+        if self.batch_size < 1:
+            raise CorpusError(f"tokenize.batch_size must be >= 1, got {self.batch_size}")
+
+
+# ----------------------------------------------------------------------------- corpus reading
+
+
+def resolve_corpus(corpus: str) -> list[Path] | None:
+    """The local files a corpus spec names (sorted), or None when it is a Hugging Face dataset id.
+
+    A spec is local when it contains glob characters, exists on disk, starts like a path
+    ('/', '.', '~') or ends in a known suffix; anything else (e.g. 'Skylion007/openwebtext')
+    is a hub id.
+    """
+    spec = str(corpus)
+    if any(c in spec for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not files:
+            raise CorpusError(f"corpus glob {spec!r} matched no files: fix tokenize.corpus")
+        return files
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_SUFFIXES)
+        if not files:
+            raise CorpusError(f"corpus directory {spec} holds no {'/'.join(LOCAL_SUFFIXES)} files: fix tokenize.corpus")
+        return files
+    if path.is_file():
+        return [path]
+    if spec.startswith(("/", ".", "~")) or path.suffix in LOCAL_SUFFIXES or spec.count("/") > 1:
+        raise CorpusError(f"corpus file not found: {spec} (fix tokenize.corpus)")
+    return None
+
+
+def _decode(raw: bytes, path: Path, line: int | None = None) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        where = f"line {line}, " if line is not None else ""
+        raise CorpusError(
+            f"{path}: undecodable bytes ({where}byte {err.start}): not UTF-8; "
+            "re-encode the corpus as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            line = _decode(raw, path, n).strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CorpusError(f"{path} line {n}: invalid JSON ({err.msg}); fix or remove the line") from None
+            if not isinstance(record, dict) or field not in record:
+                keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+                raise CorpusError(
+                    f"{path} line {n}: no {field!r} field (has: {keys}); set tokenize.text_field to the text field"
+                )
+            text = record[field]
+            if not isinstance(text, str):
+                raise CorpusError(f"{path} line {n}: field {field!r} is {type(text).__name__}, not text; fix tokenize.text_field")
+            yield text
+
+
+def split_text_documents(text: str, mode: str = "auto") -> list[str]:
+    """Documents of one plain-text file under `mode` (see the module docstring)."""
+    lines = text.split("\n")
+    if mode == "auto":
+        mode = "wikitext" if any(WIKITEXT_HEADING.match(line) for line in lines) else "file"
+    if mode == "file":
+        return [text]
+    if mode == "blank_lines":
+        return [d for d in re.split(r"\n\s*\n", text)]
+    docs: list[list[str]] = [[]]
+    for line in lines:
+        if WIKITEXT_HEADING.match(line) and any(s.strip() for s in docs[-1]):
+            docs.append([])
+        docs[-1].append(line)
+    return ["\n".join(d) for d in docs]
+
+
+def _text_documents(path: Path, mode: str) -> Iterator[str]:
+    yield from split_text_documents(_decode(path.read_bytes(), path), mode)
+
+
+def _parquet_documents(path: Path, field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    if field not in pf.schema_arrow.names:
+        raise CorpusError(
+            f"{path}: no {field!r} column (has: {', '.join(pf.schema_arrow.names)}); set tokenize.text_field"
+        )
+    for batch in pf.iter_batches(columns=[field], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if text is not None and not isinstance(text, str):
+                raise CorpusError(f"{path}: column {field!r} holds {type(text).__name__}, not text; fix tokenize.text_field")
+            yield text or ""
+
+
+def _hf_documents(p: TokenizeParams) -> Iterator[str]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(p.corpus, p.hf_config, split=p.hf_split, streaming=True)
+        for record in ds:
+            if p.text_field not in record:
+                raise CorpusError(
+                    f"HF dataset {p.corpus}: no {p.text_field!r} field (has: {', '.join(record)}); set tokenize.text_field"
+                )
+            yield record[p.text_field]
+    except CorpusError:
+        raise
+    except Exception as err:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot read it"
+        raise CorpusError(
+            f"could not stream HF dataset {p.corpus!r} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "check tokenize.corpus/hf_split/hf_config, or pass a local .jsonl/.txt/.parquet file"
+        ) from None
+
+
+def iter_documents(p: TokenizeParams) -> Iterator[str]:
+    """Every document of the corpus in source order (files sorted by path), up to max_documents.
+
+    Empty (whitespace-only) documents are yielded too; the caller skips and counts them.
+    """
+    files = resolve_corpus(p.corpus)
+    if files is None:
+        stream: Iterable[str] = _hf_documents(p)
+    else:
+        stream = (doc for f in files for doc in _file_documents(f, p))
+    for n, doc in enumerate(stream):
+        if p.max_documents is not None and n >= p.max_documents:
+            return
+        yield doc
+
+
+def _file_documents(path: Path, p: TokenizeParams) -> Iterator[str]:
+    if path.suffix in JSONL_SUFFIXES:
+        return _jsonl_documents(path, p.text_field)
+    if path.suffix in PARQUET_SUFFIXES:
+        return _parquet_documents(path, p.text_field)
+    if path.suffix in TEXT_SUFFIXES:
+        return _text_documents(path, p.txt_split)
+    raise CorpusError(f"{path}: unsupported corpus file type {path.suffix!r}; use {'/'.join(LOCAL_SUFFIXES)}")
+
+
+# ----------------------------------------------------------------------------- tokenising
+
+
+def tokenizer_identity(tokenizer, source: str, eos_id: int) -> dict:
+    """What identifies a tokenizer: class, path, vocab size, EOS, and a hash of the whole vocab."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    vocab_hash = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+    return {
+        "teacher_source": source,
+        "name_or_path": str(tokenizer.name_or_path),
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "eos_token": tokenizer.convert_ids_to_tokens(eos_id),
+        "eos_id": int(eos_id),
+        "vocab_sha256": vocab_hash,
+    }
+
+
+def resolve_eos_id(tokenizer, eos_token: str | None) -> int:
+    if eos_token is None:
+        if tokenizer.eos_token_id is None:
+            raise CorpusError("the teacher tokenizer has no EOS token: set tokenize.eos_token to a separator token")
+        return int(tokenizer.eos_token_id)
+    eos_id = tokenizer.convert_tokens_to_ids(eos_token)
+    if eos_id is None or (eos_id == tokenizer.unk_token_id and eos_token != tokenizer.unk_token):
+        raise CorpusError(f"tokenize.eos_token {eos_token!r} is not in the teacher's vocabulary; fix it or set null")
+    return int(eos_id)
+
+
+def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def tokenize_documents(tokenizer, documents: Iterable[str], eos_id: int, batch_size: int = 256):
+    """Tokenise non-empty documents in batched calls; EOS appended to each.
+
+    Returns (tokens (T,) int32, offsets (N+1,) int64, n_skipped_empty): document i is
+    tokens[offsets[i]:offsets[i+1]] and ends with eos_id.
+    """
+    from transformers.utils import logging as hf_logging
+
+    chunks: list[np.ndarray] = []
+    lengths: list[int] = []
+    skipped = 0
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # silences "sequence longer than model max length": we pack anyway
+    try:
+        bar = tqdm(desc="tokenize", unit="doc")
+        for batch in _batches(documents, batch_size):
+            texts = [t for t in batch if t.strip()]
+            skipped += len(batch) - len(texts)
+            if texts:
+                ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+                for seq in ids:
+                    chunks.append(np.asarray([*seq, eos_id], dtype=np.int32))
+                    lengths.append(len(seq) + 1)
+            bar.update(len(batch))
+        bar.close()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return tokens, offsets, skipped
+
+
+def split_documents(n_docs: int, val_fraction: float, min_val_documents: int, seed: int):
+    """(train_docs, val_docs): disjoint index arrays in seeded-shuffle order covering range(n_docs)."""
+    order = np.random.default_rng(seed).permutation(n_docs)
+    n_val = max(min_val_documents, int(round(val_fraction * n_docs)))
+    if n_val >= n_docs:
+        raise CorpusError(
+            f"the validation split would take {n_val} of {n_docs} documents, leaving none for training: "
+            "lower tokenize.val_fraction / min_val_documents or use a larger corpus"
+        )
+    return order[n_val:].astype(np.int64), order[:n_val].astype(np.int64)
+
+
+def pack_documents(tokens: np.ndarray, offsets: np.ndarray, docs: np.ndarray, context: int):
+    """Rows (n, context) int32 of the concatenated documents `docs`; and the dropped tail length."""
+    pieces = [tokens[offsets[i] : offsets[i + 1]] for i in docs]
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)  # (T,)
+    n_rows = len(stream) // context
+    return stream[: n_rows * context].reshape(n_rows, context), len(stream) - n_rows * context
+
+
+# ----------------------------------------------------------------------------- the dataset
+
+
+def teacher_max_positions(source: str) -> int | None:
+    """The teacher's maximum positions from its config (GGUF metadata read directly: fast)."""
+    if source.endswith(".gguf"):
+        from gguf import GGUFReader
+
+        reader = GGUFReader(source)
+
+        def field(key):
+            f = reader.fields.get(key)
+            return None if f is None else f.contents()
+
+        arch = field("general.architecture")
+        value = field(f"{arch}.context_length") if arch else None
+        return int(value) if value is not None else None
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return None
+
+
+def _source_record(p: TokenizeParams) -> dict:
+    files = resolve_corpus(p.corpus)
+    if files is None:
+        return {"kind": "huggingface", "dataset": p.corpus, "split": p.hf_split, "config": p.hf_config}
+    return {
+        "kind": "local",
+        "spec": p.corpus,
+        "files": [{"path": str(f), "bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in files],
+    }
+
+
+def content_hash(manifest: dict) -> str:
+    """sha256 of the canonical JSON of a manifest without its own `content_hash` field."""
+    body = {k: v for k, v in manifest.items() if k != "content_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def build_token_dataset(p: TokenizeParams, tokenizer, teacher_source: str, out_dir: str | Path,
+                        max_positions: int | None = None) -> dict:
+    """Tokenise, split, pack and write the token dataset to `out_dir` atomically; returns the manifest."""
+    p.validate()
+    if max_positions is not None and p.context > max_positions:
+        raise CorpusError(
+            f"tokenize.context {p.context} exceeds the teacher's maximum positions {max_positions} "
+            f"({teacher_source}): lower tokenize.context"
+        )
+    source = _source_record(p)  # also fails early on a missing corpus
+    eos_id = resolve_eos_id(tokenizer, p.eos_token)
+    tokens, offsets, skipped = tokenize_documents(tokenizer, iter_documents(p), eos_id, p.batch_size)
+    n_docs = len(offsets) - 1
+    if n_docs == 0:
+        raise CorpusError(f"corpus {p.corpus} holds no non-empty documents: fix tokenize.corpus")
+    train_docs, val_docs = split_documents(n_docs, p.val_fraction, p.min_val_documents, p.seed)
+    manifest: dict = {
+        "format": FORMAT,
+        "source": source,
+        "tokenizer": tokenizer_identity(tokenizer, teacher_source, eos_id),
+        "params": asdict(p),
+        "documents": {"read": n_docs + skipped, "skipped_empty": skipped, "used": n_docs},
+        "packing": (
+            "documents in seeded-shuffle order, EOS appended after each, concatenated and cut into "
+            "rows of `context` tokens; the ragged tail of each split is dropped"
+        ),
+        "splits": {},
+    }
+    with atomic_dir(out_dir) as tmp:
+        for split, docs in (("train", train_docs), ("val", val_docs)):
+            rows, dropped = pack_documents(tokens, offsets, docs, p.context)
+            if split == "train" and len(rows) == 0:
+                raise CorpusError(
+                    f"the training split has {dropped} tokens, fewer than tokenize.context {p.context}: "
+                    "use a larger corpus or a smaller context"
+                )
+            np.save(tmp / f"{split}.npy", rows)
+            np.save(tmp / f"{split}_documents.npy", docs)
+            manifest["splits"][split] = {
+                "file": f"{split}.npy",
+                "documents_file": f"{split}_documents.npy",
+                "shape": list(rows.shape),
+                "dtype": "int32",
+                "documents": int(len(docs)),
+                "tokens": int(offsets[docs + 1].sum() - offsets[docs].sum()),
+                "sequences": int(rows.shape[0]),
+                "packed_tokens": int(rows.size),
+                "dropped_tail_tokens": int(dropped),
+                "sha256": file_sha256(tmp / f"{split}.npy"),
+                "documents_sha256": file_sha256(tmp / f"{split}_documents.npy"),
+            }
+        manifest["content_hash"] = content_hash(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def load_manifest(tokens_dir: str | Path) -> dict:
+    path = Path(tokens_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"token manifest not found: {path} (run the tokenize stage first)")
+    return json.loads(path.read_text())
+
+
+def load_tokens(tokens_dir: str | Path, split: str) -> np.ndarray:
+    """The packed token rows of one split, memory-mapped: int32 (n_sequences, context)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    path = Path(tokens_dir) / f"{split}.npy"
+    if not path.is_file():
+        raise FileNotFoundError(f"token file not found: {path} (run the tokenize stage first)")
+    return np.load(path, mmap_mode="r")
+
+
+__all__ = [
+    "CorpusError", "TokenizeParams", "build_token_dataset", "load_tokens", "load_manifest",
+    "iter_documents", "resolve_corpus", "split_text_documents", "tokenize_documents",
+    "split_documents", "pack_documents", "teacher_max_positions", "content_hash",
+]
