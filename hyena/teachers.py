@@ -56,8 +56,97 @@ def get_adapter(model_or_config) -> TeacherAdapter:
     return ADAPTERS[model_type]
 
 
+@dataclass
+class AttentionProjections:
+    """An attention block's projections at full model width: q, k, v: (d, d) weights with (d,)
+    biases (None when absent), mapping the normed input to per-head queries/keys/values laid
+    out head after head; o: the output projection (d, d). Keys and values of grouped-query
+    attention are repeated per group exactly as attention broadcasts them."""
+
+    q_weight: torch.Tensor
+    k_weight: torch.Tensor
+    v_weight: torch.Tensor
+    o_weight: torch.Tensor
+    q_bias: torch.Tensor | None = None
+    k_bias: torch.Tensor | None = None
+    v_bias: torch.Tensor | None = None
+    o_bias: torch.Tensor | None = None
+
+
+def _bias(linear: nn.Linear) -> torch.Tensor | None:
+    return None if linear.bias is None else linear.bias.detach()
+
+
+def _neox_projections(attn: nn.Module, config) -> AttentionProjections:
+    """GPT-NeoX fuses Q/K/V into one Linear whose output rows are interleaved per head:
+    [q_h0 | k_h0 | v_h0 | q_h1 | k_h1 | v_h1 | ...] (the forward views them as (heads, 3*hs) and
+    chunks the last axis). De-interleave: rows (heads, 3, hs) -> pick slot 0/1/2."""
+    heads = config.num_attention_heads
+    d = config.hidden_size
+    hs = d // heads
+    w = attn.query_key_value.weight.detach().view(heads, 3, hs, -1)  # (heads, 3, hs, d_in)
+    b = attn.query_key_value.bias
+    b = None if b is None else b.detach().view(heads, 3, hs)
+    part = [w[:, j].reshape(heads * hs, -1) for j in range(3)]
+    bias = [None if b is None else b[:, j].reshape(heads * hs) for j in range(3)]
+    return AttentionProjections(*part, attn.dense.weight.detach(), *bias, _bias(attn.dense))
+
+
+def _llama_projections(attn: nn.Module, config) -> AttentionProjections:
+    """Llama: separate q/k/v/o. With grouped-query attention, kv head j serves query heads
+    j*g .. j*g+g-1 (`repeat_kv`), so K/V rows are repeated per head with repeat_interleave."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    if heads * head_dim != config.hidden_size:
+        raise ValueError(
+            f"teacher attention width {heads}x{head_dim} != hidden_size {config.hidden_size}: "
+            "its Q/K/V cannot seed a Hyena of the model width; use init=random"
+        )
+    groups = heads // kv_heads
+
+    def widen(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        t = t.detach()
+        return t.view(kv_heads, head_dim, *t.shape[1:]).repeat_interleave(groups, dim=0).reshape(
+            heads * head_dim, *t.shape[1:]
+        )
+
+    return AttentionProjections(
+        attn.q_proj.weight.detach(), widen(attn.k_proj.weight), widen(attn.v_proj.weight),
+        attn.o_proj.weight.detach(), _bias(attn.q_proj), widen(attn.k_proj.bias),
+        widen(attn.v_proj.bias), _bias(attn.o_proj),
+    )
+
+
+_PROJECTIONS = {"gpt_neox": _neox_projections, "llama": _llama_projections}
+
+
+def attention_projections(attention: nn.Module, config) -> AttentionProjections:
+    """The Q/K/V/O projections of one teacher attention block, at full width (see the class)."""
+    return _PROJECTIONS[get_adapter(config).family](attention, config)
+
+
 def _is_gguf(path: str) -> bool:
     return path.endswith(".gguf")
+
+
+def _looks_like_path(source: str) -> bool:
+    """Hub ids are "name" or "org/name"; anything else (absolute, ./, ../, ~, deeper) is a path."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def _split_source(source: str) -> tuple[str, dict]:
+    """(directory or hub id, extra kwargs for from_pretrained) for a hub id, directory or .gguf."""
+    if _is_gguf(source):
+        p = Path(source).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"teacher GGUF file not found: {source} (fix the teacher path)")
+        return str(p.parent), {"gguf_file": p.name}
+    if _looks_like_path(source) and not Path(source).expanduser().exists():
+        raise FileNotFoundError(f"teacher directory not found: {source} (fix the teacher path)")
+    return source, {}
 
 
 def _offline_hint(source: str, err: Exception) -> RuntimeError:
@@ -71,15 +160,11 @@ def load_tokenizer(source: str):
     """Tokenizer for a hub id, a local directory or a local .gguf file."""
     from transformers import AutoTokenizer
 
-    if _is_gguf(source):
-        p = Path(source)
-        if not p.is_file():
-            raise FileNotFoundError(f"teacher GGUF file not found: {source}")
-        return AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    where, kwargs = _split_source(source)
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
-        if Path(source).exists():
+        if Path(where).exists():
             raise
         raise _offline_hint(source, err) from err
 
@@ -87,28 +172,24 @@ def load_tokenizer(source: str):
 def load_teacher(source: str, dtype: torch.dtype = torch.float32, config_only: bool = False):
     """Load a causal LM teacher (eval mode, no grad) from a hub id, a directory or a .gguf file.
 
-    `config_only=True` builds the architecture from its config with random weights: useful for
-    configs whose weights are not available (Pythia-70M offline) and for tests.
+    The architecture is checked against the supported adapters from the config, before any
+    weights are fetched. `config_only=True` builds the architecture with random weights: useful
+    for configs whose weights are not available (Pythia-70M offline) and for tests.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if _is_gguf(source):
-        p = Path(source)
-        if not p.is_file():
-            raise FileNotFoundError(f"teacher GGUF file not found: {source}")
-        kwargs = {"gguf_file": p.name}
-        source_dir = str(p.parent)
-    else:
-        kwargs, source_dir = {}, source
+    where, kwargs = _split_source(source)
     try:
-        if config_only:
-            config = AutoConfig.from_pretrained(source_dir, **kwargs)
+        # a GGUF's config costs as much as its weights (~15 s), so check it after loading
+        config = None if (kwargs and not config_only) else AutoConfig.from_pretrained(where, **kwargs)
+        if config is not None:
             get_adapter(config)
+        if config_only:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=dtype, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
-        if Path(source_dir).exists():
+        if Path(where).exists() or str(err).startswith("unsupported teacher architecture"):
             raise
         raise _offline_hint(source, err) from err
     get_adapter(model)

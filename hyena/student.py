@@ -1,0 +1,367 @@
+"""The student: the teacher's network with every attention block replaced by a Hyena operator.
+
+`HyenaStudentForCausalLM` wraps the teacher's own architecture (rebuilt from its config, so
+norms, MLPs, residual wiring and the LM head are exactly the teacher's code) and swaps each
+layer's attention for a `HyenaMixer`. It is a regular `transformers` model: `save_pretrained`
+writes safetensors plus a config recording the teacher and the Hyena settings, and after
+`register()` (done at import) `AutoConfig` / `AutoModelForCausalLM` load it without
+`trust_remote_code`.
+
+Generation runs WITHOUT a key/value cache: every step re-runs the full sequence. A stateless
+long convolution fed one new token at a time would silently compute y_t from that token alone;
+the recurrent (Laughing Hyena) cache belongs in `prepare_inputs_for_generation` below.
+
+`build_student(teacher, hyena_cfg, init)` copies every non-attention weight from the teacher.
+With init="teacher_attention" the Hyena projections start from the attention's (see
+`init_mixer_from_attention` for the mapping).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers import initialization as hf_init
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, Sin
+from hyena.teachers import TeacherAdapter, get_adapter
+
+INITS = ("random", "teacher_attention")
+
+
+class HyenaMixer(HyenaOperator):
+    """A HyenaOperator that accepts the Hugging Face attention call and returns `(y, None)`.
+
+    Positions (rotary cos/sin), attention masks and KV caches that the decoder layer passes are
+    ignored: the implicit long filter encodes position by itself, and causality is built into the
+    convolution. Right padding is therefore harmless (outputs at real tokens never see later
+    positions); left padding is not supported (pads would leak into the convolution).
+    """
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+        return super().forward(hidden_states), None  # (B, L, d), no attention weights
+
+    @torch.no_grad()
+    def reset_hyena_parameters(self) -> None:
+        """The reference Hyena initialisation: PyTorch defaults for the projections, the short
+        conv and the filter FFN, N(0, 1) pass-through biases, sine frequency `cfg.sine_freq`.
+
+        Uses the torch.nn.init primitives, so inside `PreTrainedModel.initialize_weights` (which
+        guards them) parameters already loaded from a checkpoint are left untouched."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d)):
+                module.reset_parameters()
+            elif isinstance(module, Sin):
+                hf_init.constant_(module.freq, self.cfg.sine_freq)
+            elif isinstance(module, HyenaFilter):
+                hf_init.normal_(module.bias, 0.0, 1.0)
+
+
+class HyenaStudentConfig(PretrainedConfig):
+    """Config of a Hyena student. The teacher's architecture is kept verbatim as a dict.
+
+    Top-level copies of a few teacher fields (vocab_size, hidden_size, ...) are what generation,
+    lm-eval and the Auto classes look for; `max_position_embeddings` is the Hyena `max_len`,
+    the longest sequence the student accepts.
+    """
+
+    model_type = "hyena_student"
+
+    teacher_config: dict | None = None  # the teacher's config.to_dict(), including model_type
+    teacher_source: str = ""  # where the teacher came from (hub id, directory or .gguf path)
+    hyena: dict | None = None  # HyenaConfig.to_dict() of every mixer
+    init: str = "random"  # how the mixers were initialised: "random" | "teacher_attention"
+    vocab_size: int | None = None
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    max_position_embeddings: int | None = None
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    use_cache: bool = False  # no KV cache: generation re-runs the full sequence
+
+    def __post_init__(self, **kwargs):
+        if self.init not in INITS:
+            raise ValueError(f"student init must be one of {', '.join(INITS)} (got {self.init!r})")
+        if self.teacher_config is not None:
+            tc = self.teacher_config
+            if "model_type" not in tc:
+                raise ValueError("teacher_config must record the teacher's model_type")
+            for key in ("vocab_size", "hidden_size", "num_hidden_layers", "tie_word_embeddings",
+                        "bos_token_id", "eos_token_id", "pad_token_id"):
+                if getattr(self, key) in (None, False) and tc.get(key) is not None:
+                    setattr(self, key, tc[key])
+        if self.hyena is not None:
+            self.max_position_embeddings = self.hyena_config().max_len
+        super().__post_init__(**kwargs)
+
+    def hyena_config(self) -> HyenaConfig:
+        return HyenaConfig(**(self.hyena or {}))
+
+    def teacher_architecture(self) -> PretrainedConfig:
+        """The teacher's config object rebuilt from the recorded dict."""
+        tc = dict(self.teacher_config)
+        model_type = tc.pop("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(f"unknown teacher model_type {model_type!r} in the student config")
+        return CONFIG_MAPPING[model_type].from_dict(tc)
+
+
+class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
+    """The teacher architecture (`self.backbone`, a *ForCausalLM) with Hyena mixers as attention.
+
+    The backbone's rotary-embedding module stays (it has no trainable parameters and the
+    backbone's forward calls it), but its cos/sin output is ignored by every mixer: the student
+    has no rotary position encoding.
+    """
+
+    config_class = HyenaStudentConfig
+    config: HyenaStudentConfig
+    base_model_prefix = "backbone"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True  # the backbone builds masks; mixers ignore them
+    _is_stateful = False
+
+    def __init__(self, config: HyenaStudentConfig):
+        super().__init__(config)
+        if config.teacher_config is None:
+            raise ValueError("HyenaStudentConfig.teacher_config is required to build a student")
+        teacher_arch = config.teacher_architecture()
+        self.adapter: TeacherAdapter = get_adapter(teacher_arch)
+        self.backbone = AutoModelForCausalLM.from_config(teacher_arch)
+        hcfg = config.hyena_config()
+        for layer in self.adapter.layers(self.backbone):
+            self.adapter.set_attention(layer, HyenaMixer(teacher_arch.hidden_size, hcfg))
+        self.post_init()
+        self.generation_config.use_cache = False
+
+    # --- transformers plumbing -------------------------------------------------------------
+
+    @torch.no_grad()
+    def initialize_weights(self):
+        """Hyena modules get the Hyena initialisation before the backbone's generic `_init_weights`
+        (normal(0, 0.02) for every Linear) could reach them; both skip loaded parameters."""
+        with hf_init.guard_torch_init_functions():
+            for module in self.modules():
+                if isinstance(module, HyenaMixer) and not getattr(module, "_is_hf_initialized", False):
+                    module.reset_hyena_parameters()
+                    for sub in module.modules():
+                        sub._is_hf_initialized = True
+        super().initialize_weights()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # never let generate() build a KV cache for the mixers
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.backbone.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_output_embeddings(value)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
+                past_key_values=None, use_cache=None, **kwargs):
+        """Delegates to the backbone (logits, and the shifted CE loss when `labels` are given).
+
+        `past_key_values` / `use_cache` are accepted for API compatibility and ignored."""
+        kwargs.pop("position_ids", None)  # positions are meaningless to the mixers
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                             inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+                                      inputs_embeds=None, **kwargs):
+        """Every step feeds the WHOLE sequence so far (no cache).
+
+        This is where a recurrent cache (Laughing Hyena, hyena/recurrence.py) would be honoured:
+        with one, feed only the new tokens and pass the cache on."""
+        inputs = {"input_ids": input_ids, "use_cache": False}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask
+        return inputs
+
+    # --- helpers for the trainers --------------------------------------------------------
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.adapter.layers(self.backbone)
+
+    def mixer(self, i: int) -> HyenaMixer:
+        """The Hyena mixer of layer i (0-based)."""
+        return self.adapter.attention(self.decoder_layers()[i])
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embedding output feeding layer 1, (B, L) -> (B, L, d); entry 0 of capture_layer_outputs.
+
+        Embedding dropout (GPT-NeoX) is applied in training mode, as in the backbone's forward."""
+        h = self.adapter.embedding(self.backbone)(input_ids)  # (B, L, d)
+        dropout = getattr(self.adapter.base(self.backbone), "emb_dropout", None)
+        return dropout(h) if dropout is not None else h
+
+    def run_layer(self, i: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Output of decoder layer i (0-based) for its input (B, L, d).
+
+        No position embeddings or masks are needed: the mixers ignore them and the rest of a
+        layer (norms, MLP) is position-wise."""
+        out = self.decoder_layers()[i](hidden_states)
+        return out[0] if isinstance(out, tuple) else out  # GPT-NeoX/Llama return a tensor today
+
+
+def register() -> None:
+    """Make AutoConfig / AutoModelForCausalLM know "hyena_student" (idempotent)."""
+    try:
+        AutoConfig.register(HyenaStudentConfig.model_type, HyenaStudentConfig)
+    except ValueError:  # already registered
+        pass
+    try:
+        AutoModelForCausalLM.register(HyenaStudentConfig, HyenaStudentForCausalLM)
+    except ValueError:
+        pass
+
+
+register()
+
+
+# --- building a student from a teacher ---------------------------------------------------------
+
+
+def _attention_prefixes(model: nn.Module, adapter: TeacherAdapter) -> list[str]:
+    """State-dict prefixes ("gpt_neox.layers.3.attention.") of every attention block."""
+    attn = {id(adapter.attention(layer)) for layer in adapter.layers(model)}
+    return [f"{name}." for name, m in model.named_modules() if id(m) in attn]
+
+
+def copy_non_attention_weights(teacher: nn.Module, student: HyenaStudentForCausalLM) -> list[str]:
+    """Copy embeddings, norms, MLPs and the unembedding from the teacher; returns the copied keys.
+
+    Raises if the two state dicts disagree anywhere outside the attention/mixer blocks, so a
+    key that silently failed to copy (or got copied where it should not) cannot go unnoticed.
+    """
+    adapter = get_adapter(teacher)
+    teacher_attn = _attention_prefixes(teacher, adapter)
+    student_mix = _attention_prefixes(student.backbone, student.adapter)
+    keep = {k: v for k, v in teacher.state_dict().items() if not k.startswith(tuple(teacher_attn))}
+    result = student.backbone.load_state_dict(keep, strict=False)
+    stray = [k for k in result.missing_keys if not k.startswith(tuple(student_mix))]
+    if result.unexpected_keys or stray:
+        raise RuntimeError(
+            f"teacher and student weights do not line up: unexpected {result.unexpected_keys[:5]}, "
+            f"missing {stray[:5]}"
+        )
+    return sorted(keep)
+
+
+@torch.no_grad()
+def init_mixer_from_attention(mixer: HyenaMixer, attention: nn.Module, teacher_config) -> None:
+    """Seed a Hyena mixer with a teacher attention block's weights.
+
+    Hyena (order N) computes y = W_out(x_0 * h_1 * (x_1 * ... h_{N-1} * (x_{N-1} * v))); attention
+    computes y = W_O softmax(q k^T) v. The mapping gives each projection the same role:
+
+        x_0     <- Q   (outer gate: "which output to read", like the query)
+        x_{N-1} <- K   (inner gate applied to v before the first long conv, like the key)
+        v       <- V
+        W_out   <- O
+        x_1..x_{N-2}  (order >= 3 only) keep their random init
+
+    Biases are copied where the teacher has them and zeroed otherwise. The short depthwise conv
+    is set to the identity (weight 1 on the current tap, bias 0), so that at initialisation the
+    gates ARE the teacher's q, k, v. The implicit long filter keeps its random Hyena init.
+    GQA keys/values are repeated per query head; GPT-NeoX's fused QKV is de-interleaved.
+    """
+    from hyena.teachers import attention_projections
+
+    p = attention_projections(attention, teacher_config)
+    d, order = mixer.d_model, mixer.cfg.order
+    if p.q_weight.shape != (d, d):
+        raise ValueError(f"teacher attention maps to {tuple(p.q_weight.shape)}, Hyena needs ({d}, {d})")
+    blocks = {0: (p.q_weight, p.q_bias), order - 1: (p.k_weight, p.k_bias), order: (p.v_weight, p.v_bias)}
+    w, b = mixer.in_proj.weight, mixer.in_proj.bias  # ((N+1) d, d), ((N+1) d,)
+    for block, (weight, bias) in blocks.items():
+        rows = slice(block * d, (block + 1) * d)
+        w[rows].copy_(weight)
+        b[rows].copy_(bias) if bias is not None else b[rows].zero_()
+    mixer.out_proj.weight.copy_(p.o_weight)
+    mixer.out_proj.bias.copy_(p.o_bias) if p.o_bias is not None else mixer.out_proj.bias.zero_()
+    # Conv1d(padding=k-1) keeps the first L outputs: output t reads inputs t-k+1..t, so the LAST
+    # tap multiplies the current input
+    mixer.short_filter.weight.zero_()
+    mixer.short_filter.weight[..., -1] = 1.0
+    mixer.short_filter.bias.zero_()
+
+
+def build_student(
+    teacher: nn.Module,
+    hyena_cfg: HyenaConfig,
+    init: str = "random",
+    teacher_source: str = "",
+) -> HyenaStudentForCausalLM:
+    """The teacher with every attention replaced by a Hyena mixer of the teacher's width.
+
+    Every non-attention weight (embeddings, norms, MLPs, unembedding) is copied from the teacher;
+    tied embeddings stay tied. `init="random"` keeps the Hyena reference initialisation (the
+    paper); `init="teacher_attention"` seeds each mixer from its attention block
+    (`init_mixer_from_attention`). The student has the teacher's dtype and is returned in eval mode.
+
+    `hyena_cfg.max_len` is used as given: it is the longest sequence the student accepts AND the
+    time scale of the implicit filters (t = n / (max_len-1)), so set it to the longest context
+    the student will ever see (training and evaluation), e.g. 8192 for long-context evals.
+    """
+    if init not in INITS:
+        raise ValueError(f"student init must be one of {', '.join(INITS)} (got {init!r})")
+    adapter = get_adapter(teacher)
+    teacher_config = teacher.config.to_dict()
+    # a GGUF teacher's quantization_config describes its file, not the architecture
+    teacher_config.pop("quantization_config", None)
+    config = HyenaStudentConfig(
+        teacher_config=teacher_config,
+        teacher_source=teacher_source or str(getattr(teacher.config, "_name_or_path", "") or ""),
+        hyena=hyena_cfg.to_dict(),
+        init=init,
+    )
+    dtype = next(teacher.parameters()).dtype
+    student = HyenaStudentForCausalLM(config).to(dtype)
+    copy_non_attention_weights(teacher, student)
+    if init == "teacher_attention":
+        for i, layer in enumerate(adapter.layers(teacher)):
+            init_mixer_from_attention(student.mixer(i), adapter.attention(layer), teacher.config)
+    return student.eval()
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())  # parameters() skips tied duplicates
+
+
+def parameter_report(teacher: nn.Module, student: HyenaStudentForCausalLM) -> dict:
+    """Parameter counts (unique tensors, tied embeddings counted once).
+
+    Keys: teacher_total, student_total, per_attention (one teacher attention block), per_mixer
+    (one Hyena mixer), per_mixer_filter (its implicit filter FFN + pass-through bias),
+    n_layers, shared (everything but the attention/mixers, identical in both)."""
+    adapter = get_adapter(teacher)
+    layers = adapter.layers(teacher)
+    per_attention = _count(adapter.attention(layers[0]))
+    mixer = student.mixer(0)
+    report = {
+        "teacher_total": _count(teacher),
+        "student_total": _count(student),
+        "per_attention": per_attention,
+        "per_mixer": _count(mixer),
+        "per_mixer_filter": _count(mixer.filter_fn),
+        "n_layers": len(layers),
+    }
+    report["shared"] = report["teacher_total"] - per_attention * len(layers)
+    return report
