@@ -1,0 +1,446 @@
+"""The activation store: every teacher layer's output on the distillation tokens, in one Zarr v3 store.
+
+Layout (`data/activations.zarr`):
+
+    zarr.json                   root attributes: provenance (teacher source + weights hash, token
+                                manifest hash, params), shapes, and `complete` (written LAST)
+    train/layer_00 .. layer_NN  (n_sequences, seq_len, d) float16 (param), chunked along sequences;
+    val/layer_00 .. layer_NN    layer_00 is the embedding output that feeds decoder layer 1 and
+                                layer_k (k >= 1) the raw output of decoder layer k (no final norm)
+    _progress/train, _progress/val
+                                int64 (n_chunks, N+1): non-finite value count of each layer in each
+                                sequence chunk, -1 while that chunk is not yet written (resume marker)
+
+Resumability: the dump is cut into units of one sequence chunk (chunk_sequences rows, forwarded in
+batches of batch_size that never cross a chunk boundary). A unit is written layer by layer (zarr's
+LocalStore writes every file atomically) and only then marked done in `_progress`; a rerun with the
+same fingerprint (teacher weights, token manifest, params) skips the units marked done and redoes
+the others with the same batches, so the final store is byte-identical to an uninterrupted run.
+Missing chunks read as NaN (fill value), never as plausible zeros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from hyena.data import SPLITS, load_manifest, load_tokens
+from hyena.io import atomic_dir
+from hyena.teachers import capture_layer_outputs, get_adapter, weights_hash
+
+FORMAT = "hyena-activations/1"
+DTYPES = ("float16", "float32")
+CODECS = ("none", "zstd", "blosc")
+HEADROOM = 1.10  # refuse to start unless free disk >= 110% of the bytes still to write
+PROGRESS = "_progress"
+
+
+def layer_name(k: int) -> str:
+    """Array name of layer k: 0 is the embedding output, k >= 1 decoder layer k's output."""
+    return f"layer_{k:02d}"
+
+
+class StoreIncompleteError(RuntimeError):
+    """The store exists but its dump has not finished."""
+
+
+@dataclass
+class DumpParams:
+    train_sequences: int | None = 1024  # first N rows of train.npy to dump (None: all of them)
+    val_sequences: int | None = 256  # cap on validation rows: val is dumped in full up to this
+    batch_size: int = 8  # sequences per teacher forward pass
+    chunk_sequences: int = 16  # sequences per Zarr chunk; also the resume granularity
+    dtype: str = "float16"  # stored dtype: float16 | float32
+    codec: str = "none"  # none | zstd | blosc (activations barely compress: ~1.08x)
+    codec_level: int = 3  # compression level for zstd / blosc
+    queue_chunks: int = 2  # chunks buffered between the forward pass and the writer thread
+    device: str = "auto"  # auto | cpu | cuda: where the teacher runs
+
+    def validate(self) -> None:
+        for name in ("batch_size", "chunk_sequences", "queue_chunks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"dump.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_sequences", "val_sequences"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"dump.{name} must be >= 0 or null, got {value}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dump.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.codec not in CODECS:
+            raise ValueError(f"dump.codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+
+    def content_params(self) -> dict:
+        """The params that decide the stored bytes: a resumed run must match them. The queue size
+        does not matter; the device does numerically, but a resumed run is expected to use the same."""
+        d = asdict(self)
+        d.pop("queue_chunks")
+        d.pop("device")
+        return d
+
+
+def make_compressors(codec: str, level: int, itemsize: int):
+    if codec == "none":
+        return None
+    if codec == "zstd":
+        return [zarr.codecs.ZstdCodec(level=level)]
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle", typesize=itemsize)]
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class ActivationStore:
+    """Read access to a finished activation store."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = path
+        self.group = group
+        self.attrs: dict = dict(group.attrs)
+        self.n_layers: int = int(self.attrs["n_layers"])  # decoder layers N; arrays 0..N
+        self.seq_len: int = int(self.attrs["seq_len"])
+        self.d_model: int = int(self.attrs["d_model"])
+
+    @classmethod
+    def open(cls, path: str | Path, allow_incomplete: bool = False) -> ActivationStore:
+        path = Path(path)
+        if not (path / "zarr.json").is_file():
+            raise FileNotFoundError(f"activation store not found: {path} (run the dump-activations stage)")
+        group = zarr.open_group(str(path), mode="r", zarr_format=3)
+        if group.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an activation store (format {group.attrs.get('format')!r}, expected {FORMAT})")
+        store = cls(path, group)
+        if not allow_incomplete and not store.complete:
+            done = sum(store.chunks_done(s) for s in SPLITS)
+            total = sum(store.n_chunks(s) for s in SPLITS)
+            raise StoreIncompleteError(
+                f"activation store {path} is incomplete ({done}/{total} chunks written): the dump was "
+                "interrupted; rerun the dump-activations stage to resume it"
+            )
+        return store
+
+    @property
+    def complete(self) -> bool:
+        return self.attrs.get("complete") is True
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.attrs["splits"])
+
+    def n_sequences(self, split: str) -> int:
+        return int(self.attrs["splits"][split]["sequences"])
+
+    def layer(self, split: str, k: int) -> zarr.Array:
+        """(n_sequences, seq_len, d) array of layer k (0: embedding output) in `split`."""
+        if split not in self.attrs["splits"]:
+            raise KeyError(f"split {split!r} not in store {self.path}; has {', '.join(self.attrs['splits'])}")
+        if not 0 <= k <= self.n_layers:
+            raise KeyError(f"layer {k} out of range 0..{self.n_layers} in store {self.path}")
+        return self.group[f"{split}/{layer_name(k)}"]
+
+    def chunk_sequences(self) -> int:
+        return int(self.attrs["params"]["chunk_sequences"])
+
+    def n_chunks(self, split: str) -> int:
+        return -(-self.n_sequences(split) // self.chunk_sequences())
+
+    def progress(self, split: str) -> np.ndarray:
+        """(n_chunks, N+1) non-finite counts per chunk and layer; -1 marks chunks not yet written."""
+        if self.n_chunks(split) == 0:
+            return np.zeros((0, self.n_layers + 1), dtype=np.int64)
+        return self.group[f"{PROGRESS}/{split}"][:]
+
+    def chunks_done(self, split: str) -> int:
+        return int((self.progress(split)[:, 0] >= 0).sum())
+
+    def chunk_file(self, split: str, k: int, chunk: int) -> Path:
+        """The file holding sequence chunk `chunk` of layer k (LocalStore, default key encoding)."""
+        key = self.layer(split, k).metadata.encode_chunk_key((chunk, 0, 0))
+        return self.path / split / layer_name(k) / key
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def store_fingerprint(teacher: dict, tokens: dict, params: DumpParams) -> str:
+    body = {"format": FORMAT, "teacher": teacher, "tokens": tokens, "params": params.content_params()}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _create_store(path: Path, attrs: dict, sizes: dict[str, int], seq_len: int, d: int,
+                  n_layers: int, p: DumpParams) -> None:
+    """Create every array (no chunk data yet) in a temporary dir, then move it into place."""
+    dtype = np.dtype(p.dtype)
+    with atomic_dir(path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attrs)
+        progress = root.create_group(PROGRESS)
+        for split, n in sizes.items():
+            group = root.create_group(split)
+            for k in range(n_layers + 1):
+                arr = group.create_array(
+                    layer_name(k), shape=(n, seq_len, d), chunks=(p.chunk_sequences, seq_len, d),
+                    dtype=dtype, fill_value=np.nan, compressors=make_compressors(p.codec, p.codec_level, dtype.itemsize),
+                    dimension_names=("sequence", "position", "channel"),
+                )
+                arr.attrs.update({
+                    "layer": k, "dtype": p.dtype,
+                    "what": "embedding output (input of decoder layer 1)" if k == 0 else f"raw output of decoder layer {k}",
+                })
+            n_chunks = -(-n // p.chunk_sequences)
+            if n_chunks:
+                progress.create_array(split, shape=(n_chunks, n_layers + 1), chunks=(1, n_layers + 1),
+                                      dtype=np.int64, fill_value=-1, compressors=None)
+
+
+def _check_disk(path: Path, needed: int) -> None:
+    probe = path if path.exists() else path.parent
+    probe.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(probe).free
+    if needed * HEADROOM > free:
+        raise RuntimeError(
+            f"not enough disk for activation store {path}: needs {needed / 1e9:.2f} GB "
+            f"(+10% headroom = {needed * HEADROOM / 1e9:.2f} GB), {free / 1e9:.2f} GB free; "
+            "lower dump.train_sequences/val_sequences, use dtype float16, or free space"
+        )
+
+
+class _ChunkWriter(threading.Thread):
+    """Writes queued (split, chunk, rows, buffer) units so the teacher's forward pass never waits on I/O."""
+
+    def __init__(self, group: zarr.Group, n_layers: int, maxsize: int,
+                 on_chunk_written: Callable[[str, int], None] | None):
+        super().__init__(name="activation-writer", daemon=True)
+        self.group, self.n_layers, self.callback = group, n_layers, on_chunk_written
+        self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain without writing so the producer never blocks
+            try:
+                self._write(*item)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the producer thread
+                self.error = err
+
+    def _write(self, split: str, chunk: int, start: int, buf: np.ndarray) -> None:
+        counts = np.empty(self.n_layers + 1, dtype=np.int64)
+        for k in range(self.n_layers + 1):
+            self.group[f"{split}/{layer_name(k)}"][start : start + buf.shape[1]] = buf[k]
+            counts[k] = buf[k].size - np.count_nonzero(np.isfinite(buf[k]))
+        self.group[f"{PROGRESS}/{split}"][chunk] = counts  # the chunk's "done" marker, written last
+        if self.callback is not None:
+            self.callback(split, chunk)
+
+    def put(self, item) -> None:
+        while True:
+            if self.error is not None:
+                raise RuntimeError(f"activation writer failed: {self.error}") from self.error
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.join()
+        if self.error is not None:
+            raise RuntimeError(f"activation writer failed: {self.error}") from self.error
+
+
+def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | Path, p: DumpParams,
+                     teacher_source: str, *, progress_bar: bool = True,
+                     on_chunk_written: Callable[[str, int], None] | None = None) -> ActivationStore:
+    """Run `model` over the token budget and store every layer's output; resume if possible.
+
+    Returns the finished store. `on_chunk_written(split, chunk)` is called (in the writer thread)
+    after each chunk is durably marked done: progress reporting, and crash simulation in tests.
+    """
+    p.validate()
+    out, tokens_dir = Path(out), Path(tokens_dir)
+    manifest = load_manifest(tokens_dir)
+    rows = {split: load_tokens(tokens_dir, split) for split in SPLITS}
+    n_train = len(rows["train"]) if p.train_sequences is None else p.train_sequences
+    if n_train > len(rows["train"]):
+        raise ValueError(
+            f"dump.train_sequences {n_train} exceeds the {len(rows['train'])} training sequences in "
+            f"{tokens_dir}: lower it (or null for all) or tokenize more documents"
+        )
+    n_val = len(rows["val"]) if p.val_sequences is None else min(p.val_sequences, len(rows["val"]))
+    sizes = {"train": n_train, "val": n_val}
+    seq_len = int(rows["train"].shape[1])
+
+    adapter = get_adapter(model)
+    n_layers = len(adapter.layers(model))
+    d = int(model.config.hidden_size)
+    vocab = adapter.embedding(model).weight.shape[0]
+    top = max((int(rows[s][: sizes[s]].max()) for s in SPLITS if sizes[s]), default=0)
+    if top >= vocab:
+        raise ValueError(
+            f"token id {top} in {tokens_dir} is outside the teacher's vocabulary ({vocab}): the tokens were "
+            "made with another tokenizer; rerun the tokenize stage with this teacher"
+        )
+    teacher = {"source": teacher_source, "weights_hash": weights_hash(model), "family": adapter.family,
+               "n_layers": n_layers, "d_model": d}
+    tokens = {"dir": str(tokens_dir), "manifest_hash": manifest["content_hash"]}
+    fingerprint = store_fingerprint(teacher, tokens, p)
+
+    store = _resumable_store(out, fingerprint)
+    if store is not None and store.complete:
+        return store
+    itemsize = np.dtype(p.dtype).itemsize
+    unit_bytes = seq_len * d * itemsize * (n_layers + 1)  # one sequence, all layers
+    todo = {s: [c for c in range(-(-sizes[s] // p.chunk_sequences))
+                if store is None or store.progress(s)[c, 0] < 0] for s in SPLITS}
+    remaining = sum(min(p.chunk_sequences, sizes[s] - c * p.chunk_sequences) for s in SPLITS for c in todo[s])
+    _check_disk(out, sum(map(len, todo.values())) * p.chunk_sequences * unit_bytes)  # a chunk file is always full-size
+    if store is None:
+        attrs = {
+            "format": FORMAT, "complete": False, "fingerprint": fingerprint, "teacher": teacher,
+            "teacher_source": teacher_source, "teacher_weights_hash": teacher["weights_hash"],
+            "tokens_manifest_hash": manifest["content_hash"],
+            "tokens": tokens, "params": asdict(p), "dtype": p.dtype, "seq_len": seq_len, "d_model": d,
+            "n_layers": n_layers, "splits": {s: {"sequences": sizes[s]} for s in SPLITS},
+            "layers": "layer_00 = embedding output; layer_k = raw output of decoder layer k (1-based)",
+        }
+        _create_store(out, attrs, sizes, seq_len, d, n_layers, p)
+    group = zarr.open_group(str(out), mode="r+", zarr_format=3)
+
+    device = next(model.parameters()).device
+    writer = _ChunkWriter(group, n_layers, p.queue_chunks, on_chunk_written)
+    writer.start()
+    bar = tqdm(total=remaining * seq_len, unit="tok", unit_scale=True, desc="dump", disable=not progress_bar)
+    try:
+        for split in SPLITS:
+            for chunk in todo[split]:
+                start = chunk * p.chunk_sequences
+                stop = min(start + p.chunk_sequences, sizes[split])
+                buf = np.empty((n_layers + 1, stop - start, seq_len, d), dtype=p.dtype)  # (N+1, n, L, d)
+                for b0 in range(0, stop - start, p.batch_size):  # batches never cross a chunk boundary
+                    b1 = min(b0 + p.batch_size, stop - start)
+                    ids = torch.from_numpy(np.asarray(rows[split][start + b0 : start + b1], dtype=np.int64)).to(device)
+                    for k, h in enumerate(capture_layer_outputs(model, ids)):  # each (B, L, d)
+                        buf[k, b0:b1] = h.cpu().numpy()  # numpy casts to the stored dtype (round to nearest)
+                    bar.update((b1 - b0) * seq_len)
+                writer.put((split, chunk, start, buf))
+        writer.finish()
+    finally:
+        bar.close()
+        if writer.is_alive():  # an error on this side: let queued chunks land, then stop
+            writer.queue.put(None)
+            writer.join()
+    return _finalise(out)
+
+
+def _resumable_store(out: Path, fingerprint: str) -> ActivationStore | None:
+    """The existing store at `out` if it was made with the same fingerprint; otherwise remove it."""
+    if not out.exists():
+        return None
+    try:
+        store = ActivationStore.open(out, allow_incomplete=True)
+        if store.attrs.get("fingerprint") == fingerprint:
+            return store
+        reason = "it was made with other teacher weights, tokens or params"
+    except Exception as err:  # noqa: BLE001 - anything unreadable is rebuilt
+        reason = f"it is unreadable ({type(err).__name__})"
+    tqdm.write(f"dump: removing the existing {out}: {reason}")
+    shutil.rmtree(out) if out.is_dir() else out.unlink()
+    return None
+
+
+def _finalise(out: Path) -> ActivationStore:
+    """Check every chunk is marked done, then write the summary and `complete: true` last."""
+    store = ActivationStore.open(out, allow_incomplete=True)
+    summary = {}
+    for split in SPLITS:
+        prog = store.progress(split)  # (n_chunks, N+1)
+        if (prog < 0).any():
+            raise RuntimeError(f"{out}: chunks {np.flatnonzero(prog[:, 0] < 0).tolist()} of {split} were not written")
+        summary[split] = {"sequences": store.n_sequences(split), "chunks": int(len(prog)),
+                          "non_finite_per_layer": prog.sum(axis=0).tolist()}
+    nonfinite = sum(sum(v["non_finite_per_layer"]) for v in summary.values())
+    if nonfinite:
+        tqdm.write(f"dump: warning: {nonfinite} non-finite values stored (fp16 overflow?): see `inspect`")
+    group = zarr.open_group(str(out), mode="r+", zarr_format=3)
+    group.attrs.update({"summary": summary, "complete": True})  # one atomic zarr.json write
+    return ActivationStore.open(out)
+
+
+# ----------------------------------------------------------------------------- inspection
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes on disk of every file under `path` (file sizes, not blocks)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def layer_stats(arr: zarr.Array, n_sample: int) -> dict[str, float]:
+    """mean, std, max |x| and fraction non-finite over the first n_sample sequences (float64 sums)."""
+    x = np.asarray(arr[: min(n_sample, arr.shape[0])], dtype=np.float64)  # (n, L, d)
+    finite = np.isfinite(x)
+    vals = x[finite]
+    return {
+        "mean": float(vals.mean()) if vals.size else float("nan"),
+        "std": float(vals.std()) if vals.size else float("nan"),
+        "max_abs": float(np.abs(vals).max()) if vals.size else float("nan"),
+        "non_finite": float(1.0 - finite.mean()) if x.size else 0.0,
+    }
+
+
+def parse_slice(spec: str) -> tuple[int, int, int, int]:
+    """'layer,seq,start:stop' -> (layer, seq, start, stop); start/stop may be omitted (':')."""
+    parts = [s.strip() for s in spec.split(",")]
+    if len(parts) != 3 or ":" not in parts[2]:
+        raise ValueError(f"--slice {spec!r}: expected LAYER,SEQ,START:STOP (e.g. 3,0,0:8)")
+    try:
+        layer, seq = int(parts[0]), int(parts[1])
+        a, b = parts[2].split(":", 1)
+        return layer, seq, int(a) if a else 0, int(b) if b else -1
+    except ValueError:
+        raise ValueError(f"--slice {spec!r}: LAYER, SEQ, START and STOP must be integers (e.g. 3,0,0:8)") from None
+
+
+def verify_store(store: ActivationStore, progress_bar: bool = True) -> list[str]:
+    """Every problem found: missing/unreadable chunk files, non-finite values, unmarked chunks.
+
+    Reads every chunk of every array once (a full pass over the store). An empty list means
+    every chunk is present, decodes, and holds only finite values.
+    """
+    problems: list[str] = []
+    if not store.complete:
+        problems.append(f"store not marked complete ({sum(store.chunks_done(s) for s in store.splits)} chunks done)")
+    c = store.chunk_sequences()
+    total = sum(store.n_chunks(s) for s in store.splits) * (store.n_layers + 1)
+    with tqdm(total=total, desc="verify", unit="chunk", disable=not progress_bar) as bar:
+        for split in store.splits:
+            prog = store.progress(split)
+            for chunk in np.flatnonzero(prog[:, 0] < 0).tolist():
+                problems.append(f"{split} chunk {chunk} (sequences {chunk * c}..) not marked done in {PROGRESS}/{split}")
+            for k in range(store.n_layers + 1):
+                arr = store.layer(split, k)
+                for chunk in range(store.n_chunks(split)):
+                    bar.update(1)
+                    where = f"{split}/{layer_name(k)} chunk {chunk} ({store.chunk_file(split, k, chunk)})"
+                    if not store.chunk_file(split, k, chunk).is_file():
+                        problems.append(f"missing {where}")
+                        continue
+                    try:
+                        x = arr[chunk * c : (chunk + 1) * c]
+                    except Exception as err:  # noqa: BLE001 - any decode failure is corruption
+                        problems.append(f"unreadable {where}: {type(err).__name__}: {err}")
+                        continue
+                    bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+                    if bad:
+                        problems.append(f"{bad} non-finite values in {where}")
+    return problems
