@@ -278,17 +278,16 @@ def tokenize_documents(tokenizer, documents: Iterable[str], eos_id: int, batch_s
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # silences "sequence longer than model max length": we pack anyway
     try:
-        bar = tqdm(desc="tokenize", unit="doc")
-        for batch in _batches(documents, batch_size):
-            texts = [t for t in batch if t.strip()]
-            skipped += len(batch) - len(texts)
-            if texts:
-                ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-                for seq in ids:
-                    chunks.append(np.asarray([*seq, eos_id], dtype=np.int32))
-                    lengths.append(len(seq) + 1)
-            bar.update(len(batch))
-        bar.close()
+        with tqdm(desc="tokenize", unit="doc") as bar:  # closed (newline) even when reading fails
+            for batch in _batches(documents, batch_size):
+                texts = [t for t in batch if t.strip()]
+                skipped += len(batch) - len(texts)
+                if texts:
+                    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+                    for seq in ids:
+                        chunks.append(np.asarray([*seq, eos_id], dtype=np.int32))
+                        lengths.append(len(seq) + 1)
+                bar.update(len(batch))
     finally:
         hf_logging.set_verbosity(verbosity)
     tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
