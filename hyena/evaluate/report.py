@@ -158,7 +158,7 @@ def table2(results: dict, reference: dict | None) -> list[str]:
     head = ["task"] + list(models) + [f"paper {k}" for k in PAPER_ACC] + (["Pythia-70M lm-eval reference"] if reference else [])
     lines = ["## Table 2: zero-shot accuracy (fp32)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in tasks:
-        row = [t] + [_acc_cell(m.get("tasks", {}).get(t)) for m in models.values()]
+        row = [t] + [f"n/a ({m['tasks_na']})" if m.get("tasks_na") else _acc_cell(m.get("tasks", {}).get(t)) for m in models.values()]
         row += [_fmt(PAPER_ACC[k].get(t), 4) for k in PAPER_ACC]
         if reference:
             row.append(_acc_cell(reference.get(t)))

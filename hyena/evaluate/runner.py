@@ -8,6 +8,7 @@ are loaded one at a time and freed, so memory holds one model at once.
 from __future__ import annotations
 
 import gc
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from hyena.evaluate.report import flat_metrics, load_reference, render_report
 from hyena.io import atomic_write_json, atomic_write_text
 
 DEFAULT_TASKS = list(harness.TASKS)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 @dataclass
@@ -101,12 +103,19 @@ def load_model_tokenizer(path: str, model, fallbacks: list[str]):
     candidates += [c for c in [recorded, *fallbacks] if c]
     errors = []
     for source in candidates:
+        if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+            # transformers 5 would build an EMPTY tokenizer from a bare model dir: never use that
+            errors.append(f"{source}: no tokenizer files")
+            continue
         try:
-            if source.endswith(".gguf"):
-                return load_tokenizer(source), source
-            return AutoTokenizer.from_pretrained(source), source
+            tok = load_tokenizer(source) if source.endswith(".gguf") else AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError, TypeError) as err:
             errors.append(f"{source}: {type(err).__name__}")
+            continue
+        if len(tok) < 2:
+            errors.append(f"{source}: empty vocabulary")
+            continue
+        return tok, source
     raise FileNotFoundError(f"no tokenizer for model {path} (tried {'; '.join(errors)}); set eval.tokenizer")
 
 
@@ -157,6 +166,8 @@ def evaluate_models(cfg: EvalConfig, teacher_source: str = "") -> dict:
     if cfg.tasks and cfg.task_source == "local":
         with harness.prepared_tasks(cfg.task_data_dir, cfg.tasks):
             pass
+    if cfg.reference:
+        load_reference(cfg.reference)
     fallbacks = [cfg.tokenizer, teacher_source]
     wikitext_cache: dict[str, object] = {}
     results = {"settings": {**asdict(cfg), "device": device, "teacher_source": teacher_source,
@@ -185,10 +196,15 @@ def evaluate_models(cfg: EvalConfig, teacher_source: str = "") -> dict:
             "ppl": model_perplexities(model, token_streams, cfg, device, name),
         }
         if cfg.tasks:
-            entry["tasks"] = harness.run_tasks(
-                model, tokenizer, cfg.tasks, source=cfg.task_source, data_dir=cfg.task_data_dir,
-                limit=cfg.limit or None, batch_size=cfg.lm_eval_batch_size, device=device,
-            )
+            try:
+                entry["tasks"] = harness.run_tasks(
+                    model, tokenizer, cfg.tasks, source=cfg.task_source, data_dir=cfg.task_data_dir,
+                    limit=cfg.limit or None, batch_size=cfg.lm_eval_batch_size, device=device,
+                )
+            except (AssertionError, RuntimeError, IndexError, torch.OutOfMemoryError) as err:
+                # lm-eval cannot run this model (e.g. prompts longer than its positions): say so in the report
+                entry["tasks"], entry["tasks_na"] = {}, _na_reason(err)
+                print(f"warning: lm-eval failed for model {name}: {entry['tasks_na']}", file=sys.stderr)
         results["models"][name] = entry
         del model
         gc.collect()
