@@ -55,3 +55,43 @@ def one_line_errors(fn):
             sys.exit(1)
 
     return wrapper
+
+
+@dataclasses.dataclass
+class TeacherParams:
+    source: str  # hub id, local directory or .gguf file
+    random_init: bool = False  # the teacher's architecture with seeded random weights (no weights offline)
+    seed: int = 0  # seed for random_init, so every stage builds the same random teacher
+
+
+def load_teacher_from(params: dict[str, Any]):
+    """The teacher named in params (eval mode, frozen), identical in every stage."""
+    import torch
+
+    from hyena.teachers import load_teacher
+
+    t = section(params, "teacher", TeacherParams)
+    torch.manual_seed(t.seed)
+    return load_teacher(t.source, config_only=t.random_init)
+
+
+def dvclive_logger(directory: str | Path):
+    """A `log(metrics, step)` callback writing DVCLive plots under `directory` (no DVC experiment)."""
+    from dvclive import Live
+
+    live = Live(str(directory), save_dvc_exp=False, dvcyaml=None)
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        live.step = step
+        for name, value in metrics.items():
+            live.log_metric(name, value)
+
+    log.live = live
+    return log
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
+    """A DVC metrics file (JSON), written atomically."""
+    from hyena.io import atomic_write_json
+
+    atomic_write_json(path, metrics)
