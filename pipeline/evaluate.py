@@ -13,7 +13,14 @@ from pathlib import Path
 import typer
 
 from hyena.evaluate.runner import EvalConfig, evaluate_models, write_outputs
-from pipeline.common import PARAMS, StageError, load_params, one_line_errors, section
+from pipeline.common import (
+    PARAMS,
+    StageError,
+    load_params,
+    load_teacher_from,
+    one_line_errors,
+    section,
+)
 
 app = typer.Typer(add_completion=False)
 
@@ -50,7 +57,9 @@ def main(
     if max_windows is not None:
         cfg.max_windows = max_windows
     teacher_source = str((raw.get("teacher") or {}).get("source", ""))
-    results = evaluate_models(cfg, teacher_source=teacher_source)
+    # The teacher is built exactly as the other stages build it (honours teacher.random_init/seed).
+    loader = (lambda: load_teacher_from(raw)) if "teacher" in raw else None
+    results = evaluate_models(cfg, teacher_source=teacher_source, teacher_loader=loader)
     paths = write_outputs(results, out, reference=cfg.reference)
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
 

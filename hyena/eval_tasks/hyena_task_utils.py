@@ -65,7 +65,7 @@ def wsc_docs(dataset: datasets.Dataset) -> datasets.Dataset:
             "label": int(bool(row["label"])),
         }
 
-    return dataset.map(flatten, remove_columns=dataset.column_names)
+    return datasets.Dataset.from_list([flatten(row) for row in dataset])  # label becomes 0/1, not bool
 
 
 def wsc_doc_to_text(doc) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -157,8 +158,12 @@ def model_perplexities(model, token_streams: dict[str, object], cfg: EvalConfig,
     return out
 
 
-def evaluate_models(cfg: EvalConfig, teacher_source: str = "") -> dict:
-    """Run every evaluation for every model in cfg.models; returns the results dict (see report.py)."""
+def evaluate_models(cfg: EvalConfig, teacher_source: str = "", teacher_loader: Callable[[], object] | None = None) -> dict:
+    """Run every evaluation for every model in cfg.models; returns the results dict (see report.py).
+
+    A model path "teacher" is built by `teacher_loader()` when given (e.g. a seeded random-init
+    teacher, as the other stages build it), else loaded from `teacher_source`.
+    """
     device = resolve_device(cfg.device)
     # Check inputs that do not depend on a model before spending time on one.
     owt = streams.load_owt_val(cfg.owt_tokens) if "owt" in {*cfg.datasets, *cfg.long_context_datasets} else None
@@ -177,7 +182,10 @@ def evaluate_models(cfg: EvalConfig, teacher_source: str = "") -> dict:
             f"OpenWebText validation split of the tokenize stage ({cfg.owt_tokens}/val.npy, {len(owt)} teacher tokens, rows concatenated in order)"
         )
     for name, path in cfg.models.items():
-        model = load_model(path, teacher_source, device)
+        if path == "teacher" and teacher_loader is not None:
+            model = teacher_loader().to(device).eval().requires_grad_(False)
+        else:
+            model = load_model(path, teacher_source, device)
         tokenizer, tok_source = load_model_tokenizer(path, model, fallbacks)
         token_streams: dict[str, object] = {"owt": owt}
         if wikitext_text is not None:
