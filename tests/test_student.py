@@ -1,0 +1,253 @@
+"""Students: built from real teacher architectures, saved/loaded like HF models, generating right."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from hyena.operator import HyenaConfig
+from hyena.student import (
+    HyenaMixer,
+    HyenaStudentConfig,
+    HyenaStudentForCausalLM,
+    build_student,
+    parameter_report,
+)
+from hyena.teachers import capture_layer_outputs, get_adapter, load_teacher
+
+SENTENCE = "Hyenas are mostly nocturnal animals, but they sometimes venture out in the early morning."
+HCFG = HyenaConfig(max_len=256)
+
+
+@pytest.fixture(scope="module")
+def pythia(pythia_dir):
+    torch.manual_seed(0)
+    return load_teacher(str(pythia_dir), config_only=True)
+
+
+@pytest.fixture(scope="module")
+def pythia_student(pythia, pythia_dir):
+    torch.manual_seed(1)
+    return build_student(pythia, HCFG, init="random", teacher_source=str(pythia_dir))
+
+
+def _attention_keys(model) -> set[str]:
+    adapter = get_adapter(model)
+    prefixes = [f"{adapter.base_attr}.layers.{i}.{adapter.attn_attr}." for i in range(len(adapter.layers(model)))]
+    return {k for k in model.state_dict() if k.startswith(tuple(prefixes))}
+
+
+def test_pythia_student_forward(pythia_student, pythia_tokenizer):
+    ids = pythia_tokenizer([SENTENCE, SENTENCE[::-1]], return_tensors="pt", padding=True).input_ids
+    with torch.no_grad():
+        out = pythia_student(input_ids=ids, labels=ids)
+    assert out.logits.shape == (2, ids.shape[1], 50304)
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+    assert all(isinstance(pythia_student.mixer(i), HyenaMixer) for i in range(6))
+    # no attention module left anywhere
+    names = {type(m).__name__ for m in pythia_student.modules()}
+    assert not any("Attention" in n for n in names), names
+
+
+def test_non_attention_weights_copied_and_nothing_else(pythia, pythia_student):
+    t_sd, s_sd = pythia.state_dict(), pythia_student.backbone.state_dict()
+    attn = _attention_keys(pythia)
+    shared = set(t_sd) - attn
+    assert shared and shared <= set(s_sd)
+    for k in shared:
+        assert torch.equal(t_sd[k], s_sd[k]), k
+    mixer_keys = set(s_sd) - shared
+    assert mixer_keys and all(".attention." in k for k in mixer_keys)
+    # random init copied nothing from the attention: no mixer tensor equals any teacher tensor
+    teacher_tensors = list(t_sd.values())
+    for k in mixer_keys:
+        assert not any(v.shape == s_sd[k].shape and torch.equal(v, s_sd[k]) for v in teacher_tensors), k
+
+
+def test_save_load_round_trip_is_exact(pythia_student, pythia_dir, tmp_path):
+    student = pythia_student
+    ids = torch.randint(0, 50000, (2, 40))
+    with torch.no_grad():
+        want = student(input_ids=ids).logits
+    student.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["model_type"] == "hyena_student" and cfg["init"] == "random"
+    assert cfg["teacher_source"] == str(pythia_dir) and cfg["teacher_config"]["model_type"] == "gpt_neox"
+    assert cfg["hyena"] == HCFG.to_dict()
+    torch.manual_seed(123)  # a different RNG state: any re-initialised weight would show
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # via the registration
+    assert isinstance(loaded, HyenaStudentForCausalLM)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, want)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), HyenaStudentConfig)
+
+
+def test_tied_embeddings_survive_build_and_reload(tiny_llama, tmp_path):
+    student = build_student(tiny_llama, HCFG)
+    assert student.get_output_embeddings().weight is student.get_input_embeddings().weight
+    assert torch.equal(student.get_input_embeddings().weight, tiny_llama.model.embed_tokens.weight)
+    student.save_pretrained(tmp_path)
+    loaded = HyenaStudentForCausalLM.from_pretrained(tmp_path)
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    ids = torch.randint(0, 1000, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, student(input_ids=ids).logits)
+
+
+def _greedy_by_hand(model, prompt, steps):
+    """Re-run the full forward on the whole sequence each step and take the argmax."""
+    seq = prompt
+    for _ in range(steps):
+        nxt = model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=1)
+    return seq
+
+
+@torch.no_grad()
+def test_generate_equals_manual_argmax_loop(pythia_student, pythia_tokenizer):
+    prompt = pythia_tokenizer(SENTENCE, return_tensors="pt").input_ids[:, :8]
+    out = pythia_student.generate(prompt, max_new_tokens=10, min_new_tokens=10, do_sample=False,
+                                  pad_token_id=0)
+    assert torch.equal(out, _greedy_by_hand(pythia_student, prompt, 10))
+
+
+@torch.no_grad()
+def test_generate_ignores_an_explicit_use_cache(tiny_neox):
+    """Even with use_cache=True, generate must feed the whole sequence, never one token."""
+    torch.manual_seed(3)
+    student = build_student(tiny_neox, HCFG)
+    prompt = torch.randint(0, 50000, (2, 6))
+    out = student.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                           pad_token_id=0, use_cache=True)
+    assert torch.equal(out, _greedy_by_hand(student, prompt, 8))
+
+
+@torch.no_grad()
+def test_embed_and_run_layer_reproduce_forward(pythia, pythia_student):
+    ids = torch.randint(0, 50000, (2, 24))
+    h = pythia_student.embed(ids)
+    assert torch.equal(h, capture_layer_outputs(pythia, ids)[0])  # same entry 0 as the teacher store
+    for i in range(len(pythia_student.decoder_layers())):
+        h = pythia_student.run_layer(i, h)
+    base = pythia_student.backbone.gpt_neox
+    logits = pythia_student.get_output_embeddings()(base.final_layer_norm(h))
+    torch.testing.assert_close(logits, pythia_student(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_sequence_longer_than_max_len_is_refused(tiny_neox):
+    student = build_student(tiny_neox, HyenaConfig(max_len=16))
+    with pytest.raises(ValueError, match="max_len"):
+        student(input_ids=torch.zeros(1, 17, dtype=torch.long))
+    assert student.config.max_position_embeddings == 16
+
+
+def test_bad_init_is_refused(tiny_neox):
+    with pytest.raises(ValueError, match="random, teacher_attention"):
+        build_student(tiny_neox, HCFG, init="teacher")
+
+
+# --- init from the teacher's attention ----------------------------------------------------------
+
+
+def _make_filter_identity(mixer: HyenaMixer) -> None:
+    """Long filter h == 0 and pass-through bias 1: h * u + 1 u = u, i.e. a delta filter."""
+    with torch.no_grad():
+        mixer.filter_fn.ffn[-1].weight.zero_()
+        mixer.filter_fn.bias.fill_(1.0)
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).norm() / want.norm()).item()
+
+
+def _expected_mixer_output(u, q, k, v, o_w, o_b):
+    """What an order-2 Hyena with identity short conv and delta filter computes: O(q * k * v)."""
+    y = q * k * v  # (B, L, d)
+    return y @ o_w.T + (o_b if o_b is not None else 0.0)
+
+
+@torch.no_grad()
+def test_teacher_attention_init_wiring_pythia(pythia):
+    student = build_student(pythia, HCFG, init="teacher_attention")
+    attn = pythia.gpt_neox.layers[2].attention
+    mixer = student.mixer(2)
+    d, heads = 512, 8
+    hs = d // heads
+    u = torch.randn(2, 11, d)
+    # the teacher's own q/k/v, as its forward splits the fused projection (per-head interleave)
+    qkv = attn.query_key_value(u).view(2, 11, heads, 3 * hs)
+    q, k, v = (t.reshape(2, 11, d) for t in qkv.chunk(3, dim=-1))
+    # each gate individually (short conv is the identity): x_0 <- Q, x_1 <- K, v <- V
+    (x0, x1), vv = mixer.gates(u)
+    torch.testing.assert_close(x0.transpose(1, 2), q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x1.transpose(1, 2), k, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vv.transpose(1, 2), v, rtol=1e-5, atol=1e-5)
+    _make_filter_identity(mixer)
+    y, none = mixer(u, attention_mask=None, position_embeddings=None)
+    assert none is None
+    want = _expected_mixer_output(u, q, k, v, attn.dense.weight, attn.dense.bias)
+    assert _rel_err(y, want) < 1e-4
+    # a naive (wrong) de-interleave, W.chunk(3) as if rows were [Q; K; V], gives another answer
+    wq, wk, wv = attn.query_key_value.weight.chunk(3)
+    bq, bk, bv = attn.query_key_value.bias.chunk(3)
+    wrong = _expected_mixer_output(u, u @ wq.T + bq, u @ wk.T + bk, u @ wv.T + bv,
+                                   attn.dense.weight, attn.dense.bias)
+    assert _rel_err(wrong, want) > 0.1
+
+
+@torch.no_grad()
+def test_teacher_attention_init_wiring_llama_gqa(tiny_llama):
+    cfg = tiny_llama.config
+    student = build_student(tiny_llama, HCFG, init="teacher_attention")
+    attn = tiny_llama.model.layers[1].self_attn
+    mixer = student.mixer(1)
+    d, hd = cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads
+    groups = cfg.num_attention_heads // cfg.num_key_value_heads
+    u = torch.randn(3, 9, d)
+    q = attn.q_proj(u)
+    # repeat_kv: every kv head serves `groups` consecutive query heads
+    k = attn.k_proj(u).view(3, 9, -1, hd).repeat_interleave(groups, dim=2).reshape(3, 9, d)
+    v = attn.v_proj(u).view(3, 9, -1, hd).repeat_interleave(groups, dim=2).reshape(3, 9, d)
+    _make_filter_identity(mixer)
+    y, _ = mixer(u)
+    want = _expected_mixer_output(u, q, k, v, attn.o_proj.weight, None)
+    assert _rel_err(y, want) < 1e-4
+    assert torch.count_nonzero(mixer.in_proj.bias) == 0 and torch.count_nonzero(mixer.out_proj.bias) == 0
+    # tiling K/V (repeat) instead of interleaving would be wrong
+    k_tiled = attn.k_proj(u).repeat(1, 1, groups)
+    wrong = _expected_mixer_output(u, q, k_tiled, v, attn.o_proj.weight, None)
+    assert _rel_err(wrong, want) > 0.1
+
+
+# --- the real SmolLM2 teacher -------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_smollm_student_builds_and_runs(smollm_teacher, smollm_tokenizer):
+    student = build_student(smollm_teacher, HyenaConfig(max_len=8192), init="teacher_attention",
+                            teacher_source="smollm2.gguf")
+    assert len(student.decoder_layers()) == 30
+    assert "quantization_config" not in student.config.teacher_config
+    assert student.get_output_embeddings().weight is student.get_input_embeddings().weight
+    t_sd, s_sd = smollm_teacher.state_dict(), student.backbone.state_dict()
+    for k in set(t_sd) - _attention_keys(smollm_teacher):
+        assert torch.equal(t_sd[k], s_sd[k]), k
+    ids = smollm_tokenizer(SENTENCE, return_tensors="pt").input_ids
+    logits = student(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], 49152) and torch.isfinite(logits).all()
+    report = parameter_report(smollm_teacher, student)
+    assert report["teacher_total"] == 134_515_008
+    assert report["student_total"] == report["shared"] + 30 * report["per_mixer"]
+
+
+def test_parameter_report_pythia(pythia, pythia_student):
+    r = parameter_report(pythia, pythia_student)
+    assert r["teacher_total"] == 70_426_624
+    assert r["teacher_total"] == r["shared"] + 6 * r["per_attention"]
+    assert r["student_total"] == r["shared"] + 6 * r["per_mixer"]
+    assert 0 < r["per_mixer_filter"] < r["per_mixer"]

@@ -1,0 +1,157 @@
+"""Teachers: loading (Pythia config, SmolLM2 GGUF), adapters, and per-layer output capture."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hyena.teachers import (
+    attention_projections,
+    capture_layer_outputs,
+    get_adapter,
+    load_teacher,
+    load_tokenizer,
+    weights_hash,
+)
+
+SENTENCE = "The quick brown fox jumps over the lazy dog because it was late for dinner."
+
+
+@pytest.fixture(scope="module")
+def pythia(pythia_dir):
+    torch.manual_seed(0)
+    return load_teacher(str(pythia_dir), config_only=True)
+
+
+def test_pythia_config_has_published_size(pythia):
+    assert sum(p.numel() for p in pythia.parameters()) == 70_426_624
+    assert get_adapter(pythia).family == "gpt_neox"
+    assert not any(p.requires_grad for p in pythia.parameters())
+    assert not pythia.training
+
+
+def _manual_layer_outputs(model, input_ids):
+    """Embed, then call each layer by hand with rotary embeddings and an explicit causal mask."""
+    base = model.gpt_neox
+    L = input_ids.shape[1]
+    h = base.embed_in(input_ids)  # (B, L, d)
+    outs = [h]
+    pos = torch.arange(L)[None]  # (1, L)
+    cos_sin = base.rotary_emb(h, position_ids=pos)
+    mask = torch.full((L, L), float("-inf")).triu(1)[None, None]  # (1, 1, L, L) additive, eager
+    for layer in base.layers:
+        h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=cos_sin)
+        h = h[0] if isinstance(h, tuple) else h
+        outs.append(h)
+    return outs
+
+
+@torch.no_grad()
+def test_pythia_capture_equals_manual_forward(pythia, pythia_tokenizer):
+    pythia.set_attn_implementation("eager")  # so the hand-built additive mask is the right format
+    try:
+        ids = pythia_tokenizer(SENTENCE, return_tensors="pt").input_ids
+        captured = capture_layer_outputs(pythia, ids)
+        manual = _manual_layer_outputs(pythia, ids)
+        hidden = pythia(input_ids=ids, output_hidden_states=True).hidden_states
+    finally:
+        pythia.set_attn_implementation("sdpa")
+    assert len(captured) == 1 + pythia.config.num_hidden_layers
+    for got, want in zip(captured, manual, strict=True):
+        assert got.shape == (1, ids.shape[1], pythia.config.hidden_size)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # hidden_states agree except for the last entry, which HF passes through the final norm
+    for got, want in zip(captured[:-1], hidden[:-1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(captured[-1], hidden[-1], atol=1e-3)
+    torch.testing.assert_close(pythia.gpt_neox.final_layer_norm(captured[-1]), hidden[-1])
+
+
+def test_pythia_tokenizer_is_neox(pythia_tokenizer):
+    ids = pythia_tokenizer(SENTENCE).input_ids
+    assert len(pythia_tokenizer) >= 50_277
+    assert pythia_tokenizer.decode(ids) == SENTENCE
+
+
+def test_neox_qkv_deinterleave_matches_attention(pythia):
+    """The de-interleaved q/k/v are what the attention's own view+chunk produces."""
+    attn = pythia.gpt_neox.layers[0].attention
+    p = attention_projections(attn, pythia.config)
+    u = torch.randn(2, 5, pythia.config.hidden_size)
+    heads, hs = pythia.config.num_attention_heads, pythia.config.hidden_size // pythia.config.num_attention_heads
+    qkv = attn.query_key_value(u).view(2, 5, heads, 3 * hs)
+    q, k, v = (t.reshape(2, 5, -1) for t in qkv.chunk(3, dim=-1))  # how the forward splits it
+    for got_w, got_b, want in ((p.q_weight, p.q_bias, q), (p.k_weight, p.k_bias, k), (p.v_weight, p.v_bias, v)):
+        torch.testing.assert_close(u @ got_w.T + got_b, want, rtol=1e-5, atol=1e-5)
+    naive_q = attn.query_key_value.weight.chunk(3)[0]  # wrong: assumes [Q; K; V] blocks
+    assert not torch.allclose(naive_q, p.q_weight)
+
+
+def test_llama_gqa_projections_repeat_kv(tiny_llama):
+    cfg = tiny_llama.config
+    attn = tiny_llama.model.layers[0].self_attn
+    p = attention_projections(attn, cfg)
+    d, hd = cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads
+    groups = cfg.num_attention_heads // cfg.num_key_value_heads
+    assert p.k_weight.shape == p.v_weight.shape == (d, d)
+    for head in range(cfg.num_attention_heads):
+        kv_head = head // groups  # repeat_kv: query head h reads kv head h // groups
+        rows, kv_rows = slice(head * hd, (head + 1) * hd), slice(kv_head * hd, (kv_head + 1) * hd)
+        assert torch.equal(p.k_weight[rows], attn.k_proj.weight[kv_rows])
+        assert torch.equal(p.v_weight[rows], attn.v_proj.weight[kv_rows])
+    assert p.q_bias is None and p.o_bias is None
+
+
+def test_weights_hash_sees_weight_changes(tiny_neox):
+    before = weights_hash(tiny_neox)
+    with torch.no_grad():
+        tiny_neox.gpt_neox.embed_in.weight[0, 0] += 1.0
+    assert weights_hash(tiny_neox) != before
+
+
+def test_smollm_gguf_loads_and_captures_all_layers(smollm_teacher, smollm_tokenizer):
+    assert get_adapter(smollm_teacher).family == "llama"
+    assert smollm_teacher.config.num_hidden_layers == 30
+    assert smollm_teacher.lm_head.weight is smollm_teacher.model.embed_tokens.weight  # tied
+    ids = smollm_tokenizer(SENTENCE, return_tensors="pt").input_ids
+    outs = capture_layer_outputs(smollm_teacher, ids)
+    assert len(outs) == 31  # embedding output + 30 layers
+    for h in outs:
+        assert h.shape == (1, ids.shape[1], 576)
+        assert torch.isfinite(h).all()
+    assert torch.equal(outs[0], smollm_teacher.model.embed_tokens(ids))
+    # a real pretrained LM: the next word after a clear prefix is predicted well above chance
+    with torch.no_grad():
+        logits = smollm_teacher(input_ids=ids).logits
+    nll = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+    assert nll.item() < 6.0, f"SmolLM2 NLL {nll.item():.2f} nats/token: weights look wrong"
+
+
+def test_unsupported_architecture_lists_supported(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="unsupported teacher architecture 'gpt2'.*gpt_neox, llama"):
+        load_teacher(str(tmp_path), config_only=True)
+
+
+def test_unreachable_hub_id_says_pass_local_path(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="pass a local directory or a .gguf file path"):
+        load_teacher("EleutherAI/pythia-70m-nonexistent-test", config_only=True)
+    with pytest.raises(RuntimeError, match="pass a local directory"):
+        load_tokenizer("EleutherAI/pythia-70m-nonexistent-test")
+
+
+def test_missing_local_paths_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="teacher GGUF file not found"):
+        load_teacher(str(tmp_path / "nope.gguf"))
+    with pytest.raises(FileNotFoundError, match="teacher directory not found"):
+        load_teacher(str(tmp_path / "no_such_dir"))
+
+
+def test_pythia_config_file_matches_published(pythia_dir):
+    cfg = json.loads((pythia_dir / "config.json").read_text())
+    assert cfg["model_type"] == "gpt_neox" and cfg["hidden_size"] == 512 and cfg["num_hidden_layers"] == 6
