@@ -172,8 +172,9 @@ class ActivationStore:
 # ----------------------------------------------------------------------------- writing
 
 
-def store_fingerprint(teacher: dict, tokens: dict, params: DumpParams) -> str:
-    body = {"format": FORMAT, "teacher": teacher, "tokens": tokens, "params": params.content_params()}
+def store_fingerprint(teacher: dict, manifest_hash: str, params: DumpParams) -> str:
+    """What a resumed dump must share with the partial store: the stored bytes depend on nothing else."""
+    body = {"format": FORMAT, "teacher": teacher, "tokens": manifest_hash, "params": params.content_params()}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -294,7 +295,7 @@ def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | 
     teacher = {"source": teacher_source, "weights_hash": weights_hash(model), "family": adapter.family,
                "n_layers": n_layers, "d_model": d}
     tokens = {"dir": str(tokens_dir), "manifest_hash": manifest["content_hash"]}
-    fingerprint = store_fingerprint(teacher, tokens, p)
+    fingerprint = store_fingerprint(teacher, manifest["content_hash"], p)
 
     store = _resumable_store(out, fingerprint)
     if store is not None and store.complete:
