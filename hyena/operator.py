@@ -3,14 +3,27 @@
 For an input u of shape (B, L, d) and order N (the reference code's "order": N gates, N-1 long
 filters):
 
-    x_0, ..., x_{N-1}, v = split(shortconv(W_in u))          each (B, d, L)
+    x_0, ..., x_{N-1}, v = split(shortconv(W_in u + b_in))      each (B, d, L)
     for i = N-1 .. 1:   v = h_i * (x_i v) + b_i (x_i v)        "*" = causal convolution over L
-    y = W_out (x_0 v)
+    y = W_out (x_0 v) + b_out
+
+`shortconv` is a depthwise causal FIR filter of `short_filter_len` taps over every projected
+channel: s[c, t] = beta_c + sum_{k=0}^{K-1} w[c, k] z[c, t - (K-1) + k], with z[c, t<0] = 0.
 
 The long filters h_i are *implicit*: a small FFN of a positional embedding z(t) with sine
 activations, multiplied by an exponentially decaying window. They are generated for any length
-L <= max_len, so parameters do not grow with context. The convolution runs by FFT in
-O(L log L), always in fp32 (torch.fft rejects bf16 and needs power-of-two sizes for fp16).
+L <= max_len, so parameters do not grow with context; tap n does not depend on L, so a filter
+generated for L is a prefix of the one generated for any longer length.
+
+The long convolution runs by FFT in O(L log L): zero-padding both signals to n >= 2L-1 (a
+5-smooth size, `fft_size`) makes the circular product a linear convolution, and keeping the first
+L outputs makes it causal. The pass-through is folded into the frequency response,
+H_i = rfft(h_i) + b_i, because b u = (b delta) * u. It always runs in at least fp32 (torch.fft
+rejects bf16 and needs power-of-two sizes for fp16).
+
+At inference (no gradient needed) the filters and their responses are cached per module and reused
+until any filter parameter changes value (checked by comparing against a snapshot, so
+`load_state_dict`, optimiser steps, `.data` writes and `assign=True` all invalidate it).
 
 `causality_violation` is a built-in check: the gradient of output t with respect to any input
 position > t must be exactly zero.
@@ -18,12 +31,12 @@ position > t must be exactly zero.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 @dataclass
@@ -55,24 +68,130 @@ class HyenaConfig:
         return asdict(self)
 
 
+# ----------------------------------------------------------------------------------------------
+# Long causal convolution by FFT
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def fft_size(L: int) -> int:
+    """Smallest 5-smooth n (= 2^a 3^b 5^c) with n >= 2L-1: no wrap-around into the first L
+    outputs, and a size pocketfft/MKL transform fast. For L a power of two this is 2L; for other
+    L it can be up to ~2x smaller than the next power of two (L=4097: 8640 instead of 16384)."""
+    target = max(2 * L - 1, 1)
+    best = 1 << (target - 1).bit_length()  # a power of two always qualifies
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            n = p35
+            while n < target:
+                n *= 2
+            best = min(best, n)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def fft_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype the FFT runs in: at least fp32 (bf16/fp16 -> fp32), fp64 stays fp64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def causal_conv_from_spectrum(
+    u: torch.Tensor, h_f: torch.Tensor, n: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y = irfft(rfft(u, n) * h_f)[..., :L] (+ bias * u): causal conv given the filter spectrum.
+
+    u: (B, d, L); h_f: (d, n//2+1) = rfft(h[..., :L], n) with n >= 2L-1 (see `fft_size`);
+    bias: (d,). Returned in u's dtype.
+    """
+    L = u.shape[-1]
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        u_hi = u.to(fft_dtype(u.dtype))
+        u_f = torch.fft.rfft(u_hi, n=n)  # (B, d, n/2+1)
+        if torch.is_grad_enabled() and (u_f.requires_grad or h_f.requires_grad):
+            u_f = u_f * h_f  # autograd needs both factors
+        else:
+            u_f *= h_f  # inference: no second complex buffer
+        y = torch.fft.irfft(u_f, n=n)[..., :L]  # (B, d, L)
+        if bias is not None:
+            y = torch.addcmul(y, u_hi, bias.to(u_hi.dtype)[:, None])
+    return y.to(u.dtype)
+
+
 def fft_causal_conv(u: torch.Tensor, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Causal convolution y[t] = sum_{s<=t} h[s] u[t-s] (+ bias * u[t]) per channel, by FFT.
 
     u: (B, d, L), h: (d, L') with L' >= L (extra taps are ignored), bias: (d,). Zero-padding to
-    n >= 2L makes the circular FFT product a linear convolution; keeping the first L outputs makes
-    it causal. Computed in at least fp32 (fp64 stays fp64); returned in the input dtype.
+    n >= 2L-1 makes the circular FFT product a linear convolution; keeping the first L outputs
+    makes it causal. Computed in at least fp32 (fp64 stays fp64); returned in the input dtype.
     """
     L = u.shape[-1]
-    n = 1 << (2 * L - 1).bit_length()  # power of two >= 2L-1: fastest FFT size, no wrap-around
-    dtype = torch.promote_types(u.dtype, torch.float32)
+    n = fft_size(L)
     with torch.autocast(device_type=u.device.type, enabled=False):
-        u_hi = u.to(dtype)
-        u_f = torch.fft.rfft(u_hi, n=n)  # (B, d, n/2+1)
-        h_f = torch.fft.rfft(h[..., :L].to(dtype), n=n)  # (d, n/2+1)
-        y = torch.fft.irfft(u_f * h_f, n=n)[..., :L]  # (B, d, L)
-        if bias is not None:
-            y = y + u_hi * bias.to(dtype)[:, None]
-    return y.to(u.dtype)
+        h_f = torch.fft.rfft(h[..., :L].to(fft_dtype(u.dtype)), n=n)  # (d, n/2+1)
+    return causal_conv_from_spectrum(u, h_f, n, bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Short causal depthwise convolution
+# ----------------------------------------------------------------------------------------------
+
+
+class _CausalDepthwiseConv(torch.autograd.Function):
+    """s[:, c, t] = b[c] + sum_k w[c, k] z[:, c, t-(K-1)+k] as K shifted multiply-adds.
+
+    On CPU this is several times faster than nn.Conv1d's depthwise kernel, needs no padded copy
+    and writes a contiguous (B, C, L) result. The backward is written out (in-place slice updates
+    under autograd would be slow): dz[t] = sum_k w[k] ds[t+(K-1)-k], dw[k] = sum_{b,t} ds[t]
+    z[t-(K-1)+k], db = sum_{b,t} ds[t].
+    """
+
+    @staticmethod
+    def forward(ctx, z, weight, bias):  # z (B, C, L), weight (C, K), bias (C,) or None
+        K, L = weight.shape[1], z.shape[-1]
+        if bias is None:
+            out = z * weight[:, K - 1, None]
+        else:
+            out = torch.addcmul(bias[:, None], z, weight[:, K - 1, None])  # (B, C, L)
+        for j in range(1, min(K, L)):  # tap K-1-j reads z shifted right by j
+            out[..., j:].addcmul_(z[..., : L - j], weight[:, K - 1 - j, None])
+        ctx.save_for_backward(z, weight)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # grad (B, C, L)
+        z, weight = ctx.saved_tensors
+        K, L = weight.shape[1], z.shape[-1]
+        grad_z = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_z = grad * weight[:, K - 1, None]
+            for j in range(1, min(K, L)):
+                grad_z[..., : L - j].addcmul_(grad[..., j:], weight[:, K - 1 - j, None])
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(weight)
+            for j in range(0, min(K, L)):
+                grad_w[:, K - 1 - j] = (grad[..., j:] * z[..., : L - j]).sum(dim=(0, 2))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2))
+        return grad_z, grad_w, grad_b
+
+
+def causal_depthwise_conv(z: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """The causal output of a depthwise `conv` (kernel K, weight (C, 1, K)) on z: (B, C, L) ->
+    (B, C, L); equal to `conv(z)[..., :L]` when conv pads K-1 on both sides."""
+    weight = conv.weight[:, 0]  # (C, K)
+    if z.dtype != weight.dtype:  # autocast: follow the activations, as Conv1d would
+        weight = weight.to(z.dtype)
+    bias = None if conv.bias is None else conv.bias.to(z.dtype)
+    return _CausalDepthwiseConv.apply(z.contiguous(), weight, bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Implicit long filter
+# ----------------------------------------------------------------------------------------------
 
 
 class Sin(nn.Module):
@@ -102,7 +221,14 @@ def positional_embedding(L: int, emb_dim: int, max_len: int, device=None) -> tup
 
 
 class HyenaFilter(nn.Module):
-    """Implicit long filters: h(t) = FFN(z(t)) * exp(-|delta| t), for `n_filters` groups of d channels."""
+    """Implicit long filters: h(t) = FFN(z(t)) * (exp(-|delta_c| t) + shift), for `n_filters`
+    groups of d channels.
+
+    When no filter parameter needs a gradient (inference, or a frozen layer) the generated filters
+    and their spectra are cached. The cache remembers a snapshot of every filter parameter and is
+    dropped as soon as any of them differs in value, device or dtype; it holds the longest filter
+    generated so far (shorter requests are prefixes of it) and the latest frequency response.
+    """
 
     def __init__(self, d_model: int, n_filters: int, cfg: HyenaConfig):
         super().__init__()
@@ -116,7 +242,7 @@ class HyenaFilter(nn.Module):
         self.ffn = nn.Sequential(*layers)
         # per-channel pass-through term b_i (the "bias" of the reference code)
         self.bias = nn.Parameter(torch.randn(n_filters, d_model))
-        self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._cache: dict | None = None
 
     def decay_rates(self, device=None) -> torch.Tensor:
         """|delta| per output channel, spread linearly from the slowest to the fastest decay."""
@@ -126,32 +252,89 @@ class HyenaFilter(nn.Module):
         return torch.linspace(slow, fast, self.d_model * self.n_filters, device=device).abs()
 
     def _generate(self, L: int) -> torch.Tensor:
+        """Filters of length L, (n_filters, d, L), computed straight in channel-major layout."""
         device = self.bias.device
         t, z = positional_embedding(L, self.cfg.emb_dim, self.cfg.max_len, device=device)
-        h = self.ffn(z.to(self.bias.dtype))  # (L, n_filters*d)
+        hidden = self.ffn[:-1](z.to(self.bias.dtype))  # (L, filter_order)
+        h = torch.matmul(self.ffn[-1].weight, hidden.mT)  # (n_filters*d, L), no transpose copy
         if self.cfg.modulate:
-            h = h * (torch.exp(-t * self.decay_rates(device)) + self.cfg.modulation_shift)
-        return h.T.reshape(self.n_filters, self.d_model, L)  # (n_filters, d, L)
+            window = torch.exp(-self.decay_rates(device)[:, None] * t.mT)  # (n_filters*d, L)
+            h = h * (window + self.cfg.modulation_shift).to(h.dtype)
+        return h.view(self.n_filters, self.d_model, L)  # (n_filters, d, L)
 
-    def forward(self, L: int) -> torch.Tensor:
-        """Filters of length L: (n_filters, d, L). Cached when gradients are off (inference)."""
+    def _check_len(self, L: int) -> None:
         if L > self.cfg.max_len:
             raise ValueError(
                 f"sequence length {L} exceeds the Hyena filter's max_len {self.cfg.max_len}; "
                 "build the student with a larger hyena.max_len"
             )
-        if torch.is_grad_enabled():
-            self._cache = None
+        if L < 1:
+            raise ValueError(f"sequence length must be >= 1 (got {L})")
+
+    def clear_cache(self) -> None:
+        """Drop the cached filters and frequency response (they are also dropped automatically whenever a
+        parameter changes; this only frees memory or forces regeneration, e.g. in benchmarks)."""
+        self._cache = None
+
+    def _cacheable(self) -> bool:
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+
+    def _valid_cache(self) -> dict:
+        """The cache if every parameter still equals its snapshot, else a fresh empty one."""
+        params = [p.detach() for p in self.parameters()]
+        c = self._cache
+        if c is not None and len(c["params"]) == len(params) and all(
+            s.device == p.device and s.dtype == p.dtype and s.shape == p.shape and torch.equal(s, p)
+            for s, p in zip(c["params"], params, strict=True)
+        ):
+            return c
+        self._cache = {"params": [p.clone() for p in params], "filter": None, "response": None}
+        return self._cache
+
+    def forward(self, L: int) -> torch.Tensor:
+        """Filters of length L: (n_filters, d, L). Cached when no gradient is needed."""
+        self._check_len(L)
+        if not self._cacheable():
+            self._cache = None  # training: parameters move every step, free the memory
             return self._generate(L)
-        # key on the parameters' in-place version counters so loading new weights invalidates it
-        key = (L, self.bias.device, self.bias.dtype, tuple(p._version for p in self.parameters()))
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._generate(L))
-        return self._cache[1]
+        with torch.no_grad():
+            cache = self._valid_cache()
+            if cache["filter"] is None or cache["filter"].shape[-1] < L:
+                cache["filter"] = self._generate(L)
+            return cache["filter"][..., :L]
+
+    def response(self, L: int, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Frequency response of each long-conv step, filter plus pass-through:
+        H = rfft(h[..., :L] + b delta, n) = rfft(h[..., :L], n) + b, since the pass-through
+        b u[t] is a convolution with b delta[t]. (n_filters, d, n//2+1), complex, from `dtype`
+        (a real dtype, at least fp32). Folding b in saves a full pass over (B, d, L)."""
+        if not self._cacheable():
+            return self._response(self(L), n, dtype)
+        with torch.no_grad():
+            h = self(L)  # validates (or refills) the cache first
+            cache = self._cache
+            key = (L, n, dtype)
+            if cache["response"] is None or cache["response"][0] != key:
+                cache["response"] = (key, self._response(h, n, dtype))
+            return cache["response"][1]
+
+    def _response(self, h: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return torch.fft.rfft(h.to(dtype), n=n) + self.bias.to(dtype)[..., None]
+
+
+# ----------------------------------------------------------------------------------------------
+# The operator
+# ----------------------------------------------------------------------------------------------
 
 
 class HyenaOperator(nn.Module):
-    """Drop-in sequence mixer: (B, L, d) -> (B, L, d), causal, sub-quadratic in L."""
+    """Drop-in sequence mixer: (B, L, d) -> (B, L, d), causal, sub-quadratic in L.
+
+    Internally everything between the two projections runs channel-major, (B, C, L), so that the
+    short conv and the FFT both work along the contiguous last axis; the projections read and
+    write that layout through BLAS transposes instead of copies.
+    """
 
     def __init__(self, d_model: int, cfg: HyenaConfig | None = None):
         super().__init__()
@@ -160,29 +343,41 @@ class HyenaOperator(nn.Module):
         width = d_model * (cfg.order + 1)
         self.in_proj = nn.Linear(d_model, width)
         self.out_proj = nn.Linear(d_model, d_model)
-        # depthwise causal conv over every projected channel: pad k-1 both sides, keep first L
+        # depthwise causal conv over every projected channel. Kept as an nn.Conv1d (weights,
+        # checkpoints, `short_filter(z)[..., :L]` all still work: it pads k-1 on both sides) but
+        # evaluated by `causal_depthwise_conv`, which is faster on CPU.
         self.short_filter = nn.Conv1d(
             width, width, cfg.short_filter_len, padding=cfg.short_filter_len - 1, groups=width
         )
         self.filter_fn = HyenaFilter(d_model, cfg.order - 1, cfg)
 
+    def project_in(self, u: torch.Tensor) -> torch.Tensor:
+        """W_in u + b_in, written channel-major: (B, L, d) -> (B, (N+1) d, L)."""
+        w, b = self.in_proj.weight, self.in_proj.bias
+        if torch.is_autocast_enabled(u.device.type):  # let F.linear pick the autocast dtype
+            return self.in_proj(u).mT.contiguous()
+        w_b = w.expand(u.shape[0], *w.shape)  # (B, (N+1) d, d), no copy
+        if b is None:
+            return torch.bmm(w_b, u.mT)
+        return torch.baddbmm(b[:, None], w_b, u.mT)  # (B, (N+1) d, L)
+
     def gates(self, u: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Projections after the short conv: ([x_0, ..., x_{N-1}], v), each (B, d, L)."""
-        L = u.shape[1]
-        z = self.in_proj(u).transpose(1, 2)  # (B, (N+1) d, L)
-        z = self.short_filter(z)[..., :L]  # causal short conv
+        z = causal_depthwise_conv(self.project_in(u), self.short_filter)  # (B, (N+1) d, L)
         *x, v = z.split(self.d_model, dim=1)
         return x, v
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         L = u.shape[1]  # u: (B, L, d)
-        x, v = self.gates(u)
-        h = self.filter_fn(L)  # (N-1, d, L)
-        bias = self.filter_fn.bias  # (N-1, d)
+        self.filter_fn._check_len(L)
+        x, v = self.gates(u)  # each (B, d, L)
+        n = fft_size(L)
+        # H_i = rfft(h_i + b_i delta): the pass-through term rides along in the FFT
+        H = self.filter_fn.response(L, n, fft_dtype(u.dtype))  # (N-1, d, n/2+1), complex
         for o, x_i in enumerate(reversed(x[1:])):
-            v = fft_causal_conv(v * x_i, h[o], bias[o])  # (B, d, L)
-        y = (v * x[0]).transpose(1, 2)  # (B, L, d)
-        return self.out_proj(y)
+            v = causal_conv_from_spectrum(v * x_i, H[o], n)  # (B, d, L)
+        y = v * x[0]  # (B, d, L)
+        return self.out_proj(y.mT)  # (B, L, d)
 
 
 def param_groups(
