@@ -15,7 +15,8 @@ Every (mixer, mode, L) runs in a fresh subprocess, so that
     its input: the extra resident memory (activations, workspaces, gradients) the call needed.
     Large tensors come from mmap and go back to the OS when freed, so this tracks the live peak.
   * a config that runs too long is killed at --timeout and reported as skipped, not crashed.
-Time = the fastest of the timed calls after one warm-up call (the fastest is the least disturbed
+Wall and process CPU time are both recorded (CPU time is less disturbed by other processes on a
+shared machine). Time = the fastest of the timed calls after one warm-up call (the fastest is the least disturbed
 by other processes on a shared machine); when the warm-up alone exceeds --single-above seconds it
 is the only measurement (n=1). Ratios are attention time / Hyena time, so > 1 means Hyena wins.
 
@@ -99,18 +100,18 @@ def worker(mixer: str, mode: str, L: int, max_len: int, repeats: int, single_abo
         def call():
             model(u).sum().backward()
 
+    def timed() -> tuple[float, float]:  # (wall s, CPU s of all this process's threads)
+        t0, c0 = time.perf_counter(), time.process_time()
+        call()
+        return time.perf_counter() - t0, time.process_time() - c0
+
     base = maxrss_mib()
-    t0 = time.perf_counter()
-    call()
-    times = [time.perf_counter() - t0]  # the warm-up
+    runs = [timed()]  # the warm-up
     peak = maxrss_mib() - base
-    if times[0] <= single_above:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-    return {"time_s": min(times), "n": len(times), "peak_mib": peak, "base_mib": base}
+    if runs[0][0] <= single_above:
+        runs = [timed() for _ in range(repeats)]
+    return {"time_s": min(r[0] for r in runs), "cpu_s": min(r[1] for r in runs), "n": len(runs),
+            "peak_mib": peak, "base_mib": base}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def fmt_time(r: dict | None) -> str:
 def fmt_ratio(a: dict | None, h: dict | None) -> str:
     if not a or not h or "skipped" in a or "skipped" in h:
         return "-"
-    return f"{a['time_s'] / h['time_s']:.1f}x"
+    return f"{a['time_s'] / h['time_s']:.1f}x ({a['cpu_s'] / h['cpu_s']:.1f}x)"
 
 
 def fmt_mem(r: dict | None) -> str:
@@ -185,7 +186,9 @@ def render(results: dict, args, started: str, load: tuple, seconds: float) -> st
         "times are the fastest of several calls, see the script's docstring).", "",
         "Both mixers include their projections: attention = qkv Linear + "
         "`scaled_dot_product_attention(is_causal=True)` + out Linear; Hyena = order 2, one implicit "
-        "long filter, FFT convolution. Ratios are attention time / Hyena time (> 1: Hyena faster).",
+        "long filter, FFT convolution. Ratios are attention time / Hyena time (> 1: Hyena faster): "
+        "wall clock, and in parentheses process CPU time, which other processes on a shared machine "
+        "disturb less.",
         "",
     ]
     return "\n".join(head + lines) + "\n"
