@@ -42,7 +42,8 @@ class HyenaMixer(HyenaOperator):
     Positions (rotary cos/sin), attention masks and KV caches that the decoder layer passes are
     ignored: the implicit long filter encodes position by itself, and causality is built into the
     convolution. Right padding is therefore harmless (outputs at real tokens never see later
-    positions); left padding is not supported (pads would leak into the convolution).
+    positions); left padding would leak pads into the convolution, so
+    `HyenaStudentForCausalLM.forward` rotates left-padded rows before they reach the mixers.
     """
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
@@ -178,10 +179,21 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
                 past_key_values=None, use_cache=None, **kwargs):
         """Delegates to the backbone (logits, and the shifted CE loss when `labels` are given).
 
-        `past_key_values` / `use_cache` are accepted for API compatibility and ignored."""
+        Left padding is handled exactly: the mixers see no mask, so each row is rotated to put
+        its real tokens first (pads after them cannot leak into a causal model without
+        positions), run, and rotated back. `past_key_values` / `use_cache` are accepted for API
+        compatibility and ignored."""
         kwargs.pop("position_ids", None)  # positions are meaningless to the mixers
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                             inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
+        shift = _leading_pads(attention_mask)
+        if shift is not None:
+            input_ids, inputs_embeds, labels, attention_mask = (
+                _rotate(t, -shift) for t in (input_ids, inputs_embeds, labels, attention_mask)
+            )
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                            inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
+        if shift is not None:
+            out.logits = _rotate(out.logits, shift)
+        return out
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
                                       inputs_embeds=None, **kwargs):
@@ -218,6 +230,24 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         layer (norms, MLP) is position-wise."""
         out = self.decoder_layers()[i](hidden_states)
         return out[0] if isinstance(out, tuple) else out  # GPT-NeoX/Llama return a tensor today
+
+
+def _leading_pads(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-row count of leading zeros of a 2-D padding mask (B,), or None when nothing to do."""
+    if attention_mask is None or attention_mask.ndim != 2:
+        return None
+    leading = (attention_mask.cumsum(-1) == 0).sum(-1)  # (B,)
+    return leading if bool(leading.any()) else None
+
+
+def _rotate(t: torch.Tensor | None, shift: torch.Tensor) -> torch.Tensor | None:
+    """Roll each row b of t (B, L, ...) along L by shift[b]: out[b, i] = t[b, (i - shift[b]) % L]."""
+    if t is None:
+        return None
+    L = t.shape[1]
+    idx = (torch.arange(L, device=t.device)[None, :] - shift[:, None].to(t.device)) % L  # (B, L)
+    idx = idx.view(*idx.shape, *([1] * (t.ndim - 2))).expand(-1, -1, *t.shape[2:])
+    return t.gather(1, idx)
 
 
 def register() -> None:

@@ -128,6 +128,26 @@ def test_generate_ignores_an_explicit_use_cache(tiny_neox):
 
 
 @torch.no_grad()
+def test_left_padding_gives_the_unpadded_results(tiny_llama):
+    """Mixers see no mask; left-padded rows must still match the same rows run alone."""
+    torch.manual_seed(4)
+    student = build_student(tiny_llama, HCFG)
+    short, long_ = torch.randint(3, 1000, (1, 5)), torch.randint(3, 1000, (1, 9))
+    ids = torch.cat([torch.cat([torch.full((1, 4), 2), short], 1), long_])  # left-pad the short row
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    batched = student(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(batched[0, 4:], student(input_ids=short).logits[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched[1], student(input_ids=long_).logits[0], rtol=1e-5, atol=1e-5)
+    naive = student(input_ids=ids).logits  # no mask: the pads leak into the short row
+    assert _rel_err(naive[0, 4:], batched[0, 4:]) > 1e-2
+    out = student.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5,
+                           do_sample=False, pad_token_id=2)
+    assert torch.equal(out[0, 4:], _greedy_by_hand(student, short, 5)[0])
+    assert torch.equal(out[1], _greedy_by_hand(student, long_, 5)[0])
+
+
+@torch.no_grad()
 def test_embed_and_run_layer_reproduce_forward(pythia, pythia_student):
     ids = torch.randint(0, 50000, (2, 24))
     h = pythia_student.embed(ids)
