@@ -1,0 +1,114 @@
+"""End to end: `dvc repro` of the whole pipeline on the `tiny` preset in a temporary clone, then
+checks that a param change reruns exactly the stages that depend on it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, SHARED
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+       "OMP_NUM_THREADS": "2", "PYTHONPATH": ""}
+
+
+def sh(args, cwd, timeout=1500):
+    proc = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh git + DVC copy of the project with ../shared beside it and the tiny preset."""
+    top = tmp_path_factory.mktemp("e2e")
+    (top / "shared").symlink_to(SHARED.resolve())
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    dst = top / "repo"
+    for rel in files:
+        if rel.startswith(("data/", "reports/")) or not (ROOT / rel).is_file():
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dst / rel)
+    shutil.copyfile(dst / "presets" / "tiny.yaml", dst / "params.yaml")
+    sh(["git", "init", "-q"], dst)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dst)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"], dst)
+    return dst
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage(repo):
+    sh(["dvc", "repro"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    keys = list(params["distill"]["layers"])
+    for path in ["data/tokens/train.npy", "data/tokens/manifest.json", "data/activations.zarr/zarr.json",
+                 "data/students/layer_00/config.json", "data/students/distilled/model.safetensors",
+                 "data/students/finetuned/model.safetensors", "data/students/pretrained/model.safetensors",
+                 "data/eval/report.md", "data/eval/ppl.png", "reports/plots/layer_mse.png",
+                 *[f"data/students/layer_{k}/layer.safetensors" for k in keys]]:
+        assert (repo / path).exists(), path
+    for metrics in ["reports/metrics/assemble.json", "reports/metrics/finetune.json",
+                    "reports/metrics/pretrain.json", "data/eval/metrics.json",
+                    *[f"reports/metrics/distill/layer_{k}.json" for k in keys]]:
+        values = _numbers(json.loads((repo / metrics).read_text()))
+        assert values and all(math.isfinite(v) for v in values), metrics
+    for k in keys:
+        m = json.loads((repo / f"reports/metrics/distill/layer_{k}.json").read_text())
+        assert m["val_mse"] < m["val_mse_before"], (k, m)
+    assert "up to date" in sh(["dvc", "status"], repo).lower() or "Data and pipelines are up to date" in sh(
+        ["dvc", "status"], repo)
+
+
+def _set_params(repo: Path, *overrides) -> str:
+    """Apply ((key, ...), value) overrides to params.yaml; returns the previous text."""
+    params = repo / "params.yaml"
+    saved = params.read_text()
+    data = yaml.safe_load(saved)
+    for path, value in overrides:
+        node = data
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    return saved
+
+
+@pytest.mark.slow
+def test_param_changes_rerun_only_dependent_stages(repo):
+    if not (repo / "dvc.lock").exists():
+        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
+    keys = list(yaml.safe_load((repo / "params.yaml").read_text())["distill"]["layers"])
+
+    # a global distillation knob: every distill stage, nothing upstream, not the baseline
+    saved = _set_params(repo, (("distill", "lr"), 0.002))
+    running = set(re.findall(r"Running stage '([^']+)'", sh(["dvc", "repro", "--dry"], repo)))
+    (repo / "params.yaml").write_text(saved)
+    assert {f"distill@{k}" for k in keys} <= running
+    assert not running & {"tokenize", "dump-activations", "init-student", "pretrain"}
+
+    # one layer's override: that layer reruns, and after it only the layers above it are stale
+    _set_params(repo, (("distill", "layers", "04", "lr"), 5e-4))
+    running = set(re.findall(r"Running stage '([^']+)'", sh(["dvc", "repro", "--dry"], repo)))
+    assert "distill@04" in running and not running & {"distill@01", "distill@02", "distill@03"}
+    sh(["dvc", "repro", "-s", "distill@04"], repo)
+    status = sh(["dvc", "status"], repo)
+    stale = set(re.findall(r"^(\S+):", status, flags=re.M))
+    assert {"distill@05", "assemble"} <= stale, status
+    assert not stale & {"distill@01", "distill@02", "distill@03", "distill@04", "tokenize"}, status
+
+
+def _numbers(obj):
+    if isinstance(obj, dict):
+        return [v for x in obj.values() for v in _numbers(x)]
+    if isinstance(obj, list):
+        return [v for x in obj for v in _numbers(x)]
+    return [float(obj)] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
