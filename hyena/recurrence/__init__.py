@@ -1,5 +1,20 @@
-"""Laughing Hyena: long filters in modal (state-space) form and O(1)-per-token recurrent decoding."""
+"""Laughing Hyena: long filters in modal (state-space) form and O(1)-per-token recurrent decoding.
 
+Importing this package registers the recurrent student ("hyena_recurrent_student") with
+AutoConfig / AutoModelForCausalLM.
+"""
+
+from hyena.recurrence.mixer import HyenaLayerState, HyenaRecurrentCache, RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFilter, ModalFitConfig, fit_modal, modal_powers, relative_l2
+from hyena.recurrence.model import (
+    HyenaRecurrentConfig,
+    HyenaRecurrentForCausalLM,
+    layer_output_errors,
+    to_recurrent,
+)
 
-__all__ = ["ModalFilter", "ModalFitConfig", "fit_modal", "modal_powers", "relative_l2"]
+__all__ = [
+    "HyenaLayerState", "HyenaRecurrentCache", "HyenaRecurrentConfig", "HyenaRecurrentForCausalLM",
+    "ModalFilter", "ModalFitConfig", "RecurrentHyenaMixer", "fit_modal", "layer_output_errors",
+    "modal_powers", "relative_l2", "to_recurrent",
+]

@@ -1,0 +1,229 @@
+"""Recurrent Hyena mixer: the operator with modal long filters, run by FFT or one token at a time.
+
+For one long filter with modal form (p, R, D) (see modal.py) and its input w_t = v_t * x_t:
+
+    y_t = D w_t + sum_{j<t} h[t-j] w_j = D w_t + Re( sum_n R_n s_{t-1,n} ),
+    s_t = p * s_{t-1} + w_t,           so s_{t-1} = sum_{j<t} p^(t-1-j) w_j
+
+(h[k] = Re(sum R p^(k-1)) for k >= 1). A chunk of T new tokens after a state s (T = the whole
+prompt for prefill, s = 0) is, exactly and without a loop over tokens:
+
+    y_t   = [FFT conv of w with the modal kernel]_t + D w_t + Re( sum_n R_n p_n^t s_n )
+    s_new = p^T s + sum_j p^(T-1-j) w_j
+
+The short depthwise conv keeps its last k-1 projected inputs (the FIR state). Decoding one token
+costs O(d (N + k)) per long filter plus the projections, independent of the context length;
+the state per sequence is (order-1) * d * N complex numbers + (order+1) * d * (k-1) reals.
+
+`HyenaRecurrentCache` (a transformers `Cache`) holds one `HyenaLayerState` per decoder layer and
+travels to the mixers as `past_key_values=` (Llama) / `layer_past=` (GPT-NeoX).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from hyena.operator import HyenaConfig, HyenaOperator, fft_causal_conv
+from hyena.recurrence.modal import TIME_BLOCK, ModalFilter, modal_powers
+
+
+class HyenaLayerState(CacheLayerMixin):
+    """One layer's recurrent state: FIR state (B, W, k-1) and modal state (B, order-1, d, N) complex."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+    supports_early_init = False
+
+    def __init__(self):
+        super().__init__()
+        self.fir: torch.Tensor | None = None
+        self.modal: torch.Tensor | None = None
+        self.seen = 0  # tokens absorbed so far
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        raise TypeError("a Hyena layer keeps a recurrent state, not keys/values")
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise TypeError("a Hyena layer keeps a recurrent state, not keys/values")
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0  # the mixers ignore masks; sizes keep HF's bookkeeping sane
+
+    def get_max_length(self) -> int:
+        return -1  # no limit: the state does not grow
+
+    def reset(self) -> None:
+        self.fir, self.modal, self.seen = None, None, 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.fir is not None:
+            self.fir = self.fir.index_select(0, beam_idx.to(self.fir.device))
+            self.modal = self.modal.index_select(0, beam_idx.to(self.modal.device))
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.fir, self.modal) if t is not None)
+
+
+class HyenaRecurrentCache(Cache):
+    """Recurrent states of all decoder layers; pass as `past_key_values` to a recurrent student."""
+
+    def __init__(self, n_layers: int):
+        super().__init__(layers=[HyenaLayerState() for _ in range(n_layers)])
+
+    def nbytes(self) -> int:
+        """Bytes held (all layers, all sequences of the batch)."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+
+class RecurrentHyenaMixer(nn.Module):
+    """A Hyena operator whose long filters are modal (p, R, D): same projections and short conv.
+
+    forward(hidden_states, *args, **kwargs) accepts the HF attention call and returns (y, None).
+    With a `HyenaRecurrentCache` in kwargs (`past_key_values` or `layer_past`) it continues that
+    layer's state (prefill or chunk by FFT, single tokens by the recurrence); without one it is a
+    stateless causal mixer, exactly the convolution with the modal filters.
+    """
+
+    def __init__(self, d_model: int, cfg: HyenaConfig, modal_order: int, layer_idx: int = 0,
+                 min_decay: float = 1e-6):
+        super().__init__()
+        self.cfg, self.d_model, self.layer_idx = cfg, d_model, layer_idx
+        width = d_model * (cfg.order + 1)
+        self.in_proj = nn.Linear(d_model, width)
+        self.out_proj = nn.Linear(d_model, d_model)
+        k = cfg.short_filter_len
+        self.short_filter = nn.Conv1d(width, width, k, padding=k - 1, groups=width)
+        self.modal = ModalFilter((cfg.order - 1, d_model), modal_order, min_decay)
+        self._kernel: tuple[tuple, torch.Tensor] | None = None
+        self._consts: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @classmethod
+    def from_operator(cls, op: HyenaOperator, modal: ModalFilter, layer_idx: int = 0) -> RecurrentHyenaMixer:
+        """Share `op`'s projections and short conv; long filters come from `modal` (order-1, d)."""
+        if modal.shape != (op.cfg.order - 1, op.d_model):
+            raise ValueError(f"modal filter shape {modal.shape} does not match the operator "
+                             f"({op.cfg.order - 1}, {op.d_model})")
+        mixer = cls(op.d_model, op.cfg, modal.order, layer_idx, modal.min_decay)
+        mixer.in_proj, mixer.out_proj, mixer.short_filter = op.in_proj, op.out_proj, op.short_filter
+        mixer.modal = modal
+        return mixer.to(op.in_proj.weight.device)
+
+    # ---- cached constants (recomputed when parameters change) --------------------------------
+    def _version(self) -> tuple:
+        return tuple(p._version for p in self.modal.parameters()) + (self.modal.D.device,)
+
+    def tail_kernel(self, L: int) -> torch.Tensor:
+        """Modal kernel (order-1, d, L) with k[0] = 0 (D is applied as the pass-through)."""
+        if torch.is_grad_enabled():
+            return self.modal.tail_kernel(L)
+        key = (L, *self._version())
+        if self._kernel is None or self._kernel[0] != key:
+            self._kernel = (key, self.modal.tail_kernel(L))
+        return self._kernel[1]
+
+    def _decode_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
+        key = self._version()
+        if torch.is_grad_enabled() or self._consts is None or self._consts[0] != key:
+            self._consts = (key, (self.modal.poles(), self.modal.residues()))  # (F, d, N) each
+        return self._consts[1]
+
+    # ---- the three paths ---------------------------------------------------------------------
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
+        cache = kwargs.get("past_key_values", kwargs.get("layer_past"))
+        state = cache.layers[self.layer_idx] if isinstance(cache, HyenaRecurrentCache) else None
+        if state is not None and state.seen > 0 and hidden_states.shape[1] == 1:
+            return self.step(hidden_states[:, 0], state)[:, None], None
+        return self.chunk(hidden_states, state), None
+
+    def _short_conv(self, z: torch.Tensor, state: HyenaLayerState | None) -> torch.Tensor:
+        """Causal depthwise conv of z (B, W, T) continuing the FIR state; updates it."""
+        B, W, _ = z.shape
+        k = self.short_filter.kernel_size[0]
+        prev = state.fir if state is not None and state.fir is not None else z.new_zeros(B, W, k - 1)
+        zc = torch.cat([prev, z], dim=-1)  # (B, W, k-1+T)
+        if state is not None:
+            state.fir = zc[..., zc.shape[-1] - (k - 1):].clone()  # clone: do not pin the whole chunk
+        return F.conv1d(zc, self.short_filter.weight, self.short_filter.bias, groups=W)  # (B, W, T)
+
+    def chunk(self, u: torch.Tensor, state: HyenaLayerState | None = None) -> torch.Tensor:
+        """T tokens at once (B, T, d) -> (B, T, d): FFT convolution plus the carried-in state."""
+        B, T, d = u.shape
+        z = self._short_conv(self.in_proj(u).transpose(1, 2), state)  # (B, W, T)
+        *x, v = z.split(d, dim=1)  # each (B, d, T)
+        kern = self.tail_kernel(T)  # (F, d, T)
+        D = self.modal.D  # (F, d)
+        carry = state is not None and state.modal is not None
+        new_states = []
+        for o, x_i in enumerate(reversed(x[1:])):
+            w = v * x_i  # (B, d, T)
+            y = fft_causal_conv(w, kern[o], D[o])
+            if carry:
+                y = y + self._state_response(o, state.modal[:, o], T)
+            if state is not None:
+                new_states.append(self._absorb(o, state.modal[:, o] if carry else None, w))
+            v = y
+        if state is not None:
+            state.modal = torch.stack(new_states, dim=1)  # (B, F, d, N)
+            state.seen += T
+        return self.out_proj((v * x[0]).transpose(1, 2))  # (B, T, d)
+
+    def _state_response(self, o: int, s: torch.Tensor, T: int) -> torch.Tensor:
+        """Re(sum_n R_n p_n^t s_n) for t < T: the carried-in state's effect, (B, d, T)."""
+        m = self.modal
+        Rs = (m.residues()[o][None] * s).transpose(0, 1)  # (d, B, N)
+        out = []
+        for a in range(0, T, TIME_BLOCK):
+            V = modal_powers(m.decay()[o], m.theta[o], a, min(T, a + TIME_BLOCK) - a)  # (d, N, t)
+            out.append(torch.bmm(Rs, V).real)  # (d, B, t)
+        return torch.cat(out, dim=-1).transpose(0, 1)
+
+    def _absorb(self, o: int, s: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor:
+        """State after the chunk: p^T s + sum_j p^(T-1-j) w_j, (B, d, N) complex64, in time blocks."""
+        m = self.modal
+        T = w.shape[-1]
+        decay, theta = m.decay()[o], m.theta[o]
+        wc = w.to(torch.float32).transpose(0, 1).to(torch.complex64)  # (d, B, T)
+        new = None
+        for a in range(0, T, TIME_BLOCK):
+            b = min(T, a + TIME_BLOCK)
+            V = modal_powers(decay, theta, T - b, b - a).flip(-1)  # p^(T-1-j), j in [a, b): (d, N, t)
+            part = torch.bmm(wc[..., a:b], V.transpose(1, 2))  # (d, B, N)
+            new = part if new is None else new + part
+        new = new.transpose(0, 1)  # (B, d, N)
+        if s is not None:
+            new = new + modal_powers(decay, theta, T, 1)[..., 0] * s
+        return new
+
+    def step(self, u: torch.Tensor, state: HyenaLayerState) -> torch.Tensor:
+        """One token (B, d) -> (B, d): O(d (N + k)) per long filter beyond the projections."""
+        d = self.d_model
+        z = self.in_proj(u)  # (B, W)
+        win = torch.cat([state.fir, z[..., None]], dim=-1)  # (B, W, k)
+        state.fir = win[..., 1:]
+        z = (win * self.short_filter.weight[:, 0, :]).sum(-1) + self.short_filter.bias  # (B, W)
+        *x, v = z.split(d, dim=-1)  # each (B, d)
+        p, R = self._decode_constants()  # (F, d, N)
+        D = self.modal.D
+        s = state.modal  # (B, F, d, N)
+        new_states = []
+        for o, x_i in enumerate(reversed(x[1:])):
+            w = v * x_i  # (B, d)
+            s_o = s[:, o]
+            v = D[o] * w + (R[o] * s_o).real.sum(-1)  # output uses the state BEFORE this token
+            new_states.append(p[o] * s_o + w[..., None])
+        state.modal = torch.stack(new_states, dim=1)
+        state.seen += 1
+        return self.out_proj(v * x[0])
+
+    def state_bytes(self, batch: int = 1) -> int:
+        """Analytic state size per `batch` sequences: modal (complex64) + FIR (fp32)."""
+        k = self.short_filter.kernel_size[0]
+        fir = batch * self.in_proj.out_features * (k - 1) * self.in_proj.weight.element_size()
+        return self.modal.state_bytes(batch) + fir

@@ -1,0 +1,167 @@
+"""The recurrent student: a Hyena student whose long filters are modal, decoding in O(1) per token.
+
+`HyenaRecurrentForCausalLM` is `HyenaStudentForCausalLM` with every `HyenaMixer` replaced by a
+`RecurrentHyenaMixer` (same projections and short conv; modal long filters instead of the
+implicit FFN). Its config (model_type "hyena_recurrent_student") is the student's plus
+`modal = {order, min_decay, fit_len}`, so `save_pretrained` / `AutoModelForCausalLM.from_pretrained`
+round-trip it as a regular HF directory (after `import hyena.recurrence`, which registers it).
+
+Without a cache (`use_cache=False`, e.g. perplexity evaluation) a forward pass is the FFT
+convolution with the modal filters. With `use_cache=True` the model carries a
+`HyenaRecurrentCache` and `generate()` feeds only the new tokens: prefill by FFT, then one
+recurrent step per token.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from hyena.recurrence.mixer import HyenaRecurrentCache, RecurrentHyenaMixer
+from hyena.recurrence.modal import ModalFitConfig, fit_modal, relative_l2
+from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
+
+
+class HyenaRecurrentConfig(HyenaStudentConfig):
+    """A Hyena student config plus the modal form of its filters."""
+
+    model_type = "hyena_recurrent_student"
+
+    modal: dict | None = None  # {"order": N, "min_decay": ..., "fit_len": L the filters were fitted on}
+    use_cache: bool = True  # generation carries the recurrent state
+
+    def modal_order(self) -> int:
+        return int((self.modal or {}).get("order", 16))
+
+    def min_decay(self) -> float:
+        return float((self.modal or {}).get("min_decay", 1e-6))
+
+
+class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
+    """A Hyena student with modal long filters and a recurrent cache for generation."""
+
+    config_class = HyenaRecurrentConfig
+    config: HyenaRecurrentConfig
+
+    def __init__(self, config: HyenaRecurrentConfig):
+        super().__init__(config)
+        hcfg, d = config.hyena_config(), config.teacher_architecture().hidden_size
+        for i, layer in enumerate(self.decoder_layers()):
+            mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay())
+            self.adapter.set_attention(layer, mixer.to(self.dtype))
+        self.generation_config.use_cache = True
+
+    def new_cache(self) -> HyenaRecurrentCache:
+        return HyenaRecurrentCache(len(self.decoder_layers()))
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
+                past_key_values=None, use_cache=None, **kwargs):
+        """Stateless (FFT with modal filters) unless a cache is given or `use_cache=True`; then the
+        cache's state is continued and returned as `past_key_values`."""
+        if past_key_values is None and not use_cache:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                   inputs_embeds=inputs_embeds, **kwargs)
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("recurrent decoding does not support padded batches: pass prompts "
+                             "without padding (one at a time, or all of the same length)")
+        cache = past_key_values if isinstance(past_key_values, HyenaRecurrentCache) else self.new_cache()
+        kwargs.pop("position_ids", None)
+        out = self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
+                            past_key_values=cache, use_cache=True, **kwargs)
+        out.past_key_values = cache
+        return out
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+                                      inputs_embeds=None, use_cache=None, **kwargs):
+        """Feed only the tokens the cache has not absorbed yet (the whole prompt at first)."""
+        if use_cache is False:  # generate(use_cache=False): re-run the full sequence each step
+            return {"input_ids": input_ids, "use_cache": False}
+        cache = past_key_values if isinstance(past_key_values, HyenaRecurrentCache) else self.new_cache()
+        return {"input_ids": input_ids[:, cache.get_seq_length():], "past_key_values": cache,
+                "use_cache": True, "attention_mask": attention_mask}
+
+
+def register() -> None:
+    """Make AutoConfig / AutoModelForCausalLM know "hyena_recurrent_student" (idempotent)."""
+    try:
+        AutoConfig.register(HyenaRecurrentConfig.model_type, HyenaRecurrentConfig)
+    except ValueError:
+        pass
+    try:
+        AutoModelForCausalLM.register(HyenaRecurrentConfig, HyenaRecurrentForCausalLM)
+    except ValueError:
+        pass
+
+
+register()
+
+
+# --- distillation: student -> recurrent student --------------------------------------------------
+
+
+@torch.no_grad()
+def student_filters(student: HyenaStudentForCausalLM, i: int, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer i's materialised long filters (order-1, d, L) and pass-through bias (order-1, d), fp32."""
+    mixer = student.mixer(i)
+    return mixer.filter_fn(L).float(), mixer.filter_fn.bias.float()
+
+
+def to_recurrent(student: HyenaStudentForCausalLM, fit: ModalFitConfig | None = None, fit_len: int = 1024,
+                 progress: bool = True) -> tuple[HyenaRecurrentForCausalLM, list[dict]]:
+    """Fit every layer's long filters (length `fit_len`) with N modes; returns the recurrent
+    student (eval mode, same dtype/device as `student`) and one fit report per layer."""
+    fit = fit or ModalFitConfig()
+    max_len = student.config.hyena_config().max_len
+    if not 3 <= fit_len <= max_len:
+        raise ValueError(f"recurrent.fit_len must be in [3, {max_len}] (the student's hyena.max_len), got {fit_len}")
+    n_layers = len(student.decoder_layers())
+    modals, reports = [], []
+    for i in tqdm(range(n_layers), desc="modal fit", unit="layer", disable=not progress):
+        h, bias = student_filters(student, i, fit_len)
+        modal, report = fit_modal(h, fit, passthrough=bias, progress=progress, desc=f"layer {i + 1}")
+        modals.append(modal)
+        reports.append({"layer": i + 1, **report})
+    config = HyenaRecurrentConfig(**{k: v for k, v in student.config.to_dict().items()
+                                     if k not in ("model_type", "architectures", "transformers_version")})
+    config.modal = {"order": fit.order, "min_decay": fit.min_decay, "fit_len": fit_len}
+    param = next(student.parameters())
+    recurrent = HyenaRecurrentForCausalLM(config).to(device=param.device, dtype=param.dtype)
+    result = recurrent.load_state_dict(student.state_dict(), strict=False)
+    unexpected = [k for k in result.unexpected_keys if ".filter_fn." not in k]
+    missing = [k for k in result.missing_keys if ".modal." not in k]
+    if unexpected or missing:
+        raise RuntimeError(f"student and recurrent student do not line up: unexpected {unexpected[:5]}, missing {missing[:5]}")
+    for i, modal in enumerate(modals):
+        recurrent.mixer(i).modal.load_state_dict(modal.state_dict())
+    recurrent.generation_config = student.generation_config
+    recurrent.generation_config.use_cache = True
+    return recurrent.eval(), reports
+
+
+@torch.no_grad()
+def layer_output_errors(student: HyenaStudentForCausalLM, recurrent: HyenaRecurrentForCausalLM,
+                        input_ids: torch.Tensor) -> list[float]:
+    """Relative L2 error of each recurrent mixer's output vs the student mixer's on the SAME input
+    (the student's real activations for `input_ids` (B, L)): ||y_rec - y|| / ||y|| per layer."""
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(i):
+        def grab(_module, args, kwargs, out):
+            u = args[0] if args else kwargs["hidden_states"]
+            captured[i] = (u.detach(), (out[0] if isinstance(out, tuple) else out).detach())
+        return grab
+
+    handles = [student.mixer(i).register_forward_hook(hook(i), with_kwargs=True)
+               for i in range(len(student.decoder_layers()))]
+    try:
+        student(input_ids=input_ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    errors = []
+    for i in range(len(captured)):
+        u, y = captured[i]
+        y_rec = recurrent.mixer(i).chunk(u)
+        errors.append(float(relative_l2(y_rec.flatten().double(), y.flatten().double())))
+    return errors

@@ -1,0 +1,175 @@
+"""Laughing Hyena: modal fit, recurrent decoding, and generation with the recurrent student."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_llama_config, tiny_neox_config
+
+from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, fft_causal_conv
+from hyena.recurrence import ModalFilter, ModalFitConfig, fit_modal
+from hyena.recurrence.mixer import HyenaRecurrentCache, RecurrentHyenaMixer
+from hyena.recurrence.model import HyenaRecurrentForCausalLM, layer_output_errors, to_recurrent
+
+
+def random_modal(shape, N, seed=0, r=(0.7, 0.99)) -> ModalFilter:
+    g = torch.Generator().manual_seed(seed)
+    m = ModalFilter(shape, N)
+    radius = torch.empty(*shape, N).uniform_(*r, generator=g)
+    theta = torch.rand(*shape, N, generator=g) * math.pi
+    R = torch.complex(torch.randn(*shape, N, generator=g), torch.randn(*shape, N, generator=g)) / N
+    m.set_modes(-torch.log(radius), theta, R, torch.randn(*shape, generator=g))
+    return m
+
+
+def rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_fit_recovers_an_exact_sum_of_modes():
+    N, L = 6, 300
+    true = random_modal((24,), N, seed=1)
+    with torch.no_grad():
+        h = true.impulse_response(L)
+    fitted, report = fit_modal(h, ModalFitConfig(order=N, steps=0))
+    assert report["filter_rel_l2_median"] < 1e-5 and report["filter_rel_l2_max"] < 1e-3
+    with torch.no_grad():  # right poles, not just a good fit: the response extrapolates past L
+        assert rel(fitted.impulse_response(3 * L), true.impulse_response(3 * L)) < 1e-4
+        assert torch.equal(fitted.D, true.D)
+        assert bool((fitted.poles().abs() < 1).all())
+
+
+def test_fit_adam_refinement_does_not_worsen_and_poles_stay_inside():
+    torch.manual_seed(0)
+    h = torch.randn(8, 64).cumsum(-1) * torch.exp(-torch.arange(64) / 20.0)  # not modal
+    _, r0 = fit_modal(h, ModalFitConfig(order=4, steps=0))
+    m, r1 = fit_modal(h, ModalFitConfig(order=4, steps=30, refine_tol=0.0))
+    assert r1["filter_rel_l2_mean"] <= r0["filter_rel_l2_mean"] * 1.001
+    assert r1["refined_channels"] == 8 and bool((m.poles().abs() < 1).all())
+
+
+def test_poles_strictly_inside_unit_circle_in_fp32():
+    m = ModalFilter((3,), 2)
+    with torch.no_grad():
+        m.log_decay.fill_(-200.0)  # decay -> min_decay: the slowest pole representable
+    assert float(m.poles().detach().abs().max()) < 1.0
+    with pytest.raises(ValueError, match="min_decay"):
+        ModalFilter((3,), 2, min_decay=1e-9)
+
+
+def _reference(op: HyenaOperator, modal: ModalFilter, u: torch.Tensor) -> torch.Tensor:
+    """The operator's own maths (fft_causal_conv per order step) with the modal filters."""
+    x, v = op.gates(u)
+    h = modal.tail_kernel(u.shape[1])
+    for o, x_i in enumerate(reversed(x[1:])):
+        v = fft_causal_conv(v * x_i, h[o], modal.D[o])
+    return op.out_proj((v * x[0]).transpose(1, 2))
+
+
+@torch.no_grad()
+def test_recurrence_reproduces_fft_convolution():
+    torch.manual_seed(0)
+    d, L = 16, 160
+    op = HyenaOperator(d, HyenaConfig(order=3, max_len=256))
+    mixer = RecurrentHyenaMixer.from_operator(op, random_modal((2, d), 4))
+    u = torch.randn(2, L, d)
+    ref = _reference(op, mixer.modal, u)
+    assert rel(mixer(u)[0], ref) < 1e-5  # stateless path
+    cache = HyenaRecurrentCache(1)
+    steps = torch.cat([mixer(u[:, t : t + 1], past_key_values=cache)[0] for t in range(L)], dim=1)
+    assert rel(steps, ref) < 1e-5
+    assert cache.get_seq_length() == L
+
+
+@torch.no_grad()
+def test_prefill_then_steps_equals_token_by_token():
+    torch.manual_seed(1)
+    d, L, P = 8, 96, 57
+    op = HyenaOperator(d, HyenaConfig(order=2, short_filter_len=4, max_len=128))
+    mixer = RecurrentHyenaMixer.from_operator(op, random_modal((1, d), 5, seed=3))
+    u = torch.randn(3, L, d)
+    by_token = HyenaRecurrentCache(1)
+    ys_a = torch.cat([mixer(u[:, t : t + 1], layer_past=by_token)[0] for t in range(L)], dim=1)
+    prefilled = HyenaRecurrentCache(1)
+    ys_b = [mixer(u[:, :P], layer_past=prefilled)[0], mixer(u[:, P : P + 20], layer_past=prefilled)[0]]
+    ys_b += [mixer(u[:, t : t + 1], layer_past=prefilled)[0] for t in range(P + 20, L)]
+    ys_b = torch.cat(ys_b, dim=1)
+    assert rel(ys_b, ys_a) < 1e-5
+    a, b = by_token.layers[0], prefilled.layers[0]
+    assert rel(b.modal, a.modal) < 1e-5 and torch.allclose(b.fir, a.fir, atol=1e-6)
+    assert a.nbytes() == mixer.state_bytes(batch=3)
+
+
+class ExactModalFilter(HyenaFilter):
+    """A student's implicit filter whose generator returns exactly a modal filter (the operator's
+    caching and FFT path stay as they are), so the convolutional student is exactly
+    representable by the recurrent one."""
+
+    def __init__(self, modal: ModalFilter, old: HyenaFilter):
+        super().__init__(old.d_model, old.n_filters, old.cfg)
+        self.modal = modal
+        with torch.no_grad():
+            self.bias.copy_(old.bias)
+
+    def _generate(self, L: int) -> torch.Tensor:
+        h = self.modal.tail_kernel(L).clone()  # (n_filters, d, L)
+        h[..., 0] = self.modal.D - self.bias  # the operator adds the bias back as pass-through
+        return h
+
+
+@pytest.fixture(params=["llama", "neox"])
+def exact_pair(request):
+    """A tiny student (random Hyena filters), its recurrent fit, and the student's filters made
+    exactly modal (the recurrent student's)."""
+    from transformers import AutoModelForCausalLM
+
+    from hyena.student import build_student
+
+    torch.manual_seed(0)
+    cfg = tiny_llama_config(vocab_size=512) if request.param == "llama" else tiny_neox_config(vocab_size=512)
+    teacher = AutoModelForCausalLM.from_config(cfg).eval()
+    student = build_student(teacher, HyenaConfig(max_len=128))  # smooth reference-init filters
+    recurrent, reports = to_recurrent(student, ModalFitConfig(order=8, steps=0), fit_len=128, progress=False)
+    for i in range(len(student.decoder_layers())):
+        mixer = student.mixer(i)
+        mixer.filter_fn = ExactModalFilter(recurrent.mixer(i).modal, mixer.filter_fn)
+    return student.eval(), recurrent, reports
+
+
+@torch.no_grad()
+def test_greedy_generation_equals_full_forward_loop(exact_pair):
+    student, recurrent, reports = exact_pair
+    assert len(reports) == len(student.decoder_layers())
+    ids = torch.randint(3, 512, (1, 17), generator=torch.Generator().manual_seed(0))
+    manual = ids
+    for _ in range(16):
+        nxt = student(input_ids=manual, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        manual = torch.cat([manual, nxt], dim=1)
+    out = recurrent.generate(ids, max_new_tokens=16, do_sample=False, min_new_tokens=16,
+                             pad_token_id=0, attention_mask=torch.ones_like(ids))
+    assert torch.equal(out, manual)
+    # and the logits along the way agree with the full forward pass
+    cache = recurrent.new_cache()
+    step_logits = [recurrent(input_ids=manual[:, :17], past_key_values=cache).logits[:, -1]]
+    for t in range(17, manual.shape[1] - 1):
+        step_logits.append(recurrent(input_ids=manual[:, t : t + 1], past_key_values=cache).logits[:, -1])
+    full = student(input_ids=manual[:, :-1], use_cache=False).logits[:, 16:]
+    assert rel(torch.stack(step_logits, dim=1), full) < 1e-4
+
+
+@torch.no_grad()
+def test_fit_quality_and_save_load_round_trip(exact_pair, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    student, recurrent, reports = exact_pair
+    # the random-init tiny student's filters are smooth: 8 modes fit them closely
+    assert max(r["filter_rel_l2_mean"] for r in reports) < 1e-3
+    ids = torch.randint(3, 512, (2, 64), generator=torch.Generator().manual_seed(1))
+    errors = layer_output_errors(student, recurrent, ids)
+    assert len(errors) == len(reports) and max(errors) < 1e-4  # student filters ARE modal here
+    recurrent.save_pretrained(tmp_path / "rec")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "rec")
+    assert isinstance(loaded, HyenaRecurrentForCausalLM) and loaded.config.modal["order"] == 8
+    assert torch.equal(loaded(input_ids=ids).logits, recurrent(input_ids=ids).logits)
