@@ -1,0 +1,65 @@
+"""Distillation really learns: on the real SmolLM2 teacher and real OpenWebText text, training one
+layer's Hyena mixer brings that layer's validation MSE far below the untrained student's."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hyena.operator import HyenaConfig
+from hyena.student import build_student
+from hyena.teachers import capture_layer_outputs
+from hyena.train.dist import DistEnv
+from hyena.train.distill import DistillConfig, distill_layer, layer_outputs
+
+SEQ, N_TRAIN, N_VAL = 64, 32, 8
+
+
+@pytest.fixture(scope="module")
+def smollm_setup(smollm_teacher, smollm_tokenizer, owt_jsonl):
+    ids = []
+    with open(owt_jsonl) as f:
+        for line in f:
+            ids += smollm_tokenizer(json.loads(line)["text"])["input_ids"] + [smollm_tokenizer.eos_token_id]
+            if len(ids) >= SEQ * (N_TRAIN + N_VAL):
+                break
+    tokens = torch.tensor(ids[: SEQ * (N_TRAIN + N_VAL)]).view(-1, SEQ)
+    acts = [a.numpy() for a in capture_layer_outputs(smollm_teacher, tokens)]  # 31 x (n, L, d)
+    torch.manual_seed(0)
+    student = build_student(smollm_teacher, HyenaConfig(max_len=256, emb_dim=33, sine_freq=14.0))
+    return student, acts
+
+
+def _distill(student, i, inputs, acts, epochs=8):
+    cfg = DistillConfig(lr=3e-3, batch_size=4, epochs=epochs, warmup_frac=0.05)
+    return distill_layer(student.decoder_layers()[i], student.mixer(i), inputs[:N_TRAIN], acts[i + 1][:N_TRAIN],
+                         inputs[N_TRAIN:], acts[i + 1][N_TRAIN:], cfg, DistEnv())
+
+
+@pytest.mark.slow
+def test_distilling_layer_1_lowers_its_validation_mse(smollm_setup):
+    student, acts = smollm_setup
+    res = _distill(student, 0, acts[0], acts)
+    ratio = res["val_mse_before"] / res["val_mse"]
+    print(f"layer 1 val MSE {res['val_mse_before']:.4g} -> {res['val_mse']:.4g} ({ratio:.1f}x lower)")
+    assert res["val_mse"] < res["val_mse_before"] / 4, res  # measured: 2.258 -> 0.3665 (6.2x)
+    assert res["train_tokens"] == 8 * N_TRAIN * SEQ
+
+
+@pytest.mark.slow
+def test_progressive_and_teacher_forced_modes_both_learn(smollm_setup):
+    student, acts = smollm_setup
+    _distill(student, 0, acts[0], acts, epochs=2)  # layer 1 first: progressive mode feeds on it
+    own = np.empty_like(acts[1])
+    layer_outputs(student.decoder_layers()[0], acts[0], DistEnv(), 8,
+                  lambda start, out: own.__setitem__(slice(start, start + len(out)), out), dtype=np.float32)
+    assert not np.allclose(own, acts[1]), "student layer 1 reproduces the teacher exactly: vacuous test"
+    state = {k: v.clone() for k, v in student.decoder_layers()[1].state_dict().items()}
+    progressive = _distill(student, 1, own, acts, epochs=2)
+    student.decoder_layers()[1].load_state_dict(state)
+    forced = _distill(student, 1, acts[1], acts, epochs=2)
+    for res in (progressive, forced):
+        assert res["val_mse"] < res["val_mse_before"], res
+    # the two modes see different inputs, so they end in different places
+    assert progressive["val_mse"] != pytest.approx(forced["val_mse"], rel=1e-6)
