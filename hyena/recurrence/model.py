@@ -119,7 +119,7 @@ def to_recurrent(student: HyenaStudentForCausalLM, fit: ModalFitConfig | None = 
     modals, reports = [], []
     for i in tqdm(range(n_layers), desc="modal fit", unit="layer", disable=not progress):
         h, bias = student_filters(student, i, fit_len)
-        modal, report = fit_modal(h, fit, passthrough=bias, progress=progress, desc=f"layer {i + 1}")
+        modal, report = fit_modal(h, fit, passthrough=bias)
         modals.append(modal)
         reports.append({"layer": i + 1, **report})
     config = HyenaRecurrentConfig(**{k: v for k, v in student.config.to_dict().items()
