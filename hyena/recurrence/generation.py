@@ -1,0 +1,66 @@
+"""Text generation for the teacher, the convolutional student and the recurrent student.
+
+Each kind decodes with the cheapest exact method it has:
+- transformer teacher: its KV cache (O(L) per token);
+- convolutional Hyena student: no cache, every step re-runs the whole sequence (O(L log L));
+- recurrent student: FFT prefill, then the modal recurrence (O(1) per token).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Sampling:
+    """Decoding options (greedy ignores the rest)."""
+
+    greedy: bool = False  # argmax decoding
+    temperature: float = 1.0  # softmax temperature (> 0)
+    top_k: int = 50  # keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # nucleus: smallest set with this much probability mass
+    seed: int = 0  # sampling RNG seed
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0 (got {self.temperature}); use --greedy for argmax")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0:
+            raise ValueError(f"--top-k must be >= 0 (got {self.top_k})")
+
+
+def model_kind(model) -> str:
+    """"recurrent" | "student" | "transformer"."""
+    from hyena.recurrence.model import HyenaRecurrentForCausalLM
+    from hyena.student import HyenaStudentForCausalLM
+
+    if isinstance(model, HyenaRecurrentForCausalLM):
+        return "recurrent"
+    if isinstance(model, HyenaStudentForCausalLM):
+        return "student"
+    return "transformer"
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sampling: Sampling) -> tuple[torch.Tensor, float]:
+    """HF generate() with the right cache for the model kind; returns (new token ids (B, T), seconds)."""
+    kind = model_kind(model)
+    kwargs = {"max_new_tokens": max_new_tokens, "attention_mask": torch.ones_like(input_ids),
+              "use_cache": kind != "student"}
+    if sampling.greedy:
+        kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+    else:
+        kwargs.update(do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k or None,
+                      top_p=sampling.top_p)
+        torch.manual_seed(sampling.seed)
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        eos = model.generation_config.eos_token_id
+        kwargs["pad_token_id"] = eos[0] if isinstance(eos, list) else (eos if eos is not None else 0)
+    t0 = time.perf_counter()
+    out = model.generate(input_ids, **kwargs)
+    return out[:, input_ids.shape[1]:], time.perf_counter() - t0
