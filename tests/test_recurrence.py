@@ -173,3 +173,35 @@ def test_fit_quality_and_save_load_round_trip(exact_pair, tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "rec")
     assert isinstance(loaded, HyenaRecurrentForCausalLM) and loaded.config.modal["order"] == 8
     assert torch.equal(loaded(input_ids=ids).logits, recurrent(input_ids=ids).logits)
+
+
+def test_distill_recurrent_stage(tmp_path, monkeypatch):
+    """The DVC stage on a tiny student: writes a loadable recurrent student and sane metrics;
+    a bad fit_len fails with one line and leaves no output."""
+    import json
+
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from hyena.student import build_student
+    from pipeline.distill_recurrent import app
+
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(tiny_neox_config(vocab_size=256, layers=1, d=32)).eval()
+    build_student(teacher, HyenaConfig(max_len=128)).save_pretrained(tmp_path / "data/students/finetuned")
+    (tmp_path / "data/tokens").mkdir(parents=True)
+    np.save(tmp_path / "data/tokens/val.npy", np.random.RandomState(0).randint(0, 256, (4, 64)).astype(np.int32))
+    monkeypatch.chdir(tmp_path)
+    params = "recurrent:\n  order: 8\n  fit_len: {}\n  steps: 0\n  context: 64\n  max_windows: 2\n  decode_check_tokens: 8\n"
+    (tmp_path / "params.yaml").write_text(params.format(4096))
+    bad = CliRunner().invoke(app, [])
+    assert bad.exit_code == 1 and "fit_len" in bad.output and not (tmp_path / "data/students/recurrent").exists()
+    (tmp_path / "params.yaml").write_text(params.format(128))
+    ok = CliRunner().invoke(app, [])
+    assert ok.exit_code == 0, ok.output
+    metrics = json.loads((tmp_path / "reports/metrics/recurrent.json").read_text())
+    assert abs(metrics["ppl_rel_diff"]) < 0.01 and metrics["decode_check_rel_err"] < 1e-4
+    assert len(metrics["layers"]) == 1 and metrics["layers"][0]["mixer_output_rel_err"] < 0.01
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "data/students/recurrent")
+    assert isinstance(loaded, HyenaRecurrentForCausalLM)
