@@ -79,7 +79,7 @@ def describe(context: int, stride: int, n_windows: int, n_scored: int) -> str:
             f"sliding windows of {context} tokens every {stride} tokens; the first window scores its "
             f"{context - 1} predictable tokens, later windows only their last {stride} tokens"
         )
-    return f"token-level exp(mean NLL) over {n_scored} scored tokens in {n_windows} full windows ({how})"
+    return f"token-level exp(mean NLL) over {n_scored} scored tokens in {n_windows} full window(s) ({how})"
 
 
 @torch.no_grad()

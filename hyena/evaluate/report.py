@@ -135,7 +135,8 @@ def long_context_table(results: dict) -> list[str]:
         lines.append("")
     lines += ["A transformer teacher degrades past its trained length (`max positions`); a Hyena student "
               "runs up to its filters' `hyena.max_len`; `n/a (reason)` marks a context a model cannot run "
-              "or the data cannot fill.", ""]
+              "or the data cannot fill. Each context scores the first `long_max_windows` windows of the stream, so with few "
+              "windows the contexts score different tokens: set `eval.long_max_windows: 0` for a like-for-like curve.", ""]
     return lines
 
 
