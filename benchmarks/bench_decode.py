@@ -77,7 +77,7 @@ def build(kind: str, teacher_cfg: LlamaConfig, max_len: int, order: int):
     return model
 
 
-def fill_state(kind: str, model, L: int):
+def fill_state(kind: str, model, L: int, B: int = 1):
     """A cache holding context L (random contents), and its bytes."""
     g = torch.Generator().manual_seed(0)
     if kind == "teacher":
@@ -85,7 +85,7 @@ def fill_state(kind: str, model, L: int):
         cache = DynamicCache(config=c)
         hd = c.hidden_size // c.num_attention_heads
         for i in range(c.num_hidden_layers):
-            kv = torch.randn(2, 1, c.num_key_value_heads, L, hd, generator=g)
+            kv = torch.randn(2, B, c.num_key_value_heads, L, hd, generator=g)
             cache.update(kv[0], kv[1], i)
         nbytes = sum(lay.keys.nbytes + lay.values.nbytes for lay in cache.layers)
         return cache, nbytes
@@ -95,11 +95,11 @@ def fill_state(kind: str, model, L: int):
         m = model.mixer(i)
         k = m.short_filter.kernel_size[0]
         F_, d, N = m.modal.log_decay.shape
-        st.fir = torch.randn(1, m.in_proj.out_features, k - 1, generator=g)
-        st.modal = torch.complex(torch.randn(1, F_, d, N, generator=g), torch.randn(1, F_, d, N, generator=g))
+        st.fir = torch.randn(B, m.in_proj.out_features, k - 1, generator=g)
+        st.modal = torch.complex(torch.randn(B, F_, d, N, generator=g), torch.randn(B, F_, d, N, generator=g))
         st.seen = L
         if kind == "student":
-            st.history = torch.randn(1, F_, d, L + 64, generator=g)  # gated inputs of the prefix
+            st.history = torch.randn(B, F_, d, L + 64, generator=g)  # gated inputs of the prefix
             nbytes += st.history.nbytes + st.fir.nbytes
             st.modal = None
         else:
@@ -108,12 +108,14 @@ def fill_state(kind: str, model, L: int):
 
 
 @torch.no_grad()
-def time_decode(kind: str, model, L: int, steps: int) -> tuple[float, int]:
-    cache, nbytes = fill_state(kind, model, L)
-    tok = torch.tensor([[42]])
+def time_decode(kind: str, model, L: int, steps: int, B: int = 1) -> tuple[float, int]:
+    """Median seconds per decode step of B sequences, and the state bytes of ONE sequence."""
+    cache, nbytes = fill_state(kind, model, L, B)
+    nbytes //= B
+    tok = torch.full((B, 1), 42)
     times = []
     for s in range(steps + 1):  # first step warms up (filter materialisation, allocator)
-        pos = torch.tensor([[L + s]])
+        pos = torch.full((B, 1), L + s)
         t0 = time.perf_counter() if not CPU_TIME else time.process_time()
         model(input_ids=tok, past_key_values=cache, use_cache=True, position_ids=pos)
         times.append((time.perf_counter() if not CPU_TIME else time.process_time()) - t0)
@@ -136,6 +138,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed decode steps per point (median)")
     ap.add_argument("--order", type=int, default=16, help="modal order N")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=1, help="sequences decoded together (ms/tok is per step)")
     ap.add_argument("--cpu-time", action="store_true", help="time with process CPU time, not wall clock")
     args = ap.parse_args()
     global CPU_TIME
@@ -146,14 +149,14 @@ def main() -> None:
     max_len = max(args.contexts) + 64
     models = {k: build(k, cfg, max_len, args.order) for k in ("teacher", "student", "recurrent")}
     clock = "process CPU time" if CPU_TIME else "wall clock"
-    print(f"SmolLM2-135M shape, random weights, fp32, batch 1, {args.threads} threads, N={args.order}, {clock}")
+    print(f"SmolLM2-135M shape, random weights, fp32, batch {args.batch} (ms per decode step of the batch; memory per sequence), {args.threads} threads, N={args.order}, {clock}")
     print("| context | teacher ms/tok | student ms/tok | recurrent ms/tok | recurrent vs teacher tok/s | "
           "recurrent vs student | teacher KV MiB | student history MiB | recurrent state MiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for L in args.contexts:
         res = {}
         for kind, model in models.items():
-            sec, nbytes = time_decode(kind, model, L, args.steps)
+            sec, nbytes = time_decode(kind, model, L, args.steps, args.batch)
             assert nbytes == analytic_bytes(kind, cfg, L if kind == "teacher" else L + 64 if kind == "student" else L, args.order) \
                 or kind == "student", (kind, nbytes)
             res[kind] = (sec, nbytes)
