@@ -23,9 +23,10 @@ COMMANDS = [
     ("pretrain", "pipeline.pretrain", "Baseline: the same student from scratch at equal compute."),
     ("distill-recurrent", "pipeline.distill_recurrent", "Laughing Hyena: long filters -> modal recurrences."),
     ("eval", "pipeline.evaluate", "Perplexity and lm-eval zero-shot tasks; paper-style report."),
+    ("ablations", "pipeline.ablations", "Compare DVC experiments: per-layer MSE table and plot."),
     ("inspect", "pipeline.inspect_store", "Inspect or verify an activation store."),
     ("generate", "pipeline.generate", "Generate text with a teacher, student or recurrent student."),
-    ("preset", "pipeline.preset", "Replace params.yaml with a preset (cpu-smoke, paper-pythia70m, tiny)."),
+    ("preset", "pipeline.preset", "Replace params.yaml with a preset (cpu-experiment, cpu-smoke, paper-pythia70m, tiny)."),
 ]
 
 for name, module, help_text in COMMANDS:

@@ -24,7 +24,7 @@ def main(
     name: str = typer.Argument(None, help="preset name (omit to list them)"),
     params: Path = typer.Option(PARAMS, help="params file to overwrite"),
 ) -> None:
-    """Apply a preset: cpu-smoke (default, offline), paper-pythia70m (the paper's setup), tiny (tests)."""
+    """Apply a preset: cpu-experiment (default, offline, ~1 h), cpu-smoke (offline, quick), paper-pythia70m (the paper's setup), tiny (tests)."""
     if name is None:
         for preset in available():
             first = (PRESETS / f"{preset}.yaml").read_text().splitlines()[0].lstrip("# ")

@@ -1,0 +1,105 @@
+"""`hyena-distill ablations`: compare DVC experiments layer by layer.
+
+Queue variants, run them, then compare:
+
+    dvc exp run --queue -n teacher-forced -S distill.input=teacher assemble
+    dvc exp run --queue -n lr-3e-3 -S distill.lr=0.003 assemble
+    dvc queue start && dvc queue status
+    hyena-distill ablations            # -> reports/ablations.md, reports/plots/ablations_layer_mse.png
+
+Reads `dvc exp show --json` (the workspace, its baseline commit and every experiment of it) and
+writes a table of the params that differ with each variant's per-layer validation MSE (stage and
+free-running) and perplexities, and one plot of MSE per layer, one line per variant.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import typer
+
+from pipeline.common import StageError, one_line_errors
+
+app = typer.Typer(add_completion=False)
+
+LAYER_METRICS = "reports/metrics/distill/layer_"
+ASSEMBLE_METRICS = "reports/metrics/assemble.json"
+# params that name paths or bookkeeping, never what an ablation varies
+IGNORE = ("distill.layers", "distill.last", "eval.models")
+
+
+def variants_from_exp_show(entries: list[dict]):
+    """`dvc exp show --json` output -> [Variant]: the baseline commits and their experiments.
+
+    Entries without metrics (queued, failed, or a workspace identical to its baseline) are skipped.
+    """
+    from hyena.evaluate.ablations import Variant, flatten
+
+    def one(name: str, data: dict):
+        metrics = {path: (m or {}).get("data") or {} for path, m in (data.get("metrics") or {}).items()}
+        if not metrics:
+            return None
+        params = {}
+        for _, p in sorted((data.get("params") or {}).items()):
+            params.update(flatten((p or {}).get("data") or {}))
+        layer_mse, other = {}, {}
+        for path, values in metrics.items():
+            if path.startswith(LAYER_METRICS) and "val_mse" in values:
+                layer_mse[int(Path(path).stem.split("_")[-1])] = float(values["val_mse"])
+            elif path != ASSEMBLE_METRICS:
+                other.update({f"{Path(path).stem}.{k}": v for k, v in flatten(values).items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        free = {int(k): float(v) for k, v in (metrics.get(ASSEMBLE_METRICS, {}).get("free_running_val_mse") or {}).items()}
+        return Variant(name=name, params=params, layer_mse=layer_mse, free_mse=free, metrics=other)
+
+    out = []
+    for entry in entries:
+        rev = entry.get("rev", "")
+        base = one(entry.get("name") or rev[:7], entry.get("data") or {})
+        if base is not None and rev != "workspace":
+            out.append(base)
+        for exp in entry.get("experiments") or []:
+            for r in exp.get("revs") or []:
+                v = one(r.get("name") or exp.get("name") or r.get("rev", "")[:7], r.get("data") or {})
+                if v is not None:
+                    out.append(v)
+    return out
+
+
+@app.command()
+@one_line_errors
+def main(
+    exp_json: Path = typer.Option(None, help="a saved `dvc exp show --json` (default: run it now)"),
+    out: Path = typer.Option(Path("reports/ablations.md"), help="markdown table"),
+    plot: Path = typer.Option(Path("reports/plots/ablations_layer_mse.png"), help="per-layer MSE plot"),
+    metric: list[str] = typer.Option(["metrics.finetuned.ppl_owt", "metrics.distilled.ppl_owt"],
+                                     help="extra metric columns (flattened keys; absent ones show as –)"),
+) -> None:
+    """Table and plot of per-layer distillation MSE across DVC experiments."""
+    from hyena.evaluate.ablations import markdown_table, plot_layer_mse
+    from hyena.io import atomic_write_text
+
+    if exp_json is not None:
+        entries = json.loads(exp_json.read_text())
+    else:
+        proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StageError(f"dvc exp show failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        entries = json.loads(proc.stdout)
+    variants = variants_from_exp_show(entries)
+    if not variants:
+        raise StageError("no experiment with metrics: run `dvc repro` or `dvc exp run` first")
+    table = markdown_table(variants, metric, IGNORE)
+    atomic_write_text(out, "# Ablations\n\nPer-layer validation MSE of each distillation stage and of the "
+                      "assembled student run free (teacher's embeddings in, student layers only).\n\n"
+                      f"![per-layer MSE]({Path(plot).relative_to(out.parent) if plot.is_relative_to(out.parent) else plot})\n\n"
+                      + table)
+    plot_layer_mse(variants, plot, IGNORE)
+    typer.echo(table)
+    typer.echo(f"{len(variants)} variants -> {out}, {plot}")
+
+
+if __name__ == "__main__":
+    app()

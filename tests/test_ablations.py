@@ -1,0 +1,68 @@
+"""Ablation comparison: `dvc exp show --json` (DVC 3 layout) -> variants, table, plot."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from pipeline.ablations import app, variants_from_exp_show
+
+
+def _state(rev, name, lr, inp, mses, free, ppl=None):
+    metrics = {f"reports/metrics/distill/layer_{i + 1:02d}.json": {"data": {"val_mse": m, "steps": 4}}
+               for i, m in enumerate(mses)}
+    metrics["reports/metrics/assemble.json"] = {"data": {"free_running_val_mse": {f"{i + 1:02d}": f for i, f in enumerate(free)}}}
+    if ppl is not None:
+        metrics["data/eval/metrics.json"] = {"data": {"finetuned": {"ppl_owt": ppl}}}
+    params = {"params.yaml": {"data": {"distill": {"lr": lr, "input": inp, "layers": {"01": {"prev": "00"}}},
+                                       "eval": {"models": {"teacher": "teacher"}}}}}
+    return {"rev": rev, "name": name, "data": {"rev": rev, "metrics": metrics, "params": params}}
+
+
+def _exp_show():
+    base = _state("a" * 40, "main", 1e-3, "student", [0.5, 0.8], [0.5, 0.9], ppl=120.0)
+    base["experiments"] = [
+        {"name": "teacher-forced", "executor": None,
+         "revs": [_state("b" * 40, "teacher-forced", 1e-3, "teacher", [0.4, 0.6], [0.4, 1.5])]},
+        {"name": "lr-3e-3", "executor": None, "revs": [_state("c" * 40, "lr-3e-3", 3e-3, "student", [0.7, 1.1], [0.7, 1.2])]},
+        {"name": "queued-one", "executor": {"state": "queued"}, "revs": [{"rev": "d" * 40, "name": "queued-one", "data": None}]},
+    ]
+    workspace = {"rev": "workspace", "name": None, "data": {"metrics": {}, "params": {}}}
+    return [workspace, base]
+
+
+def test_variants_carry_per_layer_metrics_and_skip_runs_without_metrics():
+    variants = variants_from_exp_show(_exp_show())
+    assert [v.name for v in variants] == ["main", "teacher-forced", "lr-3e-3"]
+    tf = variants[1]
+    assert tf.layer_mse == {1: 0.4, 2: 0.6} and tf.free_mse == {1: 0.4, 2: 1.5}
+    assert tf.params["distill.input"] == "teacher"
+    assert variants[0].metrics["metrics.finetuned.ppl_owt"] == 120.0
+
+
+def test_cli_writes_table_of_what_differs_and_a_plot(tmp_path):
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(_exp_show()))
+    out, plot = tmp_path / "ablations.md", tmp_path / "plots" / "mse.png"
+    result = CliRunner().invoke(app, ["--exp-json", str(src), "--out", str(out), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    table = out.read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| variant"))
+    # the varied params are columns; bookkeeping params (layer list, model paths) are not
+    assert "distill.input" in header and "distill.lr" in header
+    assert "distill.layers" not in header and "eval.models" not in header
+    row = next(line for line in table.splitlines() if line.startswith("| teacher-forced"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # input, lr, mean stage MSE, last-layer stage MSE, last-layer free-running MSE
+    assert cells[1:6] == ["teacher", "0.001", "0.5", "0.6", "1.5"]
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_without_any_metrics_is_a_one_line_error(tmp_path):
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps([{"rev": "workspace", "data": {"metrics": {}, "params": {}}}]))
+    result = CliRunner().invoke(app, ["--exp-json", str(src), "--out", str(tmp_path / "a.md")])
+    assert result.exit_code == 1
+    assert "no experiment with metrics" in result.output
+    assert not (tmp_path / "a.md").exists()
