@@ -31,14 +31,14 @@ IGNORE = ("distill.layers", "distill.last", "eval.models")
 
 
 def variants_from_exp_show(entries: list[dict]):
-    """`dvc exp show --json` output -> [Variant]: the baseline commits and their experiments.
-
-    Entries without metrics (queued, failed, or a workspace identical to its baseline) are skipped.
+    """`dvc exp show --json` output -> [Variant]: the workspace (if it holds a run of its own), the
+    baseline commits and their experiments. Entries without metrics (queued, failed) are skipped.
     """
     from hyena.evaluate.ablations import Variant, flatten
 
     def one(name: str, data: dict):
-        metrics = {path: (m or {}).get("data") or {} for path, m in (data.get("metrics") or {}).items()}
+        metrics = {path: (m or {}).get("data") for path, m in (data.get("metrics") or {}).items()}
+        metrics = {path: values for path, values in metrics.items() if values}  # unreadable files carry "error"
         if not metrics:
             return None
         params = {}
@@ -54,18 +54,27 @@ def variants_from_exp_show(entries: list[dict]):
         free = {int(k): float(v) for k, v in (metrics.get(ASSEMBLE_METRICS, {}).get("free_running_val_mse") or {}).items()}
         return Variant(name=name, params=params, layer_mse=layer_mse, free_mse=free, metrics=other)
 
-    out = []
+    out, workspace = [], None
     for entry in entries:
         rev = entry.get("rev", "")
-        base = one(entry.get("name") or rev[:7], entry.get("data") or {})
-        if base is not None and rev != "workspace":
+        base = one("workspace" if rev == "workspace" else entry.get("name") or rev[:7], entry.get("data") or {})
+        if rev == "workspace":
+            workspace = base
+        elif base is not None:
             out.append(base)
         for exp in entry.get("experiments") or []:
             for r in exp.get("revs") or []:
                 v = one(r.get("name") or exp.get("name") or r.get("rev", "")[:7], r.get("data") or {})
                 if v is not None:
                     out.append(v)
+    # the workspace counts only where it holds an uncommitted run, not a copy of its commit's
+    if workspace is not None and not any(_same_run(workspace, v) for v in out):
+        out.insert(0, workspace)
     return out
+
+
+def _same_run(a, b) -> bool:
+    return (a.params, a.layer_mse, a.free_mse, a.metrics) == (b.params, b.layer_mse, b.free_mse, b.metrics)
 
 
 @app.command()

@@ -121,3 +121,21 @@ def _numbers(obj):
     if isinstance(obj, list):
         return [v for x in obj for v in _numbers(x)]
     return [float(obj)] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_shows_in_exp_show_and_the_ablation_table(repo):
+    if not (repo / "dvc.lock").exists():
+        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
+    # a queued-style ablation on one knob, up to the assembled student only (no fine-tune / eval)
+    out = sh(["dvc", "exp", "run", "-n", "lr-2e-3", "-S", "distill.lr=0.002", "assemble"], repo)
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert "assemble" in ran and not ran & {"tokenize", "dump-activations", "init-student", "finetune", "eval"}
+    exps = json.loads(sh(["dvc", "exp", "show", "--json"], repo))
+    sh(["python", "-m", "pipeline.ablations"], repo)
+    table = (repo / "reports" / "ablations.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| lr-2e-3"))
+    assert "0.002" in row, table
+    names = [r.get("name") for e in exps for x in e.get("experiments") or [] for r in x["revs"]]
+    assert "lr-2e-3" in names
+    assert (repo / "reports" / "plots" / "ablations_layer_mse.png").stat().st_size > 1000

@@ -69,3 +69,37 @@ def plot_ppl_vs_context(results: dict, path: str | Path) -> None:
         ax.set_title(DATASET_LABEL.get(ds, ds))
         ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_training_curves(distill: dict[str, list[tuple[float, float]]], lm: dict[str, list[tuple[float, float]]],
+                         path: str | Path) -> None:
+    """Left: distillation train MSE per layer (step); right: LM train loss of each run (step).
+
+    `distill` maps a layer key to (step, mse) points; `lm` maps a run name (finetune, pretrain)
+    to (step, loss) points. Layers are coloured along a colormap, shallow to deep.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    cmap = plt.get_cmap("viridis")
+    keys = sorted(distill)
+    for i, key in enumerate(keys):
+        pts = distill[key]
+        if pts:
+            left.plot(*zip(*pts, strict=True), color=cmap(i / max(1, len(keys) - 1)), lw=1,
+                      label=f"layer {key}" if i in (0, len(keys) - 1) or len(keys) <= 8 else None)
+    left.set_yscale("log")
+    left.set_xlabel("step")
+    left.set_ylabel("train MSE")
+    left.set_title("Distillation, per layer (shallow → deep)")
+    if keys:
+        left.legend(fontsize=7)
+    for name, pts in sorted(lm.items()):
+        if pts:
+            right.plot(*zip(*pts, strict=True), marker=".", label=name)
+    right.set_xlabel("step")
+    right.set_ylabel("train cross-entropy (nats)")
+    right.set_title("Language-model training")
+    if lm:
+        right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    _save(fig, path)

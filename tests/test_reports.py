@@ -1,4 +1,4 @@
-"""Ablation comparison: `dvc exp show --json` (DVC 3 layout) -> variants, table, plot."""
+"""Report tools: ablation comparison from `dvc exp show --json` (DVC 3 layout), training curves from DVCLive logs."""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ def test_variants_carry_per_layer_metrics_and_skip_runs_without_metrics():
     assert variants[0].metrics["metrics.finetuned.ppl_owt"] == 120.0
 
 
+def test_workspace_counts_only_when_it_holds_its_own_run():
+    entries = _exp_show()
+    same = _state("workspace", None, 3e-3, "student", [0.7, 1.1], [0.7, 1.2])  # = the applied lr-3e-3 exp
+    assert [v.name for v in variants_from_exp_show([same, entries[1]])] == ["main", "teacher-forced", "lr-3e-3"]
+    own = _state("workspace", None, 5e-4, "student", [0.3, 0.4], [0.3, 0.5])  # an uncommitted repro
+    variants = variants_from_exp_show([own, entries[1]])
+    assert variants[0].name == "workspace" and variants[0].layer_mse == {1: 0.3, 2: 0.4}
+
+
 def test_cli_writes_table_of_what_differs_and_a_plot(tmp_path):
     src = tmp_path / "exps.json"
     src.write_text(json.dumps(_exp_show()))
@@ -66,3 +75,23 @@ def test_cli_without_any_metrics_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1
     assert "no experiment with metrics" in result.output
     assert not (tmp_path / "a.md").exists()
+
+
+def test_curves_reads_dvclive_tsvs_and_refuses_an_empty_run(tmp_path):
+    from pipeline.curves import app as curves
+    from pipeline.curves import read_tsv
+
+    live = tmp_path / "dvclive"
+    for name, column in (("distill_01", "train_mse"), ("distill_02", "train_mse"), ("finetune", "train_loss")):
+        d = live / name / "plots" / "metrics"
+        d.mkdir(parents=True)
+        (d / f"{column}.tsv").write_text(f"step\t{column}\n0\t4.0\n5\t2.5\n9\t1.5\n")
+    assert read_tsv(live / "distill_02/plots/metrics/train_mse.tsv", "train_mse") == [(0, 4.0), (5, 2.5), (9, 1.5)]
+    out = tmp_path / "curves.png"
+    result = CliRunner().invoke(curves, ["--dvclive", str(live), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 distilled layers, finetune" in result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = CliRunner().invoke(curves, ["--dvclive", str(tmp_path / "none"), "--out", str(tmp_path / "x.png")])
+    assert empty.exit_code == 1 and "no DVCLive training logs" in empty.output
+    assert not (tmp_path / "x.png").exists()
