@@ -26,13 +26,14 @@ from pipeline.common import (
 app = typer.Typer(add_completion=False)
 
 OVERRIDABLE = ("lr", "filter_lr", "min_lr_ratio", "warmup_frac", "decay_frac", "weight_decay",
-               "batch_size", "epochs", "train", "grad_clip", "seed")
+               "batch_size", "epochs", "train", "skip_first", "grad_clip", "seed")
 
 
 @dataclasses.dataclass
 class DistillParams:
     input: str = "student"  # student: progressive (paper) | teacher: teacher-forced (layers independent)
     train: str = "mixer"  # mixer: only the Hyena operator trains | layer: the whole decoder layer
+    skip_first: int = 0  # first positions of each sequence left out of the loss (attention-sink outliers; 0: paper)
     lr: float = 1e-3  # peak learning rate (paper's best: 1e-3)
     filter_lr: float | None = None  # implicit-filter learning rate (null: same as lr)
     min_lr_ratio: float = 0.1  # decay floor as a fraction of lr (paper: 10%)
@@ -123,7 +124,7 @@ def main(
         shapes = {"train": tuple(train_in.shape), "val": tuple(val_in.shape)}
         write_outputs(acts / f"layer_{layer}.zarr", shapes, fill, attrs={"layer": idx, "input": p.input})
         write_metrics(reports / "metrics" / "distill" / f"layer_{layer}.json",
-                      {k: result[k] for k in ("val_mse", "val_mse_before", "val_nmse", "steps")})
+                      {k: result[k] for k in ("val_mse", "val_mse_before", "val_nmse", "val_mse_after_first", "steps")})
         typer.echo(f"layer {layer}: val MSE {result['val_mse_before']:.4g} -> {result['val_mse']:.4g} "
                    f"({result['val_mse_before'] / max(result['val_mse'], 1e-30):.1f}x lower), "
                    f"{result['steps']} steps in {result['seconds']:.0f}s")

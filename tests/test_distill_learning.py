@@ -63,3 +63,37 @@ def test_progressive_and_teacher_forced_modes_both_learn(smollm_setup):
         assert res["val_mse"] < res["val_mse_before"], res
     # the two modes see different inputs, so they end in different places
     assert progressive["val_mse"] != pytest.approx(forced["val_mse"], rel=1e-6)
+
+
+def test_skip_first_leaves_an_attention_sink_outlier_out_of_the_loss():
+    """A massive value at position 0 of the target (a Llama attention sink) steers plain MSE; with
+    skip_first=1 the trained layer is exactly the one trained on targets without the outlier."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                           num_key_value_heads=2, num_hidden_layers=1, vocab_size=64))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 16, 32)).astype(np.float32)
+    y = x + 0.5 * rng.standard_normal((12, 16, 32)).astype(np.float32)
+    sink = y.copy()
+    sink[:, 0, 3] += 2e4
+
+    def train(targets, skip_first):
+        torch.manual_seed(1)
+        student = build_student(teacher, HyenaConfig(max_len=16, emb_dim=3, filter_order=8))
+        cfg = DistillConfig(lr=3e-3, batch_size=4, epochs=2, skip_first=skip_first, log_every=100)
+        res = distill_layer(student.decoder_layers()[0], student.mixer(0), x[:8], targets[:8], x[8:], targets[8:],
+                            cfg, DistEnv())
+        return res, [p.detach().clone() for p in student.mixer(0).parameters()]
+
+    clean, w_clean = train(y, 1)
+    skipped, w_skipped = train(sink, 1)
+    plain, w_plain = train(sink, 0)
+    assert all(torch.equal(a, b) for a, b in zip(w_clean, w_skipped, strict=True))
+    assert skipped["val_mse_after_first"] == pytest.approx(clean["val_mse_after_first"], rel=1e-6)
+    assert not all(torch.equal(a, b) for a, b in zip(w_clean, w_plain, strict=True))
+    # the outlier dominates the plain MSE, not the one after the first position
+    assert plain["val_mse"] > 100 * plain["val_mse_after_first"]
+    with pytest.raises(ValueError, match="skip_first"):
+        DistillConfig(skip_first=-1)

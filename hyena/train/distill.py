@@ -6,6 +6,12 @@ where y_i is the teacher's cached output of layer i and x_{i-1} is either the fr
 own output of layer i-1 ("student": progressive, as in the paper) or the teacher's cached
 output of layer i-1 ("teacher": teacher-forced, layers become independent). Only layer i
 trains; layers < i are frozen (their outputs are cached, so they are not even run).
+
+Llama-family teachers (SmolLM2) write a "massive activation" into the first position of every
+sequence from a middle layer on (the attention sink: ~2e4 in one channel against ~60 elsewhere).
+It then carries nearly all of the plain MSE, so the gradient spends itself on one token that a
+student without attention has no use for. `skip_first=k` leaves the first k positions out of the
+loss; `val_mse_after_first` (positions >= 1) is always reported to show what the rest looks like.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class DistillConfig:
     batch_size: int = 8
     epochs: int = 2
     train: str = "mixer"  # "mixer": only the Hyena operator trains; "layer": the whole decoder layer
+    skip_first: int = 0  # positions at the start of each sequence left out of the loss (0: plain MSE, the paper)
     grad_clip: float = 1.0
     seed: int = 0
     log_every: int = 10
@@ -49,6 +56,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.train not in ("mixer", "layer"):
             raise ValueError(f"distill.train must be 'mixer' or 'layer' (got {self.train!r})")
+        if self.skip_first < 0:
+            raise ValueError(f"distill.skip_first must be >= 0 (got {self.skip_first})")
         self.betas = tuple(self.betas)
 
 
@@ -71,8 +80,9 @@ def set_trainable(layer: nn.Module, mixer: nn.Module, what: str) -> None:
 
 @torch.no_grad()
 def layer_mse(fn: nn.Module, inputs, targets, env: DistEnv, batch_size: int) -> dict[str, float]:
-    """Mean squared error over all elements, and the same normalised by the targets' mean square."""
-    sq_err, sq_tgt, count = 0.0, 0.0, 0
+    """Mean squared error over all elements, the same normalised by the targets' mean square, and
+    the MSE over positions >= 1 (without the first position, where attention sinks live)."""
+    sq_err, sq_tgt, count, sq_rest, count_rest = 0.0, 0.0, 0, 0.0, 0
     n = inputs.shape[0]
     mine = range(env.rank * batch_size, n, batch_size * env.world_size)  # ranks split the rows
     for start in mine:
@@ -81,15 +91,18 @@ def layer_mse(fn: nn.Module, inputs, targets, env: DistEnv, batch_size: int) -> 
         y = to_tensor(take(targets, rows), env.device)
         with env.autocast():
             out = fn(x)
-        sq_err += (out.float() - y).pow(2).sum().item()
-        sq_tgt += y.pow(2).sum().item()
+        sq = (out.double() - y.double()).pow(2)  # (b, L, d); float64: a 2e4 outlier must not swamp the rest
+        sq_err += sq.sum().item()
+        sq_rest += sq[:, 1:].sum().item()  # summed apart, not by subtraction, for the same reason
+        sq_tgt += y.double().pow(2).sum().item()
         count += y.numel()
+        count_rest += y[:, 1:].numel()
     if env.distributed:
-        t = torch.tensor([sq_err, sq_tgt, count], dtype=torch.float64, device=env.device)
+        t = torch.tensor([sq_err, sq_tgt, count, sq_rest, count_rest], dtype=torch.float64, device=env.device)
         torch.distributed.all_reduce(t)
-        sq_err, sq_tgt, count = t.tolist()
-    mse = sq_err / max(count, 1)
-    return {"mse": mse, "nmse": sq_err / max(sq_tgt, 1e-30)}
+        sq_err, sq_tgt, count, sq_rest, count_rest = t.tolist()
+    return {"mse": sq_err / max(count, 1), "nmse": sq_err / max(sq_tgt, 1e-30),
+            "mse_after_first": sq_rest / max(count_rest, 1)}
 
 
 def distill_layer(
@@ -133,7 +146,7 @@ def distill_layer(
         y = to_tensor(take(train_targets, rows), env.device)  # (b, L, d)
         with env.autocast():
             out = model(x)
-        loss = nn.functional.mse_loss(out.float(), y)
+        loss = nn.functional.mse_loss(out[:, cfg.skip_first:].float(), y[:, cfg.skip_first:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -156,6 +169,7 @@ def distill_layer(
     return {
         "val_mse_before": before["mse"], "val_mse": after["mse"],
         "val_nmse_before": before["nmse"], "val_nmse": after["nmse"],
+        "val_mse_after_first_before": before["mse_after_first"], "val_mse_after_first": after["mse_after_first"],
         "train_mse_final": loss_ema, "steps": total,
         "train_tokens": total * cfg.batch_size * seq_len, "seconds": seconds,
     }
