@@ -16,7 +16,8 @@ costs O(d (N + k)) per long filter plus the projections, independent of the cont
 the state per sequence is (order-1) * d * N complex numbers + (order+1) * d * (k-1) reals.
 
 `HyenaRecurrentCache` (a transformers `Cache`) holds one `HyenaLayerState` per decoder layer and
-travels to the mixers as `past_key_values=` (Llama) / `layer_past=` (GPT-NeoX).
+travels to the mixers as `cache=` (transformers >= 5.24), `past_key_values=` (earlier Llama) or
+`layer_past=` (GPT-NeoX).
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ class RecurrentHyenaMixer(nn.Module):
 
     # ---- the three paths ---------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
-        cache = kwargs.get("past_key_values", kwargs.get("layer_past"))
+        # the backbone hands the cache down as `cache` (transformers >= 5.24), `past_key_values`
+        # (earlier 5.x Llama) or `layer_past` (GPT-NeoX)
+        cache = next((kwargs[k] for k in ("cache", "past_key_values", "layer_past") if kwargs.get(k) is not None), None)
         state = cache.layers[self.layer_idx] if isinstance(cache, HyenaRecurrentCache) else None
         if state is not None and state.seen > 0 and hidden_states.shape[1] == 1:
             return self.step(hidden_states[:, 0], state)[:, None], None

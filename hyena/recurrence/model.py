@@ -14,6 +14,8 @@ recurrent step per token.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -59,6 +61,8 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
                 past_key_values=None, use_cache=None, **kwargs):
         """Stateless (FFT with modal filters) unless a cache is given or `use_cache=True`; then the
         cache's state is continued and returned as `past_key_values`."""
+        if past_key_values is None:
+            past_key_values = kwargs.pop("cache", None)  # transformers >= 5.24 spelling
         if past_key_values is None and not use_cache:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                                    inputs_embeds=inputs_embeds, **kwargs)
@@ -68,7 +72,7 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
         cache = past_key_values if isinstance(past_key_values, HyenaRecurrentCache) else self.new_cache()
         kwargs.pop("position_ids", None)
         out = self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
-                            past_key_values=cache, use_cache=True, **kwargs)
+                            **{_cache_kwarg(self.backbone): cache}, use_cache=True, **kwargs)
         out.past_key_values = cache
         return out
 
@@ -80,6 +84,11 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
         cache = past_key_values if isinstance(past_key_values, HyenaRecurrentCache) else self.new_cache()
         return {"input_ids": input_ids[:, cache.get_seq_length():], "past_key_values": cache,
                 "use_cache": True, "attention_mask": attention_mask}
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def register() -> None:
