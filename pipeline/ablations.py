@@ -26,8 +26,8 @@ app = typer.Typer(add_completion=False)
 
 LAYER_METRICS = "reports/metrics/distill/layer_"
 ASSEMBLE_METRICS = "reports/metrics/assemble.json"
-# params that name paths or bookkeeping, never what an ablation varies
-IGNORE = ("distill.layers", "distill.last", "eval.models")
+# bookkeeping params and later stages' knobs: the table compares distillation variants
+IGNORE = ("distill.layers", "distill.last", "eval.", "finetune.", "pretrain.", "recurrent.")
 
 
 def variants_from_exp_show(entries: list[dict]):
@@ -85,6 +85,11 @@ def main(
     plot: Path = typer.Option(Path("reports/plots/ablations_layer_mse.png"), help="per-layer MSE plot"),
     metric: list[str] = typer.Option(["metrics.finetuned.ppl_owt", "metrics.distilled.ppl_owt"],
                                      help="extra metric columns (flattened keys; absent ones show as –)"),
+    num: int = typer.Option(1, help="commits back from HEAD whose experiments to include (dvc exp show -n)"),
+    only: list[str] = typer.Option([], help="keep only these variants (experiment or branch names), in this order"),
+    max_layer: int = typer.Option(0, help="compare layers 1..N only, e.g. for experiments run up to distill@N (0: all)"),
+    free: bool = typer.Option(True, help="show the assembled student's free-running MSE (--no-free when some "
+                                          "experiments stopped before assemble)"),
 ) -> None:
     """Table and plot of per-layer distillation MSE across DVC experiments."""
     from hyena.evaluate.ablations import markdown_table, plot_layer_mse
@@ -93,11 +98,23 @@ def main(
     if exp_json is not None:
         entries = json.loads(exp_json.read_text())
     else:
-        proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True)
+        proc = subprocess.run(["dvc", "exp", "show", "--json", "-n", str(num)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise StageError(f"dvc exp show failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
         entries = json.loads(proc.stdout)
     variants = variants_from_exp_show(entries)
+    if only:
+        by_name = {v.name: v for v in reversed(variants)}  # the newest of a name wins
+        missing = [n for n in only if n not in by_name]
+        if missing:
+            raise StageError(f"no experiment with metrics named {', '.join(missing)}; have: {', '.join(by_name)}")
+        variants = [by_name[n] for n in only]
+    for v in variants:
+        if max_layer > 0:
+            v.layer_mse = {k: x for k, x in v.layer_mse.items() if k <= max_layer}
+            v.free_mse = {k: x for k, x in v.free_mse.items() if k <= max_layer}
+        if not free:
+            v.free_mse = {}
     if not variants:
         raise StageError("no experiment with metrics: run `dvc repro` or `dvc exp run` first")
     table = markdown_table(variants, metric, IGNORE)

@@ -63,9 +63,22 @@ def test_cli_writes_table_of_what_differs_and_a_plot(tmp_path):
     assert "distill.layers" not in header and "eval.models" not in header
     row = next(line for line in table.splitlines() if line.startswith("| teacher-forced"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # input, lr, mean stage MSE, last-layer stage MSE, last-layer free-running MSE
-    assert cells[1:6] == ["teacher", "0.001", "0.5", "0.6", "1.5"]
+    # input, lr, layers, mean stage MSE, last-layer stage MSE, last-layer free-running MSE
+    assert cells[1:7] == ["teacher", "0.001", "2", "0.5", "0.6", "1.5"]
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_only_selects_and_orders_variants_and_names_a_missing_one(tmp_path):
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps(_exp_show()))
+    out = tmp_path / "a.md"
+    ok = CliRunner().invoke(app, ["--exp-json", str(src), "--out", str(out), "--plot", str(tmp_path / "p.png"),
+                                  "--only", "lr-3e-3", "--only", "main"])
+    assert ok.exit_code == 0, ok.output
+    rows = [line.split("|")[1].strip() for line in out.read_text().splitlines() if line.startswith("| ") and "variant" not in line]
+    assert rows == ["lr-3e-3", "main"]
+    bad = CliRunner().invoke(app, ["--exp-json", str(src), "--out", str(out), "--only", "nope"])
+    assert bad.exit_code == 1 and "nope" in bad.output
 
 
 def test_cli_without_any_metrics_is_a_one_line_error(tmp_path):

@@ -51,13 +51,13 @@ def _fmt(x: Any) -> str:
 def markdown_table(variants: list[Variant], metric_keys: list[str] = (), ignore: tuple[str, ...] = ()) -> str:
     """One row per variant: the params that differ, mean/last-layer MSE (stage and free-running), metrics."""
     diff = differing_params(variants, ignore)
-    head = ["variant", *diff, "mean stage val MSE", "last layer stage val MSE", "last layer free-running MSE", *metric_keys]
+    head = ["variant", *diff, "layers", "mean stage val MSE", "last layer stage val MSE", "last layer free-running MSE", *metric_keys]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in variants:
         last = max(v.layer_mse) if v.layer_mse else None
         mean = sum(v.layer_mse.values()) / len(v.layer_mse) if v.layer_mse else None
         free_last = v.free_mse.get(max(v.free_mse)) if v.free_mse else None
-        cells = [v.name, *(_fmt(v.params.get(k)) for k in diff), _fmt(mean),
+        cells = [v.name, *(_fmt(v.params.get(k)) for k in diff), str(len(v.layer_mse)), _fmt(mean),
                  _fmt(v.layer_mse.get(last) if last is not None else None), _fmt(free_last),
                  *(_fmt(v.metrics.get(k)) for k in metric_keys)]
         rows.append("| " + " | ".join(cells) + " |")
