@@ -83,8 +83,8 @@ def main(
     exp_json: Path = typer.Option(None, help="a saved `dvc exp show --json` (default: run it now)"),
     out: Path = typer.Option(Path("reports/ablations.md"), help="markdown table"),
     plot: Path = typer.Option(Path("reports/plots/ablations_layer_mse.png"), help="per-layer MSE plot"),
-    metric: list[str] = typer.Option(["metrics.finetuned.ppl_owt", "metrics.distilled.ppl_owt"],
-                                     help="extra metric columns (flattened keys; absent ones show as –)"),
+    metric: list[str] = typer.Option([], help="extra metric columns, flattened keys such as "
+                                     "finetune.val_ppl (absent ones show as –)"),
     num: int = typer.Option(1, help="commits back from HEAD whose experiments to include (dvc exp show -n)"),
     only: list[str] = typer.Option([], help="keep only these variants (experiment or branch names), in this order"),
     max_layer: int = typer.Option(0, help="compare layers 1..N only, e.g. for experiments run up to distill@N (0: all)"),
