@@ -1,7 +1,9 @@
 """`distill_recurrent` stage: Laughing Hyena distillation of the fine-tuned student.
 
 Every long filter of `recurrent.student` is fitted with `recurrent.order` complex modes over
-`recurrent.fit_len` taps; the recurrent student (HF dir, model_type "hyena_recurrent_student")
+`recurrent.fit_len` taps, then (with `recurrent.calib_sequences` > 0) calibrated on the student's
+own activations for that many training windows: residues re-solved for each mixer's output error
+and optionally `recurrent.calib_steps` Adam steps on it (hyena/recurrence/calibrate.py). The recurrent student (HF dir, model_type "hyena_recurrent_student")
 goes to `recurrent.out`, and `recurrent.metrics` gets per-layer fit quality (relative L2 error of
 the filters and of each mixer's output on real validation activations), the perplexity of both
 students on the same OpenWebText validation windows, and a decode check (prefill + recurrent
@@ -38,6 +40,10 @@ class RecurrentParams:
     lr: float = 1.0e-2  # Adam learning rate of those steps (targets are RMS-normalised)
     refine_tol: float = 1.0e-3  # relative L2 filter error under which a channel is not refined
     min_decay: float = 1.0e-6  # poles satisfy |p| <= exp(-min_decay) < 1
+    calib_sequences: int = 2  # training windows whose activations calibrate the fits (0: filters only, as the paper)
+    calib_filter_weight: float = 0.01  # weight of the plain filter error next to the mixer-output error
+    calib_steps: int = 0  # Adam steps on each mixer's output error after the closed-form residues
+    calib_lr: float = 3.0e-3  # learning rate of those steps
     tokens: str = "data/tokens"  # tokenize output; its val.npy gives the evaluation windows
     context: int = 512  # perplexity window (tokens)
     max_windows: int = 4  # perplexity windows (0: all)
@@ -49,6 +55,8 @@ class RecurrentParams:
         for name in ("order", "fit_len", "context", "batch_size", "error_sequences"):
             if getattr(self, name) < 1:
                 raise ValueError(f"recurrent.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.calib_sequences < 0 or self.calib_steps < 0:
+            raise ValueError("recurrent.calib_sequences and recurrent.calib_steps must be >= 0")
         if self.fit_len < 3:
             raise ValueError(f"recurrent.fit_len must be >= 3 (got {self.fit_len})")
 
@@ -91,10 +99,16 @@ def main(params: Path = typer.Option(PARAMS, help="params.yaml with a `recurrent
     import numpy as np
     import torch
 
+    from hyena.data import load_tokens
     from hyena.evaluate.perplexity import stream_perplexity
     from hyena.evaluate.streams import load_owt_val
     from hyena.io import atomic_dir
-    from hyena.recurrence import ModalFitConfig, layer_output_errors, to_recurrent
+    from hyena.recurrence import (
+        CalibrationConfig,
+        ModalFitConfig,
+        layer_output_errors,
+        to_recurrent,
+    )
 
     cfg = section(load_params(params), "recurrent", RecurrentParams)
     student = _load_student(cfg.student)
@@ -106,8 +120,16 @@ def main(params: Path = typer.Option(PARAMS, help="params.yaml with a `recurrent
         raise StageError(f"{cfg.tokens}/val.npy has {len(val)} tokens, fewer than recurrent.context={cfg.context}")
 
     fit = ModalFitConfig(order=cfg.order, steps=cfg.steps, lr=cfg.lr, refine_tol=cfg.refine_tol, min_decay=cfg.min_decay)
+    calib_ids = None
+    if cfg.calib_sequences > 0:
+        train = load_tokens(cfg.tokens, "train")
+        if len(train) < cfg.calib_sequences:
+            raise StageError(f"{cfg.tokens}/train.npy has {len(train)} sequences, fewer than recurrent.calib_sequences={cfg.calib_sequences}")
+        rows = np.asarray(train[: cfg.calib_sequences, : cfg.fit_len]).astype(np.int64)
+        calib_ids = torch.from_numpy(rows)
+    calib = CalibrationConfig(filter_weight=cfg.calib_filter_weight, steps=cfg.calib_steps, lr=cfg.calib_lr)
     t0 = time.time()
-    recurrent, reports = to_recurrent(student, fit, fit_len=cfg.fit_len)
+    recurrent, reports = to_recurrent(student, fit, fit_len=cfg.fit_len, calib_ids=calib_ids, calib=calib)
     fit_s = time.time() - t0
 
     n_err = min(cfg.error_sequences, len(val) // cfg.context)
@@ -127,6 +149,8 @@ def main(params: Path = typer.Option(PARAMS, help="params.yaml with a `recurrent
         "order": cfg.order,
         "fit_len": cfg.fit_len,
         "fit_seconds": round(fit_s, 1),
+        "calib_sequences": cfg.calib_sequences,
+        "calib_steps": cfg.calib_steps,
         "filter_rel_l2_mean": float(np.mean([r["filter_rel_l2_mean"] for r in reports])),
         "filter_rel_l2_max": float(np.max([r["filter_rel_l2_max"] for r in reports])),
         "mixer_output_rel_err_mean": float(np.mean([r["mixer_output_rel_err"] for r in reports])),

@@ -4,6 +4,7 @@ Importing this package registers the recurrent student ("hyena_recurrent_student
 AutoConfig / AutoModelForCausalLM.
 """
 
+from hyena.recurrence.calibrate import CalibrationConfig, capture_mixer_io
 from hyena.recurrence.mixer import HyenaLayerState, HyenaRecurrentCache, RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFilter, ModalFitConfig, fit_modal, modal_powers, relative_l2
 from hyena.recurrence.model import (
@@ -14,7 +15,7 @@ from hyena.recurrence.model import (
 )
 
 __all__ = [
-    "HyenaLayerState", "HyenaRecurrentCache", "HyenaRecurrentConfig", "HyenaRecurrentForCausalLM",
+    "CalibrationConfig", "capture_mixer_io", "HyenaLayerState", "HyenaRecurrentCache", "HyenaRecurrentConfig", "HyenaRecurrentForCausalLM",
     "ModalFilter", "ModalFitConfig", "RecurrentHyenaMixer", "fit_modal", "layer_output_errors",
     "modal_powers", "relative_l2", "to_recurrent",
 ]

@@ -20,8 +20,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from hyena.recurrence.calibrate import (
+    CalibrationConfig,
+    capture_mixer_io,
+    long_filter_inputs,
+    output_weighted_residues,
+    refine_on_outputs,
+)
 from hyena.recurrence.mixer import HyenaRecurrentCache, RecurrentHyenaMixer
-from hyena.recurrence.modal import ModalFitConfig, fit_modal, relative_l2
+from hyena.recurrence.modal import ModalFitConfig, filter_errors, fit_modal, relative_l2
 from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
 
 
@@ -117,18 +124,30 @@ def student_filters(student: HyenaStudentForCausalLM, i: int, L: int) -> tuple[t
 
 
 def to_recurrent(student: HyenaStudentForCausalLM, fit: ModalFitConfig | None = None, fit_len: int = 1024,
-                 progress: bool = True) -> tuple[HyenaRecurrentForCausalLM, list[dict]]:
+                 progress: bool = True, calib_ids: torch.Tensor | None = None,
+                 calib: CalibrationConfig | None = None) -> tuple[HyenaRecurrentForCausalLM, list[dict]]:
     """Fit every layer's long filters (length `fit_len`) with N modes; returns the recurrent
-    student (eval mode, same dtype/device as `student`) and one fit report per layer."""
+    student (eval mode, same dtype/device as `student`) and one fit report per layer.
+
+    With `calib_ids` (B, T <= fit_len) the fits are calibrated on the student's own activations
+    for those tokens (calibrate.py): residues re-solved for the mixer's output error, then
+    `calib.steps` Adam steps on it. Without, the filters alone are fitted (the paper's method).
+    """
     fit = fit or ModalFitConfig()
+    calib = calib or CalibrationConfig()
     max_len = student.config.hyena_config().max_len
     if not 3 <= fit_len <= max_len:
         raise ValueError(f"recurrent.fit_len must be in [3, {max_len}] (the student's hyena.max_len), got {fit_len}")
+    if calib_ids is not None and calib_ids.shape[-1] > fit_len:
+        raise ValueError(f"calibration windows ({calib_ids.shape[-1]} tokens) must not exceed fit_len {fit_len}")
+    io = capture_mixer_io(student, calib_ids) if calib_ids is not None else None
     n_layers = len(student.decoder_layers())
     modals, reports = [], []
     for i in tqdm(range(n_layers), desc="modal fit", unit="layer", disable=not progress):
         h, bias = student_filters(student, i, fit_len)
         modal, report = fit_modal(h, fit, passthrough=bias)
+        if io is not None:
+            report.update(_calibrate(student.mixer(i), modal, h, *io[i], calib, i))
         modals.append(modal)
         reports.append({"layer": i + 1, **report})
     config = HyenaRecurrentConfig(**{k: v for k, v in student.config.to_dict().items()
@@ -148,29 +167,40 @@ def to_recurrent(student: HyenaStudentForCausalLM, fit: ModalFitConfig | None = 
     return recurrent.eval(), reports
 
 
+def _calibrate(op, modal, h, u, y, calib: CalibrationConfig, i: int) -> dict:
+    """Calibrate layer i's modal fit on its real input u / output y (in place); the report entries:
+    filter errors after calibration, and the output error on the calibration windows before,
+    after the closed-form residues and after the Adam steps."""
+    mixer = RecurrentHyenaMixer.from_operator(op, modal, i)  # shares op's projections (frozen)
+
+    def output_err() -> float:
+        mixer._kernel = mixer._consts = None
+        with torch.no_grad():
+            return float(relative_l2(mixer.chunk(u).flatten().double(), y.flatten().double()))
+
+    uncalibrated = {f"{k}_uncalibrated": v for k, v in filter_errors(modal, h).items()}
+    before = output_err()
+    ws, gate = long_filter_inputs(op, u)
+    output_weighted_residues(modal, h, ws, gate, filter_weight=calib.filter_weight)
+    after_residues = output_err()
+    refine_on_outputs(mixer, u, y, calib.steps, calib.lr)
+    return {
+        **filter_errors(modal, h),
+        **uncalibrated,
+        "calib_output_rel_err_uncalibrated": before,
+        "calib_output_rel_err_residues": after_residues,
+        "calib_output_rel_err": output_err(),
+        "calib_steps": calib.steps,
+    }
+
+
 @torch.no_grad()
 def layer_output_errors(student: HyenaStudentForCausalLM, recurrent: HyenaRecurrentForCausalLM,
                         input_ids: torch.Tensor) -> list[float]:
     """Relative L2 error of each recurrent mixer's output vs the student mixer's on the SAME input
     (the student's real activations for `input_ids` (B, L)): ||y_rec - y|| / ||y|| per layer."""
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def hook(i):
-        def grab(_module, args, kwargs, out):
-            u = args[0] if args else kwargs["hidden_states"]
-            captured[i] = (u.detach(), (out[0] if isinstance(out, tuple) else out).detach())
-        return grab
-
-    handles = [student.mixer(i).register_forward_hook(hook(i), with_kwargs=True)
-               for i in range(len(student.decoder_layers()))]
-    try:
-        student(input_ids=input_ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
     errors = []
-    for i in range(len(captured)):
-        u, y = captured[i]
+    for i, (u, y) in enumerate(capture_mixer_io(student, input_ids)):
         y_rec = recurrent.mixer(i).chunk(u)
         errors.append(float(relative_l2(y_rec.flatten().double(), y.flatten().double())))
     return errors
