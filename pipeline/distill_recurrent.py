@@ -34,6 +34,7 @@ class RecurrentParams:
     student: str = "data/students/finetuned"  # convolutional student to distil (HF dir)
     out: str = "data/students/recurrent"  # where the recurrent student is written (HF dir)
     metrics: str = "reports/metrics/recurrent.json"  # fit quality + perplexities
+    plot: str = "reports/plots/recurrent_fit.png"  # per-layer filter and mixer-output errors
     order: int = 16  # N complex modes per channel (Laughing Hyena: ~16)
     fit_len: int = 2048  # filter taps fitted (>= the longest context you evaluate/generate at)
     steps: int = 300  # Adam steps on channels the pencil init leaves above refine_tol (0: none)
@@ -101,6 +102,7 @@ def main(params: Path = typer.Option(PARAMS, help="params.yaml with a `recurrent
 
     from hyena.data import load_tokens
     from hyena.evaluate.perplexity import stream_perplexity
+    from hyena.evaluate.plots import plot_recurrent_fit
     from hyena.evaluate.streams import load_owt_val
     from hyena.io import atomic_dir
     from hyena.recurrence import (
@@ -170,7 +172,9 @@ def main(params: Path = typer.Option(PARAMS, help="params.yaml with a `recurrent
             if (Path(cfg.student) / name).is_file():
                 shutil.copy2(Path(cfg.student) / name, tmp / name)
     write_metrics(cfg.metrics, metrics)
+    plot_recurrent_fit(metrics, cfg.plot)
     typer.echo(f"recurrent student -> {cfg.out}: filter rel L2 {metrics['filter_rel_l2_mean']:.2e}, "
+               f"mixer output rel err {metrics['mixer_output_rel_err_mean']:.2e} (held out), "
                f"OWT ppl {ppl['student']:.2f} (conv) vs {ppl['recurrent']:.2f} (recurrent, "
                f"{100 * metrics['ppl_rel_diff']:+.2f}%)")
 

@@ -103,3 +103,31 @@ def plot_training_curves(distill: dict[str, list[tuple[float, float]]], lm: dict
     for ax in (left, right):
         ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def plot_recurrent_fit(metrics: dict, path: str | Path) -> None:
+    """Per layer: relative L2 error of the modal filters (left) and of each mixer's output on
+    held-out windows (right, log scale), from the distill-recurrent stage's metrics."""
+    layers = metrics["layers"]
+    xs = [r["layer"] for r in layers]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    if "filter_rel_l2_mean_uncalibrated" in layers[0]:
+        left.plot(xs, [r["filter_rel_l2_mean_uncalibrated"] for r in layers], marker="o", label="filter-only fit")
+    left.plot(xs, [r["filter_rel_l2_mean"] for r in layers], marker="s", label="final (after calibration)"
+              if "filter_rel_l2_mean_uncalibrated" in layers[0] else "filter fit")
+    left.set_xlabel("layer")
+    left.set_ylabel("filter relative L2 error (mean over channels)")
+    left.set_title(f"Modal fit, order {metrics['order']}, {metrics['fit_len']} taps")
+    left.legend(fontsize=8)
+    if "calib_output_rel_err_uncalibrated" in layers[0]:
+        right.plot(xs, [r["calib_output_rel_err_uncalibrated"] for r in layers], marker="o",
+                   label="filter-only fit (calibration rows)")
+        right.plot(xs, [r["calib_output_rel_err"] for r in layers], marker="s", label="calibrated (calibration rows)")
+    right.plot(xs, [r["mixer_output_rel_err"] for r in layers], marker="^", color="C2", label="final (held-out rows)")
+    right.set_yscale("log")
+    right.set_xlabel("layer")
+    right.set_ylabel("mixer output relative error")
+    right.legend(fontsize=8)
+    right.set_title(f"OWT ppl {metrics['ppl_owt_student']:.1f} conv vs {metrics['ppl_owt_recurrent']:.1f} "
+                    f"recurrent ({100 * metrics['ppl_rel_diff']:+.2f}%)")
+    _save(fig, path)
