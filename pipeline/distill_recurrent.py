@@ -3,11 +3,12 @@
 Every long filter of `recurrent.student` is fitted with `recurrent.order` complex modes over
 `recurrent.fit_len` taps, then (with `recurrent.calib_sequences` > 0) calibrated on the student's
 own activations for that many training windows: residues re-solved for each mixer's output error
-and optionally `recurrent.calib_steps` Adam steps on it (hyena/recurrence/calibrate.py). The recurrent student (HF dir, model_type "hyena_recurrent_student")
-goes to `recurrent.out`, and `recurrent.metrics` gets per-layer fit quality (relative L2 error of
-the filters and of each mixer's output on real validation activations), the perplexity of both
-students on the same OpenWebText validation windows, and a decode check (prefill + recurrent
-steps vs the stateless forward pass).
+and optionally `recurrent.calib_steps` Adam steps on it (hyena/recurrence/calibrate.py). The
+recurrent student (HF dir, model_type "hyena_recurrent_student") goes to `recurrent.out`;
+`recurrent.metrics` gets per-layer fit quality (relative L2 error of the filters and of each
+mixer's output on real validation activations), the perplexity of both students on the same
+OpenWebText validation windows, and a decode check (prefill + recurrent steps vs the stateless
+forward pass); `recurrent.plot` draws the per-layer errors.
 
     python -m pipeline.distill_recurrent [--params params.yaml]
 """
