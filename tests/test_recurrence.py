@@ -147,9 +147,17 @@ def test_greedy_generation_equals_full_forward_loop(exact_pair):
     for _ in range(16):
         nxt = student(input_ids=manual, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
         manual = torch.cat([manual, nxt], dim=1)
-    out = recurrent.generate(ids, max_new_tokens=16, do_sample=False, min_new_tokens=16,
-                             pad_token_id=0, attention_mask=torch.ones_like(ids))
+    fed = []  # tokens each forward call of generate() receives
+    hook = recurrent.register_forward_pre_hook(
+        lambda _m, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        out = recurrent.generate(ids, max_new_tokens=16, do_sample=False, min_new_tokens=16,
+                                 pad_token_id=0, attention_mask=torch.ones_like(ids))
+    finally:
+        hook.remove()
     assert torch.equal(out, manual)
+    # the prompt once, then one token a step from the recurrent state (not the prefix again)
+    assert fed == [17] + [1] * 15, fed
     # and the logits along the way agree with the full forward pass
     cache = recurrent.new_cache()
     step_logits = [recurrent(input_ids=manual[:, :17], past_key_values=cache).logits[:, -1]]

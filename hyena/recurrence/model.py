@@ -88,6 +88,8 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
         """Feed only the tokens the cache has not absorbed yet (the whole prompt at first)."""
         if use_cache is False:  # generate(use_cache=False): re-run the full sequence each step
             return {"input_ids": input_ids, "use_cache": False}
+        if past_key_values is None:  # transformers >= 5.24 hands the cache over as `cache`
+            past_key_values = kwargs.get("cache")
         cache = past_key_values if isinstance(past_key_values, HyenaRecurrentCache) else self.new_cache()
         return {"input_ids": input_ids[:, cache.get_seq_length():], "past_key_values": cache,
                 "use_cache": True, "attention_mask": attention_mask}
