@@ -207,13 +207,17 @@ def test_distill_recurrent_stage(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(params.format(4096))
     bad = CliRunner().invoke(app, [])
     assert bad.exit_code == 1 and "fit_len" in bad.output and not (tmp_path / "data/students/recurrent").exists()
+    (tmp_path / "params.yaml").write_text(params.format(128).replace("calib_sequences: 2", "calib_sequences: 9"))
+    short = CliRunner().invoke(app, [])  # 9 calibration rows asked, 3 in train.npy
+    assert short.exit_code == 1 and "calib_sequences" in short.output
+    assert not (tmp_path / "data/students/recurrent").exists()
     (tmp_path / "params.yaml").write_text(params.format(128))
     ok = CliRunner().invoke(app, [])
     assert ok.exit_code == 0, ok.output
     metrics = json.loads((tmp_path / "reports/metrics/recurrent.json").read_text())
     assert abs(metrics["ppl_rel_diff"]) < 0.01 and metrics["decode_check_rel_err"] < 1e-4
     assert len(metrics["layers"]) == 1 and metrics["layers"][0]["mixer_output_rel_err"] < 0.01
-    layer = metrics["layers"][0]  # calibrated on 2 training rows: its output error can only drop
+    layer = metrics["layers"][0]  # calibration lowers the output error on its 2 training rows
     assert layer["calib_output_rel_err"] <= layer["calib_output_rel_err_uncalibrated"] + 1e-9
     assert (tmp_path / "reports/plots/recurrent_fit.png").stat().st_size > 10_000
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "data/students/recurrent")
