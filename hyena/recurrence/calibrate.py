@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from hyena.operator import HyenaOperator, fft_size
+from hyena.operator import HyenaOperator, causal_conv_from_spectrum, fft_size
 from hyena.recurrence.mixer import RecurrentHyenaMixer
-from hyena.recurrence.modal import ModalFilter, modal_powers
+from hyena.recurrence.modal import ModalFilter, _design
 
 
 @dataclass
@@ -83,7 +83,7 @@ def long_filter_inputs(op: HyenaOperator, u: torch.Tensor) -> tuple[list[torch.T
     for o, x_i in enumerate(reversed(x[1:])):
         w = v * x_i  # (B, d, L)
         ws.append(w)
-        v = torch.fft.irfft(torch.fft.rfft(w.float(), n=n) * H[o], n=n)[..., :L]
+        v = causal_conv_from_spectrum(w, H[o], n)
     return ws, x[0]
 
 
@@ -111,8 +111,7 @@ def output_weighted_residues(modal: ModalFilter, h: torch.Tensor, inputs: list[t
         sol = []
         for c0 in range(0, d, block):
             c1 = min(d, c0 + block)
-            V = modal_powers(decay[c0:c1], theta[c0:c1], 0, L_fit - 1, torch.complex128)  # (c, N, L'-1)
-            A = torch.cat([V.real, -V.imag], dim=1)  # (c, 2N, L'-1): columns of Re R and Im R
+            A = _design(decay[c0:c1], theta[c0:c1], L_fit - 1).transpose(1, 2)  # (c, 2N, L'-1): Re R, Im R
             A = torch.nn.functional.pad(A, (1, 0))  # tap 0 belongs to D: (c, 2N, L')
             k = h[o, c0:c1].double().clone()
             k[:, 0] = 0.0  # (c, L')
@@ -142,10 +141,10 @@ def refine_on_outputs(mixer: RecurrentHyenaMixer, u: torch.Tensor, y: torch.Tens
     """Adam on `mixer.modal`'s parameters so that mixer.chunk(u) matches y (the exact mixer's output
     on u), everything else frozen. Keeps the best parameters seen. Returns the relative L2 error
     before and after each step (length steps + 1)."""
-    modal = mixer.modal
-    params = list(modal.parameters())
     if steps <= 0:
         return []
+    modal = mixer.modal
+    params = list(modal.parameters())
     flags = [p.requires_grad for p in params]
     modal.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
@@ -171,5 +170,4 @@ def refine_on_outputs(mixer: RecurrentHyenaMixer, u: torch.Tensor, y: torch.Tens
             modal.load_state_dict(best_state)
         for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)
-        mixer._kernel = mixer._consts = None
     return history

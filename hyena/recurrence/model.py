@@ -60,6 +60,7 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
             mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay())
             self.adapter.set_attention(layer, mixer.to(self.dtype))
         self.generation_config.use_cache = True
+        self._backbone_cache_kwarg = _cache_kwarg(self.backbone)  # once, not on every decode step
 
     def new_cache(self) -> HyenaRecurrentCache:
         return HyenaRecurrentCache(len(self.decoder_layers()))
@@ -68,8 +69,7 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
                 past_key_values=None, use_cache=None, **kwargs):
         """Stateless (FFT with modal filters) unless a cache is given or `use_cache=True`; then the
         cache's state is continued and returned as `past_key_values`."""
-        if past_key_values is None:
-            past_key_values = kwargs.pop("cache", None)  # transformers >= 5.24 spelling
+        past_key_values = _given_cache(past_key_values, kwargs)
         if past_key_values is None and not use_cache:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                                    inputs_embeds=inputs_embeds, **kwargs)
@@ -79,7 +79,7 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
         cache = past_key_values if isinstance(past_key_values, HyenaRecurrentCache) else self.new_cache()
         kwargs.pop("position_ids", None)
         out = self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
-                            **{_cache_kwarg(self.backbone): cache}, use_cache=True, **kwargs)
+                            **{self._backbone_cache_kwarg: cache}, use_cache=True, **kwargs)
         out.past_key_values = cache
         return out
 
@@ -88,11 +88,17 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
         """Feed only the tokens the cache has not absorbed yet (the whole prompt at first)."""
         if use_cache is False:  # generate(use_cache=False): re-run the full sequence each step
             return {"input_ids": input_ids, "use_cache": False}
-        if past_key_values is None:  # transformers >= 5.24 hands the cache over as `cache`
-            past_key_values = kwargs.get("cache")
+        past_key_values = _given_cache(past_key_values, kwargs)
         cache = past_key_values if isinstance(past_key_values, HyenaRecurrentCache) else self.new_cache()
         return {"input_ids": input_ids[:, cache.get_seq_length():], "past_key_values": cache,
                 "use_cache": True, "attention_mask": attention_mask}
+
+
+def _given_cache(past_key_values, kwargs: dict):
+    """The cache a caller passed: transformers >= 5.24 (generate, the backbone) names it `cache`,
+    earlier versions `past_key_values`. Pops `cache` from kwargs so it is not passed on twice."""
+    cache = kwargs.pop("cache", None)
+    return past_key_values if past_key_values is not None else cache
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
@@ -175,8 +181,7 @@ def _calibrate(op, modal, h, u, y, calib: CalibrationConfig, i: int) -> dict:
     after the closed-form residues and after the Adam steps."""
     mixer = RecurrentHyenaMixer.from_operator(op, modal, i)  # shares op's projections (frozen)
 
-    def output_err() -> float:
-        mixer._kernel = mixer._consts = None
+    def output_err() -> float:  # the mixer's kernel cache follows the parameters' versions
         with torch.no_grad():
             return float(relative_l2(mixer.chunk(u).flatten().double(), y.flatten().double()))
 
