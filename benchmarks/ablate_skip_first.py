@@ -16,13 +16,12 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from hyena.store import ActivationStore
 from hyena.student import HyenaStudentForCausalLM
 from hyena.train.dist import DistEnv
-from hyena.train.distill import distill_layer
-from pipeline.distill import DistillParams, layer_config
+from hyena.train.distill import DistillConfig, distill_layer
+from pipeline.params import load_params, section
 
 
 def main() -> None:
@@ -33,8 +32,7 @@ def main() -> None:
     ap.add_argument("--student", type=Path, default=Path("data/students/layer_00"))
     args = ap.parse_args()
 
-    raw = yaml.safe_load(args.params.read_text())["distill"]
-    p = DistillParams(**{k: v for k, v in raw.items() if k in {f.name for f in dataclasses.fields(DistillParams)}})
+    p = section(load_params(args.params), "distill", DistillConfig)
     acts = ActivationStore.open(args.store)
     rows = []
     for layer in args.layers:
@@ -44,7 +42,7 @@ def main() -> None:
         rest = np.abs(targets["val"][:, 1:].astype(np.float32)).max()
         for skip in (0, 1):
             student = HyenaStudentForCausalLM.from_pretrained(args.student).requires_grad_(False)
-            cfg = dataclasses.replace(layer_config(p, f"{layer:02d}"), skip_first=skip, log_every=10**9)
+            cfg = dataclasses.replace(p.for_layer(f"{layer:02d}"), skip_first=skip, log_every=10**9)
             res = distill_layer(student.decoder_layers()[layer - 1], student.mixer(layer - 1), inputs["train"],
                                 targets["train"], inputs["val"], targets["val"], cfg, DistEnv())
             rows.append((layer, skip, first, rest, res))

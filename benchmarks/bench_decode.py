@@ -1,4 +1,4 @@
-"""Per-token decode latency and state memory per sequence vs context length (issue 7).
+"""Per-token decode latency and state memory per sequence vs context length.
 
 Three decoders of the same SmolLM2-135M-shaped network (Llama: 30 layers, d=576, 9 heads / 3 KV
 heads, vocab 49152; RANDOM weights: timing does not depend on their values):
@@ -117,7 +117,7 @@ def time_decode(kind: str, model, L: int, steps: int, B: int = 1) -> tuple[float
     for s in range(steps + 1):  # first step warms up (filter materialisation, allocator)
         pos = torch.full((B, 1), L + s)
         t0 = time.perf_counter() if not CPU_TIME else time.process_time()
-        model(input_ids=tok, past_key_values=cache, use_cache=True, position_ids=pos)
+        model(input_ids=tok, cache=cache, use_cache=True, position_ids=pos)
         times.append((time.perf_counter() if not CPU_TIME else time.process_time()) - t0)
     return statistics.median(times[1:]), nbytes
 

@@ -26,8 +26,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hyena.data import TokenizeParams, build_token_dataset, load_tokens  # noqa: E402
-from hyena.store import DumpParams, disk_bytes, dump_activations  # noqa: E402
+from hyena.data import TokenizeConfig, build_token_dataset, load_tokens  # noqa: E402
+from hyena.store import DumpConfig, disk_bytes, dump_activations  # noqa: E402
 from hyena.teachers import load_teacher, load_tokenizer  # noqa: E402
 
 SHARED = Path(os.environ.get("HYENA_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -56,11 +56,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_dump_"))
     try:
         tok = load_tokenizer(str(GGUF))
-        p_tok = TokenizeParams(corpus=str(OWT), max_documents=200, context=args.context, val_fraction=0.01)
+        p_tok = TokenizeConfig(corpus=str(OWT), max_documents=200, context=args.context, val_fraction=0.01)
         build_token_dataset(p_tok, tok, str(GGUF), work / "tokens")
         model = load_teacher(str(GGUF))
         rows = load_tokens(work / "tokens", "train")[: args.sequences]
-        p = DumpParams(train_sequences=args.sequences, val_sequences=0, batch_size=args.batch,
+        p = DumpConfig(train_sequences=args.sequences, val_sequences=0, batch_size=args.batch,
                        chunk_sequences=args.chunk, codec=args.codec)
         forward_only(model, rows[: args.batch], args.batch)  # warm-up
         fwd, dump = [], []

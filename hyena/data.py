@@ -30,10 +30,12 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from hyena.config import Config, param
 from hyena.io import atomic_dir, file_sha256
 
 MANIFEST = "manifest.json"
@@ -52,33 +54,24 @@ class CorpusError(ValueError):
 
 
 @dataclass
-class TokenizeParams:
-    corpus: str = "../shared/data/openwebtext/owt_val_1000docs.jsonl"  # HF dataset id, file, dir or glob
-    text_field: str = "text"  # jsonl/parquet/HF field holding each document's text
-    hf_split: str = "train"  # HF dataset split to stream (HF ids only)
-    hf_config: str | None = None  # HF dataset config name (HF ids only)
-    max_documents: int | None = None  # read at most this many documents (None: all)
-    txt_split: str = "auto"  # .txt/.raw documents: auto | file | wikitext | blank_lines
-    context: int = 1024  # tokens per packed sequence
-    val_fraction: float = 0.001  # fraction of documents held out (paper: 0.1%)
-    min_val_documents: int = 1  # at least this many validation documents
-    seed: int = 0  # seed of the document shuffle that decides the split and packing order
-    eos_token: str | None = None  # separator token appended after each document (None: tokenizer's EOS)
-    batch_size: int = 256  # documents per batched tokenizer call
+class TokenizeConfig(Config):
+    """params.yaml `tokenize`: which corpus, and how it becomes packed rows of `context` tokens."""
 
-    def validate(self) -> None:
-        if self.context < 2:
-            raise CorpusError(f"tokenize.context must be >= 2, got {self.context}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise CorpusError(f"tokenize.val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.min_val_documents < 0:
-            raise CorpusError(f"tokenize.min_val_documents must be >= 0, got {self.min_val_documents}")
-        if self.max_documents is not None and self.max_documents < 1:
-            raise CorpusError(f"tokenize.max_documents must be >= 1 or null, got {self.max_documents}")
-        if self.txt_split not in TXT_SPLITS:
-            raise CorpusError(f"tokenize.txt_split must be one of {', '.join(TXT_SPLITS)}, got {self.txt_split!r}")
-        if self.batch_size < 1:
-            raise CorpusError(f"tokenize.batch_size must be >= 1, got {self.batch_size}")
+    SECTION = "tokenize"
+
+    corpus: str = param("Skylion007/openwebtext", "HF dataset id (streamed), local file, directory or glob (.jsonl/.txt/.parquet)")
+    text_field: str = param("text", "jsonl/parquet/HF field holding each document")
+    hf_split: str = param("train", "split to stream for HF dataset ids")
+    hf_config: str | None = param(None, "dataset config name for HF dataset ids")
+    max_documents: int | None = param(2_000_000, "read at most this many documents (null: all; paper: 2M)", ge=1)
+    txt_split: Literal["auto", "file", "wikitext", "blank_lines"] = param(
+        "auto", "how a .txt file splits into documents: auto | file | wikitext | blank_lines")
+    context: int = param(1024, "tokens per packed training sequence (paper: 1024)", ge=2)
+    val_fraction: float = param(0.001, "share of documents held out for validation (paper: 0.1%)", ge=0.0, lt=1.0)
+    min_val_documents: int = param(1, "but at least this many", ge=0)
+    seed: int = param(0, "document shuffle that decides the split")
+    eos_token: str | None = param(None, "separator appended after each document (null: the tokenizer's EOS)")
+    batch_size: int = param(256, "documents per batched tokenizer call", ge=1)
 
 
 # ----------------------------------------------------------------------------- corpus reading
@@ -178,7 +171,7 @@ def _parquet_documents(path: Path, field: str) -> Iterator[str]:
             yield text or ""
 
 
-def _hf_documents(p: TokenizeParams) -> Iterator[str]:
+def _hf_documents(p: TokenizeConfig) -> Iterator[str]:
     import datasets
 
     try:
@@ -198,7 +191,7 @@ def _hf_documents(p: TokenizeParams) -> Iterator[str]:
         ) from None
 
 
-def iter_documents(p: TokenizeParams) -> Iterator[str]:
+def iter_documents(p: TokenizeConfig) -> Iterator[str]:
     """Every document of the corpus in source order (files sorted by path), up to max_documents.
 
     Empty (whitespace-only) documents are yielded too; the caller skips and counts them.
@@ -214,7 +207,7 @@ def iter_documents(p: TokenizeParams) -> Iterator[str]:
         yield doc
 
 
-def _file_documents(path: Path, p: TokenizeParams) -> Iterator[str]:
+def _file_documents(path: Path, p: TokenizeConfig) -> Iterator[str]:
     if path.suffix in JSONL_SUFFIXES:
         return _jsonl_documents(path, p.text_field)
     if path.suffix in PARQUET_SUFFIXES:
@@ -319,30 +312,7 @@ def pack_documents(tokens: np.ndarray, offsets: np.ndarray, docs: np.ndarray, co
 # ----------------------------------------------------------------------------- the dataset
 
 
-def teacher_max_positions(source: str) -> int | None:
-    """The teacher's maximum positions from its config (GGUF metadata read directly: fast)."""
-    if source.endswith(".gguf"):
-        from gguf import GGUFReader
-
-        reader = GGUFReader(source)
-
-        def field(key):
-            f = reader.fields.get(key)
-            return None if f is None else f.contents()
-
-        arch = field("general.architecture")
-        value = field(f"{arch}.context_length") if arch else None
-        return int(value) if value is not None else None
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(source)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if getattr(config, name, None):
-            return int(getattr(config, name))
-    return None
-
-
-def _source_record(p: TokenizeParams) -> dict:
+def _source_record(p: TokenizeConfig) -> dict:
     files = resolve_corpus(p.corpus)
     if files is None:
         return {"kind": "huggingface", "dataset": p.corpus, "split": p.hf_split, "config": p.hf_config}
@@ -359,10 +329,9 @@ def content_hash(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def build_token_dataset(p: TokenizeParams, tokenizer, teacher_source: str, out_dir: str | Path,
+def build_token_dataset(p: TokenizeConfig, tokenizer, teacher_source: str, out_dir: str | Path,
                         max_positions: int | None = None) -> dict:
     """Tokenise, split, pack and write the token dataset to `out_dir` atomically; returns the manifest."""
-    p.validate()
     if max_positions is not None and p.context > max_positions:
         raise CorpusError(
             f"tokenize.context {p.context} exceeds the teacher's maximum positions {max_positions} "
@@ -433,7 +402,7 @@ def load_tokens(tokens_dir: str | Path, split: str) -> np.ndarray:
 
 
 __all__ = [
-    "CorpusError", "TokenizeParams", "build_token_dataset", "load_tokens", "load_manifest",
+    "CorpusError", "TokenizeConfig", "build_token_dataset", "load_tokens", "load_manifest",
     "iter_documents", "resolve_corpus", "split_text_documents", "tokenize_documents",
-    "split_documents", "pack_documents", "teacher_max_positions", "content_hash",
+    "split_documents", "pack_documents", "content_hash",
 ]

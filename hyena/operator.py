@@ -38,31 +38,33 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from hyena.config import Config, param
+
 
 @dataclass
-class HyenaConfig:
-    """Hyena settings. Defaults follow the reference `standalone_hyena.py`."""
+class HyenaConfig(Config):
+    """params.yaml `student.hyena`: the Hyena operator's settings (reference `standalone_hyena.py`
+    defaults, except emb_dim 33 from the Pile config and max_len 8192)."""
 
-    order: int = 2  # gates in the chain; order-1 long filters (2 = one long filter, as the paper)
-    filter_order: int = 64  # hidden width of the implicit filter FFN
-    filter_layers: int = 2  # hidden [Linear -> Sin] blocks between the first and last Linear
-    emb_dim: int = 3  # positional embedding size: t plus (emb_dim-1)/2 (cos, -sin) bands; odd, >= 3
-    short_filter_len: int = 3  # causal depthwise conv kernel applied to all projections
-    max_len: int = 2048  # longest sequence a filter is generated for; also the time normalisation
-    sine_freq: float = 1.0  # initial (trainable) frequency w in sin(w x) (14 in the Pile config)
-    modulate: bool = True  # multiply filters by an exponential decay window
-    fast_decay_pct: float = 0.3  # fastest channel decays to `decay_target` at t = 0.3
-    slow_decay_pct: float = 1.5  # slowest channel decays to `decay_target` at t = 1.5
-    decay_target: float = 1e-2
-    modulation_shift: float = 0.0
+    SECTION = "student.hyena"
+
+    order: int = param(2, "gates in the chain; order-1 long filters (2: one long filter, as the paper)", ge=2)
+    filter_order: int = param(64, "hidden width of the implicit filter FFN", ge=1)
+    filter_layers: int = param(2, "hidden [Linear -> Sin] blocks of the filter FFN", ge=0)
+    emb_dim: int = param(33, "positional embedding: t plus (emb_dim-1)/2 (cos, -sin) bands; odd, >= 3", ge=3)
+    short_filter_len: int = param(3, "causal depthwise short conv", ge=1)
+    max_len: int = param(8192, "longest sequence the student accepts; also the filters' time scale", ge=2)
+    sine_freq: float = param(1.0, "filter FFN's initial sine frequency (1: reference default, smooth filters that 16 modes fit; 14: Pile config, noise-like)")
+    modulate: bool = param(True, "exponential decay window on the filters")
+    fast_decay_pct: float = param(0.3, "the fastest channel decays to decay_target at t = fast_decay_pct", gt=0)
+    slow_decay_pct: float = param(1.5, "the slowest channel decays to decay_target at t = slow_decay_pct", gt=0)
+    decay_target: float = param(1e-2, "window value the decays aim at", gt=0)
+    modulation_shift: float = param(0.0, "constant added to the decay window")
 
     def __post_init__(self) -> None:
-        if self.order < 2:
-            raise ValueError(f"hyena.order must be >= 2 (got {self.order}): order-1 long filters")
-        if self.emb_dim < 3 or self.emb_dim % 2 == 0:
-            raise ValueError(f"hyena.emb_dim must be odd and >= 3 (got {self.emb_dim})")
-        if self.short_filter_len < 1:
-            raise ValueError(f"hyena.short_filter_len must be >= 1 (got {self.short_filter_len})")
+        super().__post_init__()
+        if self.emb_dim % 2 == 0:
+            raise ValueError(f"student.hyena.emb_dim must be odd (t plus cos/sin pairs), got {self.emb_dim}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -378,35 +380,6 @@ class HyenaOperator(nn.Module):
             v = causal_conv_from_spectrum(v * x_i, H[o], n)  # (B, d, L)
         y = v * x[0]  # (B, d, L)
         return self.out_proj(y.mT)  # (B, L, d)
-
-
-def param_groups(
-    model: nn.Module,
-    lr: float,
-    weight_decay: float,
-    filter_lr: float | None = None,
-    filter_weight_decay: float = 0.0,
-) -> list[dict]:
-    """AdamW groups: implicit-filter parameters get their own lr and no weight decay (as the
-    reference Hyena trains them); other matrices decay; biases, norms and embeddings' 1-D
-    parameters do not. Frozen parameters are left out."""
-    filt, decay, no_decay = [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if ".filter_fn." in f".{name}":
-            filt.append(p)
-        elif p.ndim >= 2:
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    groups = [
-        {"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "no_decay"},
-        {"params": filt, "lr": filter_lr if filter_lr is not None else lr,
-         "weight_decay": filter_weight_decay, "name": "filter"},
-    ]
-    return [g for g in groups if g["params"]]
 
 
 def causality_violation(mixer: nn.Module, d_model: int, L: int = 64, batch: int = 2, seed: int = 0) -> float:

@@ -29,12 +29,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import zarr
 from tqdm.auto import tqdm
 
+from hyena.config import Config, param
 from hyena.data import SPLITS, load_manifest, load_tokens
 from hyena.io import atomic_dir
 from hyena.teachers import capture_layer_outputs, get_adapter, weights_hash
@@ -56,29 +58,20 @@ class StoreIncompleteError(RuntimeError):
 
 
 @dataclass
-class DumpParams:
-    train_sequences: int | None = 1024  # first N rows of train.npy to dump (None: all of them)
-    val_sequences: int | None = 256  # cap on validation rows: val is dumped in full up to this
-    batch_size: int = 8  # sequences per teacher forward pass
-    chunk_sequences: int = 16  # sequences per Zarr chunk; also the resume granularity
-    dtype: str = "float16"  # stored dtype: float16 | float32
-    codec: str = "none"  # none | zstd | blosc (activations barely compress: ~1.08x)
-    codec_level: int = 3  # compression level for zstd / blosc
-    queue_chunks: int = 2  # chunks buffered between the forward pass and the writer thread
-    device: str = "auto"  # auto | cpu | cuda: where the teacher runs
+class DumpConfig(Config):
+    """params.yaml `dump`: which sequences' teacher activations are cached, and how they are stored."""
 
-    def validate(self) -> None:
-        for name in ("batch_size", "chunk_sequences", "queue_chunks"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"dump.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("train_sequences", "val_sequences"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"dump.{name} must be >= 0 or null, got {value}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dump.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.codec not in CODECS:
-            raise ValueError(f"dump.codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+    SECTION = "dump"
+
+    train_sequences: int | None = param(39063, "first N training sequences whose teacher activations are cached (null: all; paper: 40M tokens)", ge=0)
+    val_sequences: int | None = param(2000, "cap on validation sequences (dumped in full up to this)", ge=0)
+    batch_size: int = param(60, "sequences per teacher forward pass", ge=1)
+    chunk_sequences: int = param(64, "sequences per Zarr chunk; also the resume granularity", ge=1)
+    dtype: Literal["float16", "float32"] = param("float16", "stored dtype: float16 | float32")
+    codec: Literal["none", "zstd", "blosc"] = param("none", "none | zstd | blosc (activations barely compress, ~1.08x)")
+    codec_level: int = param(3, "zstd / blosc level", ge=0)
+    queue_chunks: int = param(2, "chunks buffered between the teacher's forward pass and the writer thread", ge=1)
+    device: str = param("auto", "auto | cpu | cuda")
 
     def content_params(self) -> dict:
         """The params that decide the stored bytes: a resumed run must match them. The queue size
@@ -172,14 +165,14 @@ class ActivationStore:
 # ----------------------------------------------------------------------------- writing
 
 
-def store_fingerprint(teacher: dict, manifest_hash: str, params: DumpParams) -> str:
+def store_fingerprint(teacher: dict, manifest_hash: str, params: DumpConfig) -> str:
     """What a resumed dump must share with the partial store: the stored bytes depend on nothing else."""
     body = {"format": FORMAT, "teacher": teacher, "tokens": manifest_hash, "params": params.content_params()}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _create_store(path: Path, attrs: dict, sizes: dict[str, int], seq_len: int, d: int,
-                  n_layers: int, p: DumpParams) -> None:
+                  n_layers: int, p: DumpConfig) -> None:
     """Create every array (no chunk data yet) in a temporary dir, then move it into place."""
     dtype = np.dtype(p.dtype)
     with atomic_dir(path) as tmp:
@@ -260,16 +253,25 @@ class _ChunkWriter(threading.Thread):
             raise RuntimeError(f"activation writer failed: {self.error}") from self.error
 
 
-def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | Path, p: DumpParams,
-                     teacher_source: str, *, progress_bar: bool = True,
-                     on_chunk_written: Callable[[str, int], None] | None = None) -> ActivationStore:
-    """Run `model` over the token budget and store every layer's output; resume if possible.
+@dataclass
+class DumpPlan:
+    """What a dump will write: token rows and sizes per split, shapes, and the store's provenance."""
 
-    Returns the finished store. `on_chunk_written(split, chunk)` is called (in the writer thread)
-    after each chunk is durably marked done: progress reporting, and crash simulation in tests.
-    """
-    p.validate()
-    out, tokens_dir = Path(out), Path(tokens_dir)
+    rows: dict[str, np.ndarray]  # split -> (n, L) token rows (memory-mapped)
+    sizes: dict[str, int]  # split -> sequences to dump
+    seq_len: int
+    d_model: int
+    n_layers: int
+    attrs: dict  # root attributes of a new store (provenance, shapes, params)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.attrs["fingerprint"]
+
+
+def plan_dump(model: torch.nn.Module, tokens_dir: str | Path, p: DumpConfig, teacher_source: str) -> DumpPlan:
+    """Check the token rows against the params and the teacher, and describe the store to write."""
+    tokens_dir = Path(tokens_dir)
     manifest = load_manifest(tokens_dir)
     rows = {split: load_tokens(tokens_dir, split) for split in SPLITS}
     n_train = len(rows["train"]) if p.train_sequences is None else p.train_sequences
@@ -281,7 +283,6 @@ def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | 
     n_val = len(rows["val"]) if p.val_sequences is None else min(p.val_sequences, len(rows["val"]))
     sizes = {"train": n_train, "val": n_val}
     seq_len = int(rows["train"].shape[1])
-
     adapter = get_adapter(model)
     n_layers = len(adapter.layers(model))
     d = int(model.config.hidden_size)
@@ -294,46 +295,62 @@ def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | 
         )
     teacher = {"source": teacher_source, "weights_hash": weights_hash(model), "family": adapter.family,
                "n_layers": n_layers, "d_model": d}
-    tokens = {"dir": str(tokens_dir), "manifest_hash": manifest["content_hash"]}
-    fingerprint = store_fingerprint(teacher, manifest["content_hash"], p)
+    attrs = {
+        "format": FORMAT, "complete": False, "fingerprint": store_fingerprint(teacher, manifest["content_hash"], p),
+        "teacher": teacher, "teacher_source": teacher_source, "teacher_weights_hash": teacher["weights_hash"],
+        "tokens_manifest_hash": manifest["content_hash"],
+        "tokens": {"dir": str(tokens_dir), "manifest_hash": manifest["content_hash"]},
+        "params": asdict(p), "dtype": p.dtype, "seq_len": seq_len, "d_model": d,
+        "n_layers": n_layers, "splits": {s: {"sequences": sizes[s]} for s in SPLITS},
+        "layers": "layer_00 = embedding output; layer_k = raw output of decoder layer k (1-based)",
+    }
+    return DumpPlan(rows, sizes, seq_len, d, n_layers, attrs)
 
-    store = _resumable_store(out, fingerprint)
+
+def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | Path, p: DumpConfig,
+                     teacher_source: str, *, progress_bar: bool = True,
+                     on_chunk_written: Callable[[str, int], None] | None = None) -> ActivationStore:
+    """Run `model` over the token budget and store every layer's output; resume if possible.
+
+    Returns the finished store. `on_chunk_written(split, chunk)` is called (in the writer thread)
+    after each chunk is durably marked done: progress reporting, and crash simulation in tests.
+    """
+    out = Path(out)
+    plan = plan_dump(model, tokens_dir, p, teacher_source)
+    store = _resumable_store(out, plan.fingerprint)
     if store is not None and store.complete:
         return store
-    itemsize = np.dtype(p.dtype).itemsize
-    unit_bytes = seq_len * d * itemsize * (n_layers + 1)  # one sequence, all layers
-    todo = {s: [c for c in range(-(-sizes[s] // p.chunk_sequences))
+    todo = {s: [c for c in range(-(-plan.sizes[s] // p.chunk_sequences))
                 if store is None or store.progress(s)[c, 0] < 0] for s in SPLITS}
-    remaining = sum(min(p.chunk_sequences, sizes[s] - c * p.chunk_sequences) for s in SPLITS for c in todo[s])
+    unit_bytes = plan.seq_len * plan.d_model * np.dtype(p.dtype).itemsize * (plan.n_layers + 1)  # one sequence
     _check_disk(out, sum(map(len, todo.values())) * p.chunk_sequences * unit_bytes)  # a chunk file is always full-size
     if store is None:
-        attrs = {
-            "format": FORMAT, "complete": False, "fingerprint": fingerprint, "teacher": teacher,
-            "teacher_source": teacher_source, "teacher_weights_hash": teacher["weights_hash"],
-            "tokens_manifest_hash": manifest["content_hash"],
-            "tokens": tokens, "params": asdict(p), "dtype": p.dtype, "seq_len": seq_len, "d_model": d,
-            "n_layers": n_layers, "splits": {s: {"sequences": sizes[s]} for s in SPLITS},
-            "layers": "layer_00 = embedding output; layer_k = raw output of decoder layer k (1-based)",
-        }
-        _create_store(out, attrs, sizes, seq_len, d, n_layers, p)
-    group = zarr.open_group(str(out), mode="r+", zarr_format=3)
+        _create_store(out, plan.attrs, plan.sizes, plan.seq_len, plan.d_model, plan.n_layers, p)
+    _write_chunks(model, plan, zarr.open_group(str(out), mode="r+", zarr_format=3), todo, p, progress_bar,
+                  on_chunk_written)
+    return _finalise(out)
 
+
+def _write_chunks(model: torch.nn.Module, plan: DumpPlan, group: zarr.Group, todo: dict[str, list[int]],
+                  p: DumpConfig, progress_bar: bool, on_chunk_written) -> None:
+    """Forward the chunks in `todo` through the teacher while a writer thread stores the previous ones."""
     device = next(model.parameters()).device
-    writer = _ChunkWriter(group, n_layers, p.queue_chunks, on_chunk_written)
+    remaining = sum(min(p.chunk_sequences, plan.sizes[s] - c * p.chunk_sequences) for s in SPLITS for c in todo[s])
+    writer = _ChunkWriter(group, plan.n_layers, p.queue_chunks, on_chunk_written)
     writer.start()
-    bar = tqdm(total=remaining * seq_len, unit="tok", unit_scale=True, desc="dump", disable=not progress_bar)
+    bar = tqdm(total=remaining * plan.seq_len, unit="tok", unit_scale=True, desc="dump", disable=not progress_bar)
     try:
         for split in SPLITS:
             for chunk in todo[split]:
                 start = chunk * p.chunk_sequences
-                stop = min(start + p.chunk_sequences, sizes[split])
-                buf = np.empty((n_layers + 1, stop - start, seq_len, d), dtype=p.dtype)  # (N+1, n, L, d)
+                stop = min(start + p.chunk_sequences, plan.sizes[split])
+                buf = np.empty((plan.n_layers + 1, stop - start, plan.seq_len, plan.d_model), dtype=p.dtype)  # (N+1, n, L, d)
                 for b0 in range(0, stop - start, p.batch_size):  # batches never cross a chunk boundary
                     b1 = min(b0 + p.batch_size, stop - start)
-                    ids = torch.from_numpy(np.asarray(rows[split][start + b0 : start + b1], dtype=np.int64)).to(device)
+                    ids = torch.from_numpy(np.asarray(plan.rows[split][start + b0 : start + b1], dtype=np.int64)).to(device)
                     for k, h in enumerate(capture_layer_outputs(model, ids)):  # each (B, L, d)
                         buf[k, b0:b1] = h.cpu().numpy()  # numpy casts to the stored dtype (round to nearest)
-                    bar.update((b1 - b0) * seq_len)
+                    bar.update((b1 - b0) * plan.seq_len)
                 writer.put((split, chunk, start, buf))
         writer.finish()
     finally:
@@ -341,7 +358,6 @@ def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | 
         if writer.is_alive():  # an error on this side: let queued chunks land, then stop
             writer.queue.put(None)
             writer.join()
-    return _finalise(out)
 
 
 def _resumable_store(out: Path, fingerprint: str) -> ActivationStore | None:

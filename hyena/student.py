@@ -7,16 +7,19 @@ writes safetensors plus a config recording the teacher and the Hyena settings, a
 `register()` (done at import) `AutoConfig` / `AutoModelForCausalLM` load it without
 `trust_remote_code`.
 
-Generation runs WITHOUT a key/value cache: every step re-runs the full sequence. A stateless
-long convolution fed one new token at a time would silently compute y_t from that token alone;
-the recurrent (Laughing Hyena) cache belongs in `prepare_inputs_for_generation` below.
+Generation runs WITHOUT a key/value cache: every step re-runs the full sequence (a stateless long
+convolution fed one new token at a time would silently compute y_t from that token alone). The
+recurrent student (`hyena.recurrence`) decodes with a real state instead.
 
-`build_student(teacher, hyena_cfg, init)` copies every non-attention weight from the teacher.
-With init="teacher_attention" the Hyena projections start from the attention's (see
+`build_student(teacher, cfg)` copies every non-attention weight from the teacher. With
+`init: teacher_attention` the Hyena projections start from the attention's (see
 `init_mixer_from_attention` for the mapping).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -30,10 +33,24 @@ from transformers import (
 from transformers import initialization as hf_init
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from hyena.config import Config, param
 from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, Sin
+from hyena.runtime import first_output
 from hyena.teachers import TeacherAdapter, get_adapter
 
 INITS = ("random", "teacher_attention")
+
+
+@dataclass
+class StudentConfig(Config):
+    """params.yaml `student`: how the student is built from the teacher."""
+
+    SECTION = "student"
+
+    init: Literal["random", "teacher_attention"] = param(
+        "random", "random (the paper) | teacher_attention (teacher's Q/K/V/O -> Hyena projections)")
+    seed: int = param(0, "seed of the Hyena weights' initialisation")
+    hyena: HyenaConfig = param(HyenaConfig(), "HyenaConfig (hyena/operator.py)")
 
 
 class HyenaMixer(HyenaOperator):
@@ -176,12 +193,12 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         self.backbone.set_output_embeddings(value)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
-                past_key_values=None, use_cache=None, **kwargs):
+                cache=None, use_cache=None, **kwargs):
         """Delegates to the backbone (logits, and the shifted CE loss when `labels` are given).
 
         Left padding is handled exactly: the mixers see no mask, so each row is rotated to put
         its real tokens first (pads after them cannot leak into a causal model without
-        positions), run, and rotated back. `past_key_values` / `use_cache` are accepted for API
+        positions), run, and rotated back. `cache` / `use_cache` are accepted for API
         compatibility and ignored."""
         kwargs.pop("position_ids", None)  # positions are meaningless to the mixers
         shift = _leading_pads(attention_mask)
@@ -195,12 +212,9 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
             out.logits = _rotate(out.logits, shift)
         return out
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None,
                                       inputs_embeds=None, **kwargs):
-        """Every step feeds the WHOLE sequence so far (no cache).
-
-        This is where a recurrent cache (Laughing Hyena, hyena/recurrence.py) would be honoured:
-        with one, feed only the new tokens and pass the cache on."""
+        """Every step feeds the WHOLE sequence so far (no cache)."""
         inputs = {"input_ids": input_ids, "use_cache": False}
         if attention_mask is not None:
             inputs["attention_mask"] = attention_mask
@@ -228,8 +242,7 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
 
         No position embeddings or masks are needed: the mixers ignore them and the rest of a
         layer (norms, MLP) is position-wise."""
-        out = self.decoder_layers()[i](hidden_states)
-        return out[0] if isinstance(out, tuple) else out  # GPT-NeoX/Llama return a tensor today
+        return first_output(self.decoder_layers()[i](hidden_states))
 
 
 def _leading_pads(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -333,25 +346,23 @@ def init_mixer_from_attention(mixer: HyenaMixer, attention: nn.Module, teacher_c
     mixer.short_filter.bias.zero_()
 
 
-def build_student(
-    teacher: nn.Module,
-    hyena_cfg: HyenaConfig,
-    init: str = "random",
-    teacher_source: str = "",
-) -> HyenaStudentForCausalLM:
+def build_student(teacher: nn.Module, cfg: StudentConfig | None = None, teacher_source: str = "") -> HyenaStudentForCausalLM:
     """The teacher with every attention replaced by a Hyena mixer of the teacher's width.
 
     Every non-attention weight (embeddings, norms, MLPs, unembedding) is copied from the teacher;
-    tied embeddings stay tied. `init="random"` keeps the Hyena reference initialisation (the
-    paper); `init="teacher_attention"` seeds each mixer from its attention block
+    tied embeddings stay tied. `init="random"` keeps the Hyena reference initialisation drawn from
+    `cfg.seed` (the paper); `init="teacher_attention"` seeds each mixer from its attention block
     (`init_mixer_from_attention`). The student has the teacher's dtype and is returned in eval mode.
 
-    `hyena_cfg.max_len` is used as given: it is the longest sequence the student accepts AND the
+    `cfg.hyena.max_len` is used as given: it is the longest sequence the student accepts AND the
     time scale of the implicit filters (t = n / (max_len-1)), so set it to the longest context
     the student will ever see (training and evaluation), e.g. 8192 for long-context evals.
     """
+    cfg = cfg or StudentConfig()
+    init, hyena_cfg = cfg.init, cfg.hyena
     if init not in INITS:
         raise ValueError(f"student init must be one of {', '.join(INITS)} (got {init!r})")
+    torch.manual_seed(cfg.seed)
     adapter = get_adapter(teacher)
     teacher_config = teacher.config.to_dict()
     # a GGUF teacher's quantization_config describes its file, not the architecture

@@ -7,11 +7,27 @@ how to call one layer on hidden states. Everything else in the project goes thro
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from hyena.config import Config, param
+from hyena.runtime import first_output
+
+
+@dataclass
+class TeacherConfig(Config):
+    """params.yaml `teacher`: where the teacher comes from. The `teacher` stage reads it once and
+    writes the teacher as a local HF directory that every later stage loads."""
+
+    SECTION = "teacher"
+
+    source: str = param("EleutherAI/pythia-70m", "hub id, local model directory or .gguf file")
+    random_init: bool = param(False, "true: the teacher's architecture with seeded random weights (no weights offline)")
+    seed: int = param(0, "seed of random_init")
 
 
 @dataclass(frozen=True)
@@ -20,7 +36,7 @@ class TeacherAdapter:
     base_attr: str  # attribute of the *ForCausalLM holding the base model
     embed_attr: str  # attribute of the base model: token embedding
     attn_attr: str  # attribute of a decoder layer: the attention block to replace
-    parallel_residual: bool  # documentation: x + attn(ln1 x) + mlp(ln2 x) vs sequential
+    cache_kwarg: str = "cache"  # name under which a decoder layer hands the cache to its attention
 
     def base(self, model: nn.Module) -> nn.Module:
         return getattr(model, self.base_attr)
@@ -39,8 +55,8 @@ class TeacherAdapter:
 
 
 ADAPTERS: dict[str, TeacherAdapter] = {
-    "gpt_neox": TeacherAdapter("gpt_neox", "gpt_neox", "embed_in", "attention", parallel_residual=True),
-    "llama": TeacherAdapter("llama", "model", "embed_tokens", "self_attn", parallel_residual=False),
+    "gpt_neox": TeacherAdapter("gpt_neox", "gpt_neox", "embed_in", "attention", cache_kwarg="layer_past"),
+    "llama": TeacherAdapter("llama", "model", "embed_tokens", "self_attn"),
 }
 
 
@@ -156,6 +172,24 @@ def _offline_hint(source: str, err: Exception) -> RuntimeError:
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "tokenizer.model", "chat_template.jinja")
+
+
+def has_tokenizer(directory: str | Path) -> bool:
+    """Whether a model directory holds a tokenizer (transformers would build an EMPTY one otherwise)."""
+    return any((Path(directory) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model"))
+
+
+def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
+    """Copy the tokenizer files of model directory `src` into `dst` (a student stays self-contained)."""
+    import shutil
+
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+
+
 def load_tokenizer(source: str):
     """Tokenizer for a hub id, a local directory or a local .gguf file."""
     from transformers import AutoTokenizer
@@ -169,12 +203,12 @@ def load_tokenizer(source: str):
         raise _offline_hint(source, err) from err
 
 
-def load_teacher(source: str, dtype: torch.dtype = torch.float32, config_only: bool = False):
+def load_teacher(source: str, dtype: torch.dtype = torch.float32, config_only: bool = False, seed: int = 0):
     """Load a causal LM teacher (eval mode, no grad) from a hub id, a directory or a .gguf file.
 
     The architecture is checked against the supported adapters from the config, before any
-    weights are fetched. `config_only=True` builds the architecture with random weights: useful
-    for configs whose weights are not available (Pythia-70M offline) and for tests.
+    weights are fetched. `config_only=True` builds the architecture with weights drawn from
+    `seed`: for configs whose weights are not available (Pythia-70M offline) and for tests.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -185,6 +219,7 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config_only: b
         if config is not None:
             get_adapter(config)
         if config_only:
+            torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
@@ -195,6 +230,65 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config_only: b
     get_adapter(model)
     model.eval().requires_grad_(False)
     return model
+
+
+PROVENANCE = "teacher.json"
+
+
+def save_teacher(cfg: TeacherConfig, out: Path) -> dict:
+    """Write the teacher of `cfg` as a plain HF directory (fp32 safetensors, config, tokenizer) plus
+    `teacher.json` (source, random_init, seed, family, weights hash) into `out`, an empty directory.
+
+    Later stages load this directory (`load_teacher(out)`): a local copy loads in a second where a
+    GGUF dequantises for ~20 s, and every stage sees exactly the same weights."""
+    model = load_teacher(cfg.source, config_only=cfg.random_init, seed=cfg.seed)
+    tokenizer = load_tokenizer(cfg.source)
+    model.config.quantization_config = None  # a GGUF's quantisation describes its file, not these fp32 weights
+    if hasattr(model.config, "to_dict") and "quantization_config" in model.config.__dict__:
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    record = {"source": cfg.source, "random_init": cfg.random_init, "seed": cfg.seed,
+              "family": get_adapter(model).family, "n_layers": len(get_adapter(model).layers(model)),
+              "weights_hash": weights_hash(model)}
+    (Path(out) / PROVENANCE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def teacher_record(path: str | Path) -> dict:
+    """The provenance `save_teacher` wrote next to a materialised teacher ({} for other sources)."""
+    p = Path(path) / PROVENANCE
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def teacher_max_positions(source: str) -> int | None:
+    """The teacher's maximum positions from its config (GGUF metadata read directly: fast)."""
+    if source.endswith(".gguf"):
+        from gguf import GGUFReader
+
+        where, _ = _split_source(source)  # a missing file: one line
+        reader = GGUFReader(source)
+
+        def field(key):
+            f = reader.fields.get(key)
+            return None if f is None else f.contents()
+
+        arch = field("general.architecture")
+        value = field(f"{arch}.context_length") if arch else None
+        return int(value) if value is not None else None
+    from transformers import AutoConfig
+
+    where, kwargs = _split_source(source)
+    try:
+        config = AutoConfig.from_pretrained(where, **kwargs)
+    except (OSError, ValueError) as err:
+        if Path(where).exists():
+            raise
+        raise _offline_hint(source, err) from err
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return None
 
 
 def weights_hash(model: nn.Module, max_bytes_per_tensor: int = 1 << 16) -> str:
@@ -220,7 +314,7 @@ def capture_layer_outputs(model: nn.Module, input_ids: torch.Tensor, attention_m
     outputs: list[torch.Tensor] = []
 
     def grab(_module, _args, out):
-        outputs.append((out[0] if isinstance(out, tuple) else out).detach())
+        outputs.append(first_output(out).detach())
 
     modules = [adapter.embedding(model), *adapter.layers(model)]
     handles = [m.register_forward_hook(grab) for m in modules]

@@ -20,21 +20,23 @@ from pathlib import Path
 
 import typer
 
-from pipeline.common import StageError, one_line_errors
+from pipeline.params import PARAMS, StageError, load_params, one_line_errors, paths
 
 app = typer.Typer(add_completion=False)
 
-LAYER_METRICS = "reports/metrics/distill/layer_"
-ASSEMBLE_METRICS = "reports/metrics/assemble.json"
 # bookkeeping params and later stages' knobs: the table compares distillation variants
 IGNORE = ("distill.layers", "distill.last", "eval.", "finetune.", "pretrain.", "recurrent.")
 
 
-def variants_from_exp_show(entries: list[dict]):
+def variants_from_exp_show(entries: list[dict], reports: str = "reports"):
     """`dvc exp show --json` output -> [Variant]: the workspace (if it holds a run of its own), the
     baseline commits and their experiments. Entries without metrics (queued, failed) are skipped.
+    `reports` is paths.reports (metric files are keyed by their path).
     """
     from hyena.evaluate.ablations import Variant, flatten
+
+    layer_metrics = f"{reports}/metrics/distill/layer_"
+    assemble_metrics = f"{reports}/metrics/assemble.json"
 
     def one(name: str, data: dict):
         metrics = {path: (m or {}).get("data") for path, m in (data.get("metrics") or {}).items()}
@@ -46,12 +48,12 @@ def variants_from_exp_show(entries: list[dict]):
             params.update(flatten((p or {}).get("data") or {}))
         layer_mse, other = {}, {}
         for path, values in metrics.items():
-            if path.startswith(LAYER_METRICS) and "val_mse" in values:
+            if path.startswith(layer_metrics) and "val_mse" in values:
                 layer_mse[int(Path(path).stem.split("_")[-1])] = float(values["val_mse"])
-            elif path != ASSEMBLE_METRICS:
+            elif path != assemble_metrics and "/timings/" not in path:
                 other.update({f"{Path(path).stem}.{k}": v for k, v in flatten(values).items()
                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        free = {int(k): float(v) for k, v in (metrics.get(ASSEMBLE_METRICS, {}).get("free_running_val_mse") or {}).items()}
+        free = {int(k): float(v) for k, v in (metrics.get(assemble_metrics, {}).get("free_running_val_mse") or {}).items()}
         return Variant(name=name, params=params, layer_mse=layer_mse, free_mse=free, metrics=other)
 
     out, workspace = [], None
@@ -81,8 +83,9 @@ def _same_run(a, b) -> bool:
 @one_line_errors
 def main(
     exp_json: Path = typer.Option(None, help="a saved `dvc exp show --json` (default: run it now)"),
-    out: Path = typer.Option(Path("reports/ablations.md"), help="markdown table"),
-    plot: Path = typer.Option(Path("reports/plots/ablations_layer_mse.png"), help="per-layer MSE plot"),
+    params: Path = typer.Option(PARAMS, help="params.yaml (paths.reports)"),
+    out: Path = typer.Option(None, help="markdown table (default: <paths.reports>/ablations.md)"),
+    plot: Path = typer.Option(None, help="per-layer MSE plot (default: <paths.reports>/plots/ablations_layer_mse.png)"),
     metric: list[str] = typer.Option([], help="extra metric columns, flattened keys such as "
                                      "finetune.val_ppl (absent ones show as –)"),
     num: int = typer.Option(1, help="commits back from HEAD whose experiments to include (dvc exp show -n)"),
@@ -95,6 +98,9 @@ def main(
     from hyena.evaluate.ablations import markdown_table, plot_layer_mse
     from hyena.io import atomic_write_text
 
+    p = paths(load_params(params))
+    out = out or Path(p.reports) / "ablations.md"
+    plot = plot or p.plot("ablations_layer_mse")
     if exp_json is not None:
         entries = json.loads(exp_json.read_text())
     else:
@@ -102,7 +108,7 @@ def main(
         if proc.returncode != 0:
             raise StageError(f"dvc exp show failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
         entries = json.loads(proc.stdout)
-    variants = variants_from_exp_show(entries)
+    variants = variants_from_exp_show(entries, p.reports)
     if only:
         by_name = {v.name: v for v in reversed(variants)}  # the newest of a name wins
         missing = [n for n in only if n not in by_name]

@@ -14,12 +14,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 # (command, module, help) in pipeline order; each module has a Typer `main`
 COMMANDS = [
-    ("tokenize", "pipeline.tokenize", "Stage 1: tokenise, split by document and pack the corpus."),
-    ("dump-activations", "pipeline.dump_activations", "Stage 2: cache every teacher layer's output in Zarr."),
-    ("init-student", "pipeline.init_student", "Stage 3: build the Hyena student from the teacher."),
-    ("distill", "pipeline.distill", "Stage 4 (per layer): distil one layer by MSE to the teacher's."),
-    ("assemble", "pipeline.assemble", "Stage 5: assemble the distilled layers into one student."),
-    ("finetune", "pipeline.finetune", "Stage 6: cross-entropy fine-tune the distilled student."),
+    ("teacher", "pipeline.teacher", "Stage 1: write the teacher as a local HF directory."),
+    ("tokenize", "pipeline.tokenize_corpus", "Stage 2: tokenise, split by document and pack the corpus."),
+    ("dump-activations", "pipeline.dump_activations", "Stage 3: cache every teacher layer's output in Zarr."),
+    ("init-student", "pipeline.init_student", "Stage 4: build the Hyena student from the teacher."),
+    ("distill", "pipeline.distill", "Stage 5 (per layer): distil one layer by MSE to the teacher's."),
+    ("assemble", "pipeline.assemble", "Stage 6: assemble the distilled layers into one student."),
+    ("finetune", "pipeline.finetune", "Stage 7: cross-entropy fine-tune the distilled student."),
     ("pretrain", "pipeline.pretrain", "Baseline: the same student from scratch at equal compute."),
     ("distill-recurrent", "pipeline.distill_recurrent", "Laughing Hyena: long filters -> modal recurrences."),
     ("eval", "pipeline.evaluate", "Perplexity and lm-eval zero-shot tasks; paper-style report."),
@@ -27,17 +28,11 @@ COMMANDS = [
     ("curves", "pipeline.curves", "Training curves (DVCLive logs) as one PNG."),
     ("inspect", "pipeline.inspect_store", "Inspect or verify an activation store."),
     ("generate", "pipeline.generate", "Generate text with a teacher, student or recurrent student."),
-    ("preset", "pipeline.preset", "Replace params.yaml with a preset (cpu-experiment, cpu-smoke, paper-pythia70m, tiny)."),
+    ("preset", "pipeline.preset", "Write params.yaml from a preset (cpu-smoke, cpu-experiment, paper-pythia70m, tiny)."),
 ]
 
 for name, module, help_text in COMMANDS:
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-        continue  # a stage that is not part of this checkout
-    app.command(name, help=help_text)(mod.main)
+    app.command(name, help=help_text)(importlib.import_module(module).main)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`hyena-distill curves`: training curves of a run as one PNG (for reports; `dvc plots show` for HTML).
 
-Reads the DVCLive logs the stages write (reports/dvclive/distill_XX, finetune, pretrain).
+Reads the DVCLive logs the stages write (<paths.reports>/dvclive/distill_XX, finetune, pretrain).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.common import StageError, one_line_errors
+from pipeline.params import PARAMS, StageError, load_params, one_line_errors, paths
 
 app = typer.Typer(add_completion=False)
 
@@ -26,11 +26,15 @@ def read_tsv(path: Path, column: str) -> list[tuple[float, float]]:
 @app.command()
 @one_line_errors
 def main(
-    dvclive: Path = typer.Option(Path("reports/dvclive"), help="DVCLive directory of the stages"),
-    out: Path = typer.Option(Path("reports/plots/training_curves.png"), help="PNG to write"),
+    params: Path = typer.Option(PARAMS, help="params.yaml (paths.reports)"),
+    out: Path = typer.Option(None, help="PNG to write (default: <paths.reports>/plots/training_curves.png)"),
 ) -> None:
     """Plot distillation MSE per layer and the fine-tune / pre-train losses."""
     from hyena.evaluate.plots import plot_training_curves
+
+    p = paths(load_params(params))
+    dvclive = Path(p.reports) / "dvclive"
+    out = out or p.plot("training_curves")
 
     distill = {d.name.split("_")[-1]: read_tsv(d / "plots/metrics/train_mse.tsv", "train_mse")
                for d in sorted(dvclive.glob("distill_*"))}

@@ -1,6 +1,6 @@
 """`eval` stage: perplexity (paper Table 1, plus longer contexts) and zero-shot lm-eval tasks (Table 2).
 
-As a DVC stage it evaluates `eval.models` and writes data/eval/{metrics.json, results.json,
+As a DVC stage it evaluates `eval.models` and writes paths.eval/{metrics.json, results.json,
 report.md, ppl.png, ppl_vs_context.png}. As a CLI it evaluates any model:
 
     python -m pipeline.evaluate --model mine=path/to/hf_dir --model pythia=EleutherAI/pythia-70m --out data/eval_mine
@@ -12,17 +12,21 @@ from pathlib import Path
 
 import typer
 
-from hyena.evaluate.runner import EvalConfig, evaluate_models, write_outputs
-from pipeline.common import (
-    PARAMS,
-    StageError,
-    load_params,
-    load_teacher_from,
-    one_line_errors,
-    section,
-)
+from pipeline.params import PARAMS_OPTION, Params, PathsConfig, StageError, command, stage_app
 
-app = typer.Typer(add_completion=False)
+app = stage_app()
+
+PIPELINE_MODELS = ("pretrained", "distilled", "finetuned", "recurrent")  # students the pipeline writes
+
+
+def resolve_model(spec: str, p: PathsConfig) -> str:
+    """A model named in params or on the command line -> a loadable source: `teacher` and the
+    pipeline's own students resolve to their paths; anything else is a path or hub id."""
+    if spec == "teacher":
+        return p.teacher
+    if spec in PIPELINE_MODELS:
+        return str(p.student(spec))
+    return spec
 
 
 def _parse_models(specs: list[str]) -> dict[str, str]:
@@ -35,19 +39,21 @@ def _parse_models(specs: list[str]) -> dict[str, str]:
     return models
 
 
-@app.command()
-@one_line_errors
+@command(app)
 def main(
-    params: Path = typer.Option(PARAMS, help="params.yaml with an `eval` section (and `teacher.source`)"),
+    params_file: Path = PARAMS_OPTION,
     model: list[str] = typer.Option([], "--model", "-m", help="NAME=PATH to evaluate instead of eval.models (repeatable)"),
-    out: Path = typer.Option(Path("data/eval"), help="output directory"),
+    out: Path = typer.Option(None, help="output directory (default: paths.eval)"),
     tasks: str = typer.Option(None, help="comma-separated task keys overriding eval.tasks; '' skips lm-eval"),
-    limit: int = typer.Option(None, help="examples per task overriding eval.limit (0 = all)"),
-    max_windows: int = typer.Option(None, help="perplexity windows overriding eval.max_windows (0 = all)"),
+    limit: int = typer.Option(None, min=0, help="examples per task overriding eval.limit (0 = all)"),
+    max_windows: int = typer.Option(None, min=0, help="perplexity windows overriding eval.max_windows (0 = all)"),
 ) -> None:
     """Evaluate models: token perplexity on WikiText/OWT, longer contexts, lm-eval zero-shot accuracy."""
-    raw = load_params(params)
-    cfg: EvalConfig = section(raw, "eval", EvalConfig)
+    from hyena.evaluate.runner import EvalConfig, evaluate_models, write_outputs
+    from hyena.teachers import teacher_record
+
+    params = Params.read(params_file)
+    cfg, p = params.get("eval", EvalConfig), params.paths
     if model:
         cfg.models = _parse_models(model)
     if tasks is not None:
@@ -56,12 +62,13 @@ def main(
         cfg.limit = limit
     if max_windows is not None:
         cfg.max_windows = max_windows
-    teacher_source = str((raw.get("teacher") or {}).get("source", ""))
-    # The teacher is built exactly as the other stages build it (honours teacher.random_init/seed).
-    loader = (lambda: load_teacher_from(raw)) if "teacher" in raw else None
-    results = evaluate_models(cfg, teacher_source=teacher_source, teacher_loader=loader)
-    paths = write_outputs(results, out, reference=cfg.reference)
-    typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
+    specs = dict(cfg.models)
+    cfg.models = {name: resolve_model(spec, p) for name, spec in specs.items()}
+    labels = {name: f"teacher ({teacher_record(p.teacher).get('source', p.teacher)})"
+              for name, spec in specs.items() if spec == "teacher"}
+    results = evaluate_models(cfg, owt_tokens=p.tokens, labels=labels, tokenizer_fallback=p.teacher)
+    written = write_outputs(results, out or Path(p.eval), reference=cfg.reference)
+    typer.echo(f"wrote {', '.join(str(f) for f in written.values())}")
 
 
 if __name__ == "__main__":

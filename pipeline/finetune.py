@@ -4,31 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
+from pipeline.lm_stage import load_split, run, steps_for_epochs
+from pipeline.params import PARAMS_OPTION, Params, command, stage_app
 
-from pipeline.common import PARAMS, load_params, load_teacher_from, one_line_errors, section
-from pipeline.lm_stage import LMParams, load_split, run, steps_for_epochs
-
-app = typer.Typer(add_completion=False)
+app = stage_app()
 
 
-@app.command()
-@one_line_errors
-def main(
-    params: Path = typer.Option(PARAMS, help="params.yaml"),
-    tokens: Path = typer.Option(Path("data/tokens"), help="tokenize stage output"),
-    student: Path = typer.Option(Path("data/students/distilled"), help="MSE-distilled student"),
-    out: Path = typer.Option(Path("data/students/finetuned"), help="fine-tuned student (HF format)"),
-    reports: Path = typer.Option(Path("reports"), help="metrics and DVCLive curves"),
-) -> None:
+@command(app)
+def main(params_file: Path = PARAMS_OPTION) -> None:
     from hyena.student import HyenaStudentForCausalLM
+    from hyena.teachers import load_teacher
+    from hyena.train.lm import FinetuneConfig
 
-    all_params = load_params(params)
-    p = section(all_params, "finetune", LMParams)
-    model = HyenaStudentForCausalLM.from_pretrained(student)
-    steps = steps_for_epochs(len(load_split(tokens, "train", p.max_sequences)), p.batch_size, p.epochs)
-    teacher = load_teacher_from(all_params) if p.kl_weight > 0 else None
-    run("finetune", model, p, steps, tokens, out, reports, teacher=teacher)
+    params = Params.read(params_file)
+    cfg, p = params.get("finetune", FinetuneConfig), params.paths
+    src = p.student("distilled")
+    model = HyenaStudentForCausalLM.from_pretrained(src)
+    steps = steps_for_epochs(len(load_split(p.tokens, "train", cfg.max_sequences)), cfg.batch_size, cfg.epochs)
+    teacher = load_teacher(str(params.teacher_dir())) if cfg.kl_weight > 0 else None
+    run("finetune", model, cfg, steps, p, p.student("finetuned"), src, teacher=teacher)
 
 
 if __name__ == "__main__":

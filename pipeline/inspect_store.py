@@ -18,7 +18,7 @@ from hyena.store import (
     parse_slice,
     verify_store,
 )
-from pipeline.common import StageError, one_line_errors
+from pipeline.params import PARAMS, StageError, load_params, one_line_errors, paths
 
 app = typer.Typer(add_completion=False)
 
@@ -78,15 +78,17 @@ def stats_table(store: ActivationStore, split: str, sample: int) -> Table:
 @app.command()
 @one_line_errors
 def main(
-    path: Path = typer.Argument(Path("data/activations.zarr"), help="activation store directory"),
+    path: Path = typer.Argument(None, help="activation store directory (default: paths.activations)"),
     split: str = typer.Option("train", help="split for statistics and --slice"),
     sample: int = typer.Option(8, min=1, help="sequences per layer used for the statistics"),
     slice_: str | None = typer.Option(None, "--slice", help="print one slice: LAYER,SEQ,START:STOP (e.g. 3,0,0:8)"),
     verify: bool = typer.Option(False, "--verify", help="read every chunk: present, readable, finite; exit 1 if not"),
     stats: bool = typer.Option(True, "--stats/--no-stats", help="print per-layer statistics"),
+    params: Path = typer.Option(PARAMS, help="params.yaml (paths.activations, when PATH is not given)"),
 ) -> None:
     """Print an activation store's provenance, arrays, size, statistics; optionally a slice or a full verify."""
     console = Console()
+    path = path or Path(paths(load_params(params)).activations)
     store = ActivationStore.open(path, allow_incomplete=True)
     if split not in store.splits:
         raise StageError(f"--split {split!r} not in {path}; has {', '.join(store.splits)}")
@@ -108,8 +110,8 @@ def main(
     if verify:
         problems = verify_store(store)
         if problems:
-            for p in problems[:20]:
-                console.print(f"[red]{p}[/red]")
+            for problem in problems[:20]:
+                console.print(f"[red]{problem}[/red]")
             more = f" (+{len(problems) - 1} more above)" if len(problems) > 1 else ""
             raise StageError(f"verify failed: {problems[0]}{more}")
         console.print("[green]verify: every chunk present, readable and finite[/green]")

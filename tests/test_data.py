@@ -11,13 +11,13 @@ from typer.testing import CliRunner
 
 import hyena.teachers
 from hyena.data import (
-    TokenizeParams,
+    TokenizeConfig,
     build_token_dataset,
     load_manifest,
     load_tokens,
     split_text_documents,
 )
-from pipeline.tokenize import app
+from pipeline.tokenize_corpus import app
 
 N_DOCS = 60
 CONTEXT = 64
@@ -28,9 +28,9 @@ def owt_docs(path, n):
         return [json.loads(line)["text"] for _, line in zip(range(n), f, strict=False)]
 
 
-def small_params(corpus, **kw) -> TokenizeParams:
+def small_params(corpus, **kw) -> TokenizeConfig:
     base = dict(corpus=str(corpus), max_documents=N_DOCS, context=CONTEXT, val_fraction=0.1, seed=3, batch_size=16)
-    return TokenizeParams(**{**base, **kw})
+    return TokenizeConfig(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +96,11 @@ def test_parquet_source_gives_the_same_tokens_as_jsonl(tmp_path, owt_jsonl, pyth
 # ----------------------------------------------------------------------------- the CLI
 
 
-def write_params(tmp_path, pythia_dir, **tokenize):
-    params = {"teacher": {"source": str(pythia_dir), "random_init": True},
+def write_params(tmp_path, pythia_dir, out, **tokenize):
+    """params with the tokenizer's model dir standing in for the materialised teacher (paths.teacher)."""
+    params = {"paths": {"teacher": str(pythia_dir), "tokens": str(out)},
               "tokenize": {"max_documents": N_DOCS, "context": CONTEXT, "val_fraction": 0.1, **tokenize}}
-    path = tmp_path / "params.yaml"
+    path = tmp_path / f"params-{out.name}.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
 
@@ -111,10 +112,10 @@ def fast_tokenizer(monkeypatch, pythia_tokenizer):
 
 
 def test_cli_is_deterministic_byte_identical(tmp_path, owt_jsonl, pythia_dir, fast_tokenizer):
-    params = write_params(tmp_path, pythia_dir, corpus=str(owt_jsonl))
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
-        result = CliRunner().invoke(app, ["--params", str(params), "--out", str(out)])
+        params = write_params(tmp_path, pythia_dir, out, corpus=str(owt_jsonl))
+        result = CliRunner().invoke(app, ["--params", str(params)])
         assert result.exit_code == 0, result.output
     files = sorted(p.name for p in outs[0].iterdir())
     assert files == sorted(p.name for p in outs[1].iterdir()) and "manifest.json" in files
@@ -140,9 +141,9 @@ def test_cli_bad_input_is_one_line_error_with_no_output(case, tmp_path, pythia_d
     corpus = tmp_path / "corpus.jsonl"
     if content is not None:
         corpus.write_bytes(content)
-    params = write_params(tmp_path, pythia_dir, corpus=str(corpus), **extra)
     out = tmp_path / "tokens"
-    result = CliRunner().invoke(app, ["--params", str(params), "--out", str(out)])
+    params = write_params(tmp_path, pythia_dir, out, corpus=str(corpus), **extra)
+    result = CliRunner().invoke(app, ["--params", str(params)])
     assert result.exit_code != 0
     assert "Traceback" not in result.output
     # progress-bar lines may precede it; the error itself is exactly one line, the last

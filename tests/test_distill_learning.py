@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hyena.operator import HyenaConfig
-from hyena.student import build_student
+from hyena.student import StudentConfig, build_student
 from hyena.teachers import capture_layer_outputs
 from hyena.train.dist import DistEnv
 from hyena.train.distill import DistillConfig, distill_layer, layer_outputs
@@ -27,7 +27,7 @@ def smollm_setup(smollm_teacher, smollm_tokenizer, owt_jsonl):
     tokens = torch.tensor(ids[: SEQ * (N_TRAIN + N_VAL)]).view(-1, SEQ)
     acts = [a.numpy() for a in capture_layer_outputs(smollm_teacher, tokens)]  # 31 x (n, L, d)
     torch.manual_seed(0)
-    student = build_student(smollm_teacher, HyenaConfig(max_len=256, emb_dim=33, sine_freq=14.0))
+    student = build_student(smollm_teacher, StudentConfig(hyena=HyenaConfig(max_len=256, emb_dim=33, sine_freq=14.0)))
     return student, acts
 
 
@@ -81,7 +81,7 @@ def test_skip_first_leaves_an_attention_sink_outlier_out_of_the_loss():
 
     def train(targets, skip_first):
         torch.manual_seed(1)
-        student = build_student(teacher, HyenaConfig(max_len=16, emb_dim=3, filter_order=8))
+        student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=16, emb_dim=3, filter_order=8)))
         cfg = DistillConfig(lr=3e-3, batch_size=4, epochs=2, skip_first=skip_first, log_every=100)
         res = distill_layer(student.decoder_layers()[0], student.mixer(0), x[:8], targets[:8], x[8:], targets[8:],
                             cfg, DistEnv())

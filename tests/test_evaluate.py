@@ -162,9 +162,9 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
     wiki = tmp_path / "wiki.test.raw"  # the first 20K characters keep tokenisation fast
     wiki.write_text((shared / "data/wikitext-2-raw/wiki.test.raw").read_text()[:20_000])
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"teacher": {"source": str(pythia_dir)}, "eval": {
+    params.write_text(yaml.safe_dump({"paths": {"teacher": str(pythia_dir), "tokens": str(tokens)}, "eval": {
         "models": {"teacher": str(neox), "small": str(gpt2)}, "context": 16, "max_windows": 2,
-        "owt_tokens": str(tokens), "wikitext": str(wiki),
+        "wikitext": str(wiki),
         "long_contexts": [32, 64, 128], "long_context_datasets": ["wikitext", "owt"], "long_max_windows": 1,
         "tasks": ["wsc"], "limit": 2, "task_data_dir": str(shared / "eval"),
         "reference": str(shared / "eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json")}}))
@@ -178,7 +178,7 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
     assert "na" in small["ppl"]["wikitext"]["64"]  # 32 absolute positions cannot run 64 tokens
     assert "na" in small["ppl"]["owt"]["64"] and "ppl" in small["ppl"]["owt"]["32"]
     assert details["models"]["teacher"]["ppl"]["owt"]["128"] == {"na": "needs 128 tokens, the data has 96"}
-    # transformers would build an empty tokenizer from the bare dir: it must fall back to teacher.source
+    # transformers would build an empty tokenizer from the bare dir: it must fall back to paths.teacher
     assert small["tokenizer"] == str(pythia_dir) and details["models"]["teacher"]["tokenizer"] == str(neox)
     assert (out / "ppl.png").stat().st_size > 0 and (out / "ppl_vs_context.png").stat().st_size > 0
     assert "## Table 1" in (out / "report.md").read_text()
@@ -190,8 +190,8 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, pythia_dir):
     from pipeline.evaluate import app
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"eval": {"models": {"m": str(pythia_dir)}, "owt_tokens": str(tmp_path / "none"),
-                                               "tasks": [], "reference": ""}}))
+    params.write_text(yaml.safe_dump({"paths": {"tokens": str(tmp_path / "none")},
+                                      "eval": {"models": {"m": str(pythia_dir)}, "tasks": [], "reference": ""}}))
     result = CliRunner().invoke(app, ["--params", str(params), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 1
     assert "OWT validation tokens not found" in result.output and len(result.output.strip().splitlines()) == 1

@@ -38,7 +38,7 @@ def repo(tmp_path_factory) -> Path:
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, dst / rel)
-    shutil.copyfile(dst / "presets" / "tiny.yaml", dst / "params.yaml")
+    sh(["python", "-m", "pipeline.preset", "tiny"], dst)
     sh(["git", "init", "-q"], dst)
     sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dst)
     sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"], dst)
@@ -50,12 +50,14 @@ def test_dvc_repro_runs_every_stage(repo):
     sh(["dvc", "repro"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     keys = list(params["distill"]["layers"])
-    for path in ["data/tokens/train.npy", "data/tokens/manifest.json", "data/activations.zarr/zarr.json",
+    for path in ["data/teacher/model.safetensors", "data/teacher/teacher.json",
+                 "data/tokens/train.npy", "data/tokens/manifest.json", "data/activations.zarr/zarr.json",
                  "data/students/layer_00/config.json", "data/students/distilled/model.safetensors",
                  "data/students/finetuned/model.safetensors", "data/students/pretrained/model.safetensors",
                  "data/students/recurrent/model.safetensors",
                  "data/eval/report.md", "data/eval/ppl.png", "reports/plots/layer_mse.png",
-                 *[f"data/students/layer_{k}/layer.safetensors" for k in keys]]:
+                 *[f"data/students/layer_{k}/layer.safetensors" for k in keys],
+                 *[f"data/students/layer_{k}/acts.zarr/zarr.json" for k in keys]]:
         assert (repo / path).exists(), path
     for metrics in ["reports/metrics/assemble.json", "reports/metrics/finetune.json",
                     "reports/metrics/pretrain.json", "reports/metrics/recurrent.json", "data/eval/metrics.json",
@@ -69,6 +71,31 @@ def test_dvc_repro_runs_every_stage(repo):
     assert rec["decode_check_rel_err"] < 1e-3, rec  # prefill + O(1) steps reproduce the full forward
     assert "up to date" in sh(["dvc", "status"], repo).lower() or "Data and pipelines are up to date" in sh(
         ["dvc", "status"], repo)
+    # layer 1 reads the teacher's embedding output: no copy of it is made for the student
+    assert not (repo / "data/students/layer_00/acts.zarr").exists()
+    # every student directory carries its tokenizer
+    for name in ("layer_00", "distilled", "finetuned", "pretrained", "recurrent"):
+        assert (repo / "data/students" / name / "tokenizer.json").is_file(), name
+
+
+@pytest.mark.slow
+def test_a_library_edit_marks_exactly_the_stages_that_run_it_stale(repo):
+    """dvc.yaml's code deps are true: an edit to the LR schedule (training only) makes every
+    training stage stale and none of the data stages."""
+    if not (repo / "dvc.lock").exists():
+        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
+    schedule = repo / "hyena" / "train" / "schedule.py"
+    saved = schedule.read_text()
+    schedule.write_text(saved + "\n# an edit\n")
+    try:
+        status = sh(["dvc", "status"], repo)
+    finally:
+        schedule.write_text(saved)
+    stale = set(re.findall(r"^(\S+):", status, flags=re.M))
+    keys = list(yaml.safe_load((repo / "params.yaml").read_text())["distill"]["layers"])
+    assert {f"distill@{k}" for k in keys} | {"finetune", "pretrain"} <= stale, status
+    assert not stale & {"teacher", "tokenize", "dump-activations", "init-student", "eval"}, status
+    assert "up to date" in sh(["dvc", "status"], repo).lower()
 
 
 def _set_params(repo: Path, *overrides) -> str:

@@ -11,7 +11,12 @@ from conftest import tiny_llama_config, tiny_neox_config
 from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, fft_causal_conv
 from hyena.recurrence import ModalFilter, ModalFitConfig, fit_modal
 from hyena.recurrence.mixer import HyenaRecurrentCache, RecurrentHyenaMixer
-from hyena.recurrence.model import HyenaRecurrentForCausalLM, layer_output_errors, to_recurrent
+from hyena.recurrence.model import (
+    HyenaRecurrentForCausalLM,
+    RecurrentConfig,
+    layer_output_errors,
+    to_recurrent,
+)
 
 
 def random_modal(shape, N, seed=0, r=(0.7, 0.99)) -> ModalFilter:
@@ -24,6 +29,13 @@ def random_modal(shape, N, seed=0, r=(0.7, 0.99)) -> ModalFilter:
     return m
 
 
+def impulse(m, L: int) -> torch.Tensor:
+    """The full filter h[0..L-1] of a ModalFilter, pass-through included."""
+    k = m.tail_kernel(L).clone()
+    k[..., 0] = m.D
+    return k
+
+
 def rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -32,11 +44,11 @@ def test_fit_recovers_an_exact_sum_of_modes():
     N, L = 6, 300
     true = random_modal((24,), N, seed=1)
     with torch.no_grad():
-        h = true.impulse_response(L)
+        h = impulse(true, L)
     fitted, report = fit_modal(h, ModalFitConfig(order=N, steps=0))
     assert report["filter_rel_l2_median"] < 1e-5 and report["filter_rel_l2_max"] < 1e-3
     with torch.no_grad():  # right poles, not just a good fit: the response extrapolates past L
-        assert rel(fitted.impulse_response(3 * L), true.impulse_response(3 * L)) < 1e-4
+        assert rel(impulse(fitted, 3 * L), impulse(true, 3 * L)) < 1e-4
         assert torch.equal(fitted.D, true.D)
         assert bool((fitted.poles().abs() < 1).all())
 
@@ -78,7 +90,7 @@ def test_recurrence_reproduces_fft_convolution():
     ref = _reference(op, mixer.modal, u)
     assert rel(mixer(u)[0], ref) < 1e-5  # stateless path
     cache = HyenaRecurrentCache(1)
-    steps = torch.cat([mixer(u[:, t : t + 1], past_key_values=cache)[0] for t in range(L)], dim=1)
+    steps = torch.cat([mixer(u[:, t : t + 1], cache=cache)[0] for t in range(L)], dim=1)
     assert rel(steps, ref) < 1e-5
     assert cache.get_seq_length() == L
 
@@ -91,10 +103,10 @@ def test_prefill_then_steps_equals_token_by_token():
     mixer = RecurrentHyenaMixer.from_operator(op, random_modal((1, d), 5, seed=3))
     u = torch.randn(3, L, d)
     by_token = HyenaRecurrentCache(1)
-    ys_a = torch.cat([mixer(u[:, t : t + 1], layer_past=by_token)[0] for t in range(L)], dim=1)
+    ys_a = torch.cat([mixer(u[:, t : t + 1], cache=by_token)[0] for t in range(L)], dim=1)
     prefilled = HyenaRecurrentCache(1)
-    ys_b = [mixer(u[:, :P], layer_past=prefilled)[0], mixer(u[:, P : P + 20], layer_past=prefilled)[0]]
-    ys_b += [mixer(u[:, t : t + 1], layer_past=prefilled)[0] for t in range(P + 20, L)]
+    ys_b = [mixer(u[:, :P], cache=prefilled)[0], mixer(u[:, P : P + 20], cache=prefilled)[0]]
+    ys_b += [mixer(u[:, t : t + 1], cache=prefilled)[0] for t in range(P + 20, L)]
     ys_b = torch.cat(ys_b, dim=1)
     assert rel(ys_b, ys_a) < 1e-5
     a, b = by_token.layers[0], prefilled.layers[0]
@@ -125,13 +137,14 @@ def exact_pair(request):
     exactly modal (the recurrent student's)."""
     from transformers import AutoModelForCausalLM
 
-    from hyena.student import build_student
+    from hyena.student import StudentConfig, build_student
 
     torch.manual_seed(0)
     cfg = tiny_llama_config(vocab_size=512) if request.param == "llama" else tiny_neox_config(vocab_size=512)
     teacher = AutoModelForCausalLM.from_config(cfg).eval()
-    student = build_student(teacher, HyenaConfig(max_len=128))  # smooth reference-init filters
-    recurrent, reports = to_recurrent(student, ModalFitConfig(order=8, steps=0), fit_len=128, progress=False)
+    student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=128, emb_dim=3)))  # smooth filters
+    recurrent, reports = to_recurrent(student, RecurrentConfig(fit_len=128, fit=ModalFitConfig(order=8, steps=0)),
+                                      progress=False)
     for i in range(len(student.decoder_layers())):
         mixer = student.mixer(i)
         mixer.filter_fn = ExactModalFilter(recurrent.mixer(i).modal, mixer.filter_fn)
@@ -160,9 +173,9 @@ def test_greedy_generation_equals_full_forward_loop(exact_pair):
     assert fed == [17] + [1] * 15, fed
     # and the logits along the way agree with the full forward pass
     cache = recurrent.new_cache()
-    step_logits = [recurrent(input_ids=manual[:, :17], past_key_values=cache).logits[:, -1]]
+    step_logits = [recurrent(input_ids=manual[:, :17], cache=cache).logits[:, -1]]
     for t in range(17, manual.shape[1] - 1):
-        step_logits.append(recurrent(input_ids=manual[:, t : t + 1], past_key_values=cache).logits[:, -1])
+        step_logits.append(recurrent(input_ids=manual[:, t : t + 1], cache=cache).logits[:, -1])
     full = student(input_ids=manual[:, :-1], use_cache=False).logits[:, 16:]
     assert rel(torch.stack(step_logits, dim=1), full) < 1e-4
 
@@ -192,24 +205,25 @@ def test_distill_recurrent_stage(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
 
-    from hyena.student import build_student
+    from hyena.student import StudentConfig, build_student
     from pipeline.distill_recurrent import app
 
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(tiny_neox_config(vocab_size=256, layers=1, d=32)).eval()
-    build_student(teacher, HyenaConfig(max_len=128)).save_pretrained(tmp_path / "data/students/finetuned")
+    build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=128))).save_pretrained(tmp_path / "data/students/finetuned")
     (tmp_path / "data/tokens").mkdir(parents=True)
     rng = np.random.RandomState(0)
     for split, rows in (("val", 4), ("train", 3)):
         np.save(tmp_path / f"data/tokens/{split}.npy", rng.randint(0, 256, (rows, 64)).astype(np.int32))
     monkeypatch.chdir(tmp_path)
-    params = "recurrent:\n  order: 8\n  fit_len: {}\n  steps: 0\n  calib_sequences: 2\n  context: 64\n  max_windows: 2\n  decode_check_tokens: 8\n"
+    params = ("recurrent:\n  fit_len: {}\n  fit: {{order: 8, steps: 0}}\n  calib: {{sequences: 2}}\n  context: 64\n"
+              "  max_windows: 2\n  decode_check_tokens: 8\n")
     (tmp_path / "params.yaml").write_text(params.format(4096))
     bad = CliRunner().invoke(app, [])
     assert bad.exit_code == 1 and "fit_len" in bad.output and not (tmp_path / "data/students/recurrent").exists()
-    (tmp_path / "params.yaml").write_text(params.format(128).replace("calib_sequences: 2", "calib_sequences: 9"))
+    (tmp_path / "params.yaml").write_text(params.format(128).replace("sequences: 2", "sequences: 9"))
     short = CliRunner().invoke(app, [])  # 9 calibration rows asked, 3 in train.npy
-    assert short.exit_code == 1 and "calib_sequences" in short.output
+    assert short.exit_code == 1 and "calib.sequences" in short.output
     assert not (tmp_path / "data/students/recurrent").exists()
     (tmp_path / "params.yaml").write_text(params.format(128))
     ok = CliRunner().invoke(app, [])
@@ -232,11 +246,11 @@ def noisy_student(seed=0):
     positional bands), so that few modes cannot match them tap for tap."""
     from transformers import AutoModelForCausalLM
 
-    from hyena.student import build_student
+    from hyena.student import StudentConfig, build_student
 
     torch.manual_seed(seed)
     teacher = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size=512)).eval()
-    return build_student(teacher, HyenaConfig(max_len=256, sine_freq=14.0, emb_dim=33)).eval()
+    return build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=256, sine_freq=14.0, emb_dim=33))).eval()
 
 
 @torch.no_grad()
@@ -246,10 +260,9 @@ def test_calibration_lowers_the_held_out_mixer_output_error():
     student = noisy_student()
     g = torch.Generator().manual_seed(0)
     calib_ids, held_out = torch.randint(3, 512, (4, 128), generator=g), torch.randint(3, 512, (2, 128), generator=g)
-    fit = ModalFitConfig(order=4, steps=0)
-    plain, plain_reports = to_recurrent(student, fit, fit_len=128, progress=False)
-    calibrated, reports = to_recurrent(student, fit, fit_len=128, progress=False, calib_ids=calib_ids,
-                                       calib=CalibrationConfig(steps=20))
+    cfg = RecurrentConfig(fit_len=128, fit=ModalFitConfig(order=4, steps=0), calib=CalibrationConfig(steps=20))
+    plain, plain_reports = to_recurrent(student, cfg, progress=False)
+    calibrated, reports = to_recurrent(student, cfg, progress=False, calib_ids=calib_ids)
     assert plain_reports[0]["filter_rel_l2_mean"] > 0.3  # the filters really are far from 4 modes
     e_plain = layer_output_errors(student, plain, held_out)
     e_cal = layer_output_errors(student, calibrated, held_out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import yaml
 from typer.testing import CliRunner
 
 from pipeline.ablations import app, variants_from_exp_show
@@ -94,17 +95,20 @@ def test_curves_reads_dvclive_tsvs_and_refuses_an_empty_run(tmp_path):
     from pipeline.curves import app as curves
     from pipeline.curves import read_tsv
 
-    live = tmp_path / "dvclive"
+    live = tmp_path / "reports" / "dvclive"
     for name, column in (("distill_01", "train_mse"), ("distill_02", "train_mse"), ("finetune", "train_loss")):
         d = live / name / "plots" / "metrics"
         d.mkdir(parents=True)
         (d / f"{column}.tsv").write_text(f"step\t{column}\n0\t4.0\n5\t2.5\n9\t1.5\n")
     assert read_tsv(live / "distill_02/plots/metrics/train_mse.tsv", "train_mse") == [(0, 4.0), (5, 2.5), (9, 1.5)]
     out = tmp_path / "curves.png"
-    result = CliRunner().invoke(curves, ["--dvclive", str(live), "--out", str(out)])
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"paths": {"reports": str(tmp_path / "reports")}}))
+    result = CliRunner().invoke(curves, ["--params", str(params), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "2 distilled layers, finetune" in result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    empty = CliRunner().invoke(curves, ["--dvclive", str(tmp_path / "none"), "--out", str(tmp_path / "x.png")])
+    params.write_text(yaml.safe_dump({"paths": {"reports": str(tmp_path / "none")}}))
+    empty = CliRunner().invoke(curves, ["--params", str(params), "--out", str(tmp_path / "x.png")])
     assert empty.exit_code == 1 and "no DVCLive training logs" in empty.output
     assert not (tmp_path / "x.png").exists()

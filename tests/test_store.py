@@ -17,10 +17,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from hyena.data import TokenizeParams, build_token_dataset, load_tokens
+from hyena.data import TokenizeConfig, build_token_dataset, load_tokens
 from hyena.store import (
     ActivationStore,
-    DumpParams,
+    DumpConfig,
     StoreIncompleteError,
     dump_activations,
     layer_name,
@@ -28,11 +28,11 @@ from hyena.store import (
 from hyena.teachers import capture_layer_outputs, load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = DumpParams(train_sequences=10, val_sequences=3, batch_size=3, chunk_sequences=4)  # chunks 4+4+2 / 3
+PARAMS = DumpConfig(train_sequences=10, val_sequences=3, batch_size=3, chunk_sequences=4)  # chunks 4+4+2 / 3
 
 
 def make_tokens(out, corpus, tokenizer, source, context):
-    p = TokenizeParams(corpus=str(corpus), max_documents=20, context=context, val_fraction=0.2, batch_size=32)
+    p = TokenizeConfig(corpus=str(corpus), max_documents=20, context=context, val_fraction=0.2, batch_size=32)
     build_token_dataset(p, tokenizer, str(source), out)
     return out
 
@@ -68,7 +68,7 @@ def fresh_forward(model, tokens_dir, split, n, batch=None, chunk=None):
     return [torch.cat(per_layer).numpy() for per_layer in zip(*outs, strict=True)]
 
 
-def assert_matches_fresh_forward(store: ActivationStore, model, tokens_dir, p: DumpParams, exact_batches: bool):
+def assert_matches_fresh_forward(store: ActivationStore, model, tokens_dir, p: DumpConfig, exact_batches: bool):
     """Every stored layer equals a new forward pass to fp16 rounding.
 
     With the dump's own batches the fp32 values are the same computation, so the stored value
@@ -108,7 +108,7 @@ def test_pythia_random_dump_equals_fresh_forward(pythia_store, pythia_random, py
 
 def test_smollm_dump_equals_fresh_forward(tmp_path, owt_jsonl, smollm_tokenizer, smollm_teacher, smollm_gguf):
     tokens = make_tokens(tmp_path / "tokens", owt_jsonl, smollm_tokenizer, smollm_gguf, 24)
-    p = DumpParams(train_sequences=4, val_sequences=2, batch_size=2, chunk_sequences=2)
+    p = DumpConfig(train_sequences=4, val_sequences=2, batch_size=2, chunk_sequences=2)
     store = dump_activations(smollm_teacher, tokens, tmp_path / "acts.zarr", p, str(smollm_gguf), progress_bar=False)
     assert store.n_layers == 30 and store.d_model == 576 and store.n_sequences("val") == 2
     assert_matches_fresh_forward(store, smollm_teacher, tokens, p, exact_batches=True)
@@ -151,7 +151,7 @@ def test_changed_params_restart_instead_of_mixing(tmp_path, pythia_random, pythi
     with pytest.raises(RuntimeError):
         dump_activations(pythia_random, pythia_tokens, out, PARAMS, str(pythia_dir), progress_bar=False,
                          on_chunk_written=crash_at_once)
-    p32 = DumpParams(**{**PARAMS.__dict__, "dtype": "float32", "train_sequences": 4, "val_sequences": 0})
+    p32 = DumpConfig(**{**PARAMS.__dict__, "dtype": "float32", "train_sequences": 4, "val_sequences": 0})
     store = dump_activations(pythia_random, pythia_tokens, out, p32, str(pythia_dir), progress_bar=False)
     assert store.complete and store.layer("train", 1).dtype == np.float32 and store.n_sequences("val") == 0
 
@@ -192,13 +192,18 @@ def test_kill9_midway_then_resume_gives_identical_store(tmp_path, pythia_dir, py
     The stage builds its random teacher with seed 0, as the `pythia_random` fixture does (the
     weights hash in the fingerprint would make the resume start over otherwise: asserted below).
     """
-    p = DumpParams(train_sequences=12, val_sequences=2, batch_size=1, chunk_sequences=1)
-    params = {"teacher": {"source": str(pythia_dir), "random_init": True, "seed": 0}, "dump": dict(p.__dict__)}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    from hyena.teachers import TeacherConfig, save_teacher
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    save_teacher(TeacherConfig(source=str(pythia_dir), random_init=True, seed=0), teacher)
+    p = DumpConfig(train_sequences=12, val_sequences=2, batch_size=1, chunk_sequences=1)
     killed = tmp_path / "killed.zarr"
+    params = {"paths": {"teacher": str(teacher), "tokens": str(pythia_tokens), "activations": str(killed)},
+              "dump": dict(p.__dict__)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.dump_activations", "--params", str(tmp_path / "params.yaml"),
-         "--tokens", str(pythia_tokens), "--out", str(killed)],
+        [sys.executable, "-m", "pipeline.dump_activations", "--params", str(tmp_path / "params.yaml")],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not list((killed / "_progress" / "train" / "c").glob("*/0")) and time.time() < deadline:

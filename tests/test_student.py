@@ -13,6 +13,7 @@ from hyena.student import (
     HyenaMixer,
     HyenaStudentConfig,
     HyenaStudentForCausalLM,
+    StudentConfig,
     build_student,
     parameter_report,
 )
@@ -31,7 +32,7 @@ def pythia(pythia_dir):
 @pytest.fixture(scope="module")
 def pythia_student(pythia, pythia_dir):
     torch.manual_seed(1)
-    return build_student(pythia, HCFG, init="random", teacher_source=str(pythia_dir))
+    return build_student(pythia, StudentConfig(hyena=HCFG, init="random"), teacher_source=str(pythia_dir))
 
 
 def _attention_keys(model) -> set[str]:
@@ -88,7 +89,7 @@ def test_save_load_round_trip_is_exact(pythia_student, pythia_dir, tmp_path):
 
 
 def test_tied_embeddings_survive_build_and_reload(tiny_llama, tmp_path):
-    student = build_student(tiny_llama, HCFG)
+    student = build_student(tiny_llama, StudentConfig(hyena=HCFG))
     assert student.get_output_embeddings().weight is student.get_input_embeddings().weight
     assert torch.equal(student.get_input_embeddings().weight, tiny_llama.model.embed_tokens.weight)
     student.save_pretrained(tmp_path)
@@ -120,7 +121,7 @@ def test_generate_equals_manual_argmax_loop(pythia_student, pythia_tokenizer):
 def test_generate_ignores_an_explicit_use_cache(tiny_neox):
     """Even with use_cache=True, generate must feed the whole sequence, never one token."""
     torch.manual_seed(3)
-    student = build_student(tiny_neox, HCFG)
+    student = build_student(tiny_neox, StudentConfig(hyena=HCFG))
     prompt = torch.randint(0, 50000, (2, 6))
     out = student.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False,
                            pad_token_id=0, use_cache=True)
@@ -131,7 +132,7 @@ def test_generate_ignores_an_explicit_use_cache(tiny_neox):
 def test_left_padding_gives_the_unpadded_results(tiny_llama):
     """Mixers see no mask; left-padded rows must still match the same rows run alone."""
     torch.manual_seed(4)
-    student = build_student(tiny_llama, HCFG)
+    student = build_student(tiny_llama, StudentConfig(hyena=HCFG))
     short, long_ = torch.randint(3, 1000, (1, 5)), torch.randint(3, 1000, (1, 9))
     ids = torch.cat([torch.cat([torch.full((1, 4), 2), short], 1), long_])  # left-pad the short row
     mask = torch.ones_like(ids)
@@ -160,15 +161,15 @@ def test_embed_and_run_layer_reproduce_forward(pythia, pythia_student):
 
 
 def test_sequence_longer_than_max_len_is_refused(tiny_neox):
-    student = build_student(tiny_neox, HyenaConfig(max_len=16))
+    student = build_student(tiny_neox, StudentConfig(hyena=HyenaConfig(max_len=16)))
     with pytest.raises(ValueError, match="max_len"):
         student(input_ids=torch.zeros(1, 17, dtype=torch.long))
     assert student.config.max_position_embeddings == 16
 
 
 def test_bad_init_is_refused(tiny_neox):
-    with pytest.raises(ValueError, match="random, teacher_attention"):
-        build_student(tiny_neox, HCFG, init="teacher")
+    with pytest.raises(ValueError, match="teacher_attention"):
+        build_student(tiny_neox, StudentConfig(hyena=HCFG, init="teacher"))
 
 
 # --- init from the teacher's attention ----------------------------------------------------------
@@ -193,7 +194,7 @@ def _expected_mixer_output(u, q, k, v, o_w, o_b):
 
 @torch.no_grad()
 def test_teacher_attention_init_wiring_pythia(pythia):
-    student = build_student(pythia, HCFG, init="teacher_attention")
+    student = build_student(pythia, StudentConfig(hyena=HCFG, init="teacher_attention"))
     attn = pythia.gpt_neox.layers[2].attention
     mixer = student.mixer(2)
     d, heads = 512, 8
@@ -223,7 +224,7 @@ def test_teacher_attention_init_wiring_pythia(pythia):
 @torch.no_grad()
 def test_teacher_attention_init_wiring_llama_gqa(tiny_llama):
     cfg = tiny_llama.config
-    student = build_student(tiny_llama, HCFG, init="teacher_attention")
+    student = build_student(tiny_llama, StudentConfig(hyena=HCFG, init="teacher_attention"))
     attn = tiny_llama.model.layers[1].self_attn
     mixer = student.mixer(1)
     d, hd = cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads
@@ -249,7 +250,7 @@ def test_teacher_attention_init_wiring_llama_gqa(tiny_llama):
 
 @torch.no_grad()
 def test_smollm_student_builds_and_runs(smollm_teacher, smollm_tokenizer):
-    student = build_student(smollm_teacher, HyenaConfig(max_len=8192), init="teacher_attention",
+    student = build_student(smollm_teacher, StudentConfig(hyena=HyenaConfig(max_len=8192), init="teacher_attention"),
                             teacher_source="smollm2.gguf")
     assert len(student.decoder_layers()) == 30
     assert "quantization_config" not in student.config.teacher_config

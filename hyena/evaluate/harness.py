@@ -69,7 +69,7 @@ def prepared_tasks(data_dir: str | Path, keys: list[str]) -> Iterator[Path]:
                 if not path.is_file():
                     raise FileNotFoundError(
                         f"eval task '{key}': data file not found: {path} "
-                        f"(set eval.lm_eval.data_dir to the directory holding the task data, e.g. ../shared/eval)"
+                        f"(set eval.task_data_dir to the directory holding the task data, e.g. ../shared/eval)"
                     )
         yield out
 
@@ -109,7 +109,7 @@ def run_tasks(
     from lm_eval.tasks import TaskManager
 
     if source not in ("local", "builtin"):
-        raise ValueError(f"eval.lm_eval.task_source must be 'local' or 'builtin', got {source!r}")
+        raise ValueError(f"eval.task_source must be 'local' or 'builtin', got {source!r}")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     model.eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)

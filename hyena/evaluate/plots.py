@@ -131,3 +131,18 @@ def plot_recurrent_fit(metrics: dict, path: str | Path) -> None:
     right.set_title(f"OWT ppl {metrics['ppl_owt_student']:.1f} conv vs {metrics['ppl_owt_recurrent']:.1f} "
                     f"recurrent ({100 * metrics['ppl_rel_diff']:+.2f}%)")
     _save(fig, path)
+
+
+def plot_layer_mse(stage: dict, free: dict, path: str | Path) -> None:
+    """Per layer: validation MSE of each distill stage before and after training, and of the
+    assembled student run free from the embeddings (log scale)."""
+    keys = sorted(stage)
+    x = [int(k) for k in keys]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(x, [stage[k]["val_mse_before"] for k in keys], "o:", label="before distillation")
+    ax.plot(x, [stage[k]["val_mse"] for k in keys], "o-", label=f"after (stage inputs: {stage[keys[0]]['input']})")
+    ax.plot([int(k) for k in sorted(free)], [free[k] for k in sorted(free)], "s--", label="assembled, free-running")
+    ax.set(xlabel="layer", ylabel="validation MSE vs teacher", yscale="log", title="Per-layer distillation error")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)

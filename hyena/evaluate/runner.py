@@ -9,115 +9,109 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from hyena.config import Config, param
 from hyena.evaluate import harness, perplexity, streams
 from hyena.evaluate.report import flat_metrics, load_reference, render_report
 from hyena.io import atomic_write_json, atomic_write_text
+from hyena.runtime import resolve_device
 
 DEFAULT_TASKS = list(harness.TASKS)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 @dataclass
-class EvalConfig:
-    models: dict[str, str] = field(default_factory=lambda: {"teacher": "teacher"})  # report name -> model path ("teacher" = teacher.source)
-    tokenizer: str = ""  # tokenizer for a model dir without one; "" = the student's recorded teacher_source, else teacher.source
-    device: str = "auto"  # "auto" = cuda if available else cpu; always fp32
-    context: int = 1024  # perplexity context (Table 1)
-    stride: int = 0  # sliding-window stride (score only the last `stride` tokens of a window); 0 = non-overlapping
-    max_windows: int = 0  # windows per dataset at `context`; 0 = every full window
-    batch_size: int = 1  # windows per forward pass
-    datasets: list[str] = field(default_factory=lambda: ["wikitext", "owt"])  # Table 1 datasets
-    owt_tokens: str = "data/tokens"  # tokenize stage output holding val.npy (teacher-tokenised OWT)
-    wikitext: str = "../shared/data/wikitext-2-raw/wiki.test.raw"  # raw test file or hub:wikitext/wikitext-103-raw-v1
-    long_contexts: list[int] = field(default_factory=lambda: [2048, 4096, 8192])  # extra contexts for the extrapolation curve
-    long_context_datasets: list[str] = field(default_factory=lambda: ["wikitext"])  # datasets the curve is computed on
-    long_max_windows: int = 2  # windows per long context; 0 = all
-    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # lm-eval task keys; [] skips lm-eval
-    task_source: str = "local"  # local = shipped offline task YAMLs reading task_data_dir; builtin = lm-eval's own tasks (hub)
-    task_data_dir: str = "../shared/eval"  # data of the offline tasks
-    limit: int = 0  # examples per task; 0 = all
-    lm_eval_batch_size: int = 8  # lm-eval batch size
-    reference: str = "../shared/eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json"  # published lm-eval results for the reference column; "" = none
+class EvalConfig(Config):
+    """params.yaml `eval`: which models, which perplexity datasets and contexts, which zero-shot tasks."""
 
-    def __post_init__(self):
+    SECTION = "eval"
+
+    models: dict[str, str] = param(
+        {"teacher": "teacher", "pretrained": "pretrained", "distilled": "distilled", "finetuned": "finetuned"},
+        "report name -> model: teacher | pretrained | distilled | finetuned | recurrent (the pipeline's own), "
+        "an HF dir, a .gguf file or a hub id")
+    tokenizer: str = param("", "tokenizer for a model dir without one (\"\": the student's recorded teacher)")
+    device: str = param("auto", "auto | cpu | cuda (always fp32)")
+    context: int = param(1024, "perplexity context (paper Table 1: 1024)", ge=2)
+    stride: int = param(0, "sliding-window stride (0: non-overlapping windows)", ge=0)
+    max_windows: int = param(0, "windows per dataset (0: all)", ge=0)
+    batch_size: int = param(1, "windows per forward", ge=1)
+    datasets: list[Literal["wikitext", "owt"]] = param(["wikitext", "owt"], "Table 1 datasets")
+    wikitext: str = param("../shared/data/wikitext-2-raw/wiki.test.raw", "raw test file, or hub:wikitext/wikitext-103-raw-v1")
+    long_contexts: list[int] = param([2048, 4096, 8192], "extra contexts for the extrapolation curve")
+    long_context_datasets: list[Literal["wikitext", "owt"]] = param(["wikitext"], "datasets of that curve")
+    long_max_windows: int = param(0, "windows per long context (0: all)", ge=0)
+    tasks: list[str] = param(["arc_easy", "arc_challenge", "logiqa", "piqa", "sciq", "winogrande", "wsc"],
+                             "lm-eval zero-shot tasks ([]: skip)")
+    task_source: Literal["local", "builtin"] = param(
+        "local", "local: shipped task YAMLs over task_data_dir | builtin: lm-eval's own (hub)")
+    task_data_dir: str = param("../shared/eval", "data of the offline tasks")
+    limit: int = param(0, "examples per task (0: all)", ge=0)
+    lm_eval_batch_size: int = param(8, "lm-eval batch size", ge=1)
+    reference: str = param("../shared/eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json",
+                           "published Pythia-70M results (\"\": none)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.models:
-            raise ValueError("eval.models is empty: give at least one name: path")
-        for name in ("context", "batch_size", "lm_eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+            raise ValueError("eval.models is empty: give at least one name: model")
         if not 0 <= self.stride <= self.context:
             raise ValueError(f"eval.stride must be in [0, context={self.context}], got {self.stride}")
-        bad = [d for d in {*self.datasets, *self.long_context_datasets} if d not in ("wikitext", "owt")]
-        if bad:
-            raise ValueError(f"eval datasets must be 'wikitext' or 'owt', got {bad}")
 
 
-def resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-def load_model(path: str, teacher_source: str = "", device: str = "cpu"):
-    """An fp32 causal LM in eval mode from a directory, .gguf file, hub id or 'teacher'."""
+def load_model(source: str, device: str | torch.device = "cpu"):
+    """An fp32 causal LM in eval mode from an HF directory, a .gguf file or a hub id (students and
+    recurrent students included: importing hyena.recurrence registers their classes)."""
     from transformers import AutoModelForCausalLM
 
+    import hyena.recurrence  # noqa: F401
     from hyena.teachers import load_teacher
 
-    try:  # registers the Hyena student classes with the Auto* factories
-        import hyena.student  # noqa: F401
-    except ImportError:
-        pass
-    if path == "teacher":
-        if not teacher_source:
-            raise ValueError("model path 'teacher' needs params teacher.source")
-        path = teacher_source
-    p = Path(path)
-    if path.endswith(".gguf"):
-        model = load_teacher(path)
+    p = Path(source)
+    if source.endswith(".gguf"):
+        model = load_teacher(source)
     elif p.is_dir():
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"model directory {p} has no config.json (not an HF-format model dir)")
         model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
     elif p.exists():
-        raise FileNotFoundError(f"model path {path} is a file: give an HF-format directory, a .gguf file or a hub id")
+        raise FileNotFoundError(f"model path {source} is a file: give an HF-format directory, a .gguf file or a hub id")
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         except OSError as err:
-            raise FileNotFoundError(f"model not found: {path} (not a local directory, and the hub could not provide it: {type(err).__name__})") from err
+            raise FileNotFoundError(f"model not found: {source} (not a local directory, and the hub could not provide it: {type(err).__name__})") from err
     return model.to(device).eval().requires_grad_(False)
 
 
-def load_model_tokenizer(path: str, model, fallbacks: list[str]):
+def load_model_tokenizer(source: str, model, fallbacks: list[str]):
     """The model's own tokenizer if its dir/id has one, else the first loadable fallback source."""
     from transformers import AutoTokenizer
 
-    from hyena.teachers import load_tokenizer
+    from hyena.teachers import has_tokenizer, load_tokenizer
 
-    candidates = [] if path == "teacher" else [path]
     recorded = getattr(model.config, "teacher_source", "")  # students record their teacher
-    candidates += [c for c in [recorded, *fallbacks] if c]
+    candidates = [c for c in [source, recorded, *fallbacks] if c]
     errors = []
-    for source in candidates:
-        if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+    for cand in candidates:
+        if Path(cand).is_dir() and not has_tokenizer(cand):
             # transformers 5 would build an EMPTY tokenizer from a bare model dir: never use that
-            errors.append(f"{source}: no tokenizer files")
+            errors.append(f"{cand}: no tokenizer files")
             continue
         try:
-            tok = load_tokenizer(source) if source.endswith(".gguf") else AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError, TypeError) as err:
-            errors.append(f"{source}: {type(err).__name__}")
+            tok = load_tokenizer(cand) if cand.endswith(".gguf") else AutoTokenizer.from_pretrained(cand)
+        except (OSError, ValueError, TypeError, RuntimeError) as err:
+            errors.append(f"{cand}: {type(err).__name__}")
             continue
         if len(tok) < 2:
-            errors.append(f"{source}: empty vocabulary")
+            errors.append(f"{cand}: empty vocabulary")
             continue
-        return tok, source
-    raise FileNotFoundError(f"no tokenizer for model {path} (tried {'; '.join(errors)}); set eval.tokenizer")
+        return tok, cand
+    raise FileNotFoundError(f"no tokenizer for model {source} (tried {'; '.join(errors)}); set eval.tokenizer")
 
 
 def max_positions(model) -> int | None:
@@ -158,34 +152,30 @@ def model_perplexities(model, token_streams: dict[str, object], cfg: EvalConfig,
     return out
 
 
-def evaluate_models(cfg: EvalConfig, teacher_source: str = "", teacher_loader: Callable[[], object] | None = None) -> dict:
-    """Run every evaluation for every model in cfg.models; returns the results dict (see report.py).
-
-    A model path "teacher" is built by `teacher_loader()` when given (e.g. a seeded random-init
-    teacher, as the other stages build it), else loaded from `teacher_source`.
-    """
-    device = resolve_device(cfg.device)
+def evaluate_models(cfg: EvalConfig, owt_tokens: str | Path = "", labels: dict[str, str] | None = None,
+                    tokenizer_fallback: str = "") -> dict:
+    """Run every evaluation for every model in cfg.models (name -> source: an HF dir, .gguf or hub
+    id); returns the results dict (see report.py). `owt_tokens` is the tokenize output whose
+    val.npy is the OWT stream; `labels` optionally say where a source came from in the report;
+    `tokenizer_fallback` serves models without a tokenizer of their own after `cfg.tokenizer`."""
+    device = str(resolve_device(cfg.device))
     # Check inputs that do not depend on a model before spending time on one.
-    owt = streams.load_owt_val(cfg.owt_tokens) if "owt" in {*cfg.datasets, *cfg.long_context_datasets} else None
+    owt = streams.load_owt_val(owt_tokens) if "owt" in {*cfg.datasets, *cfg.long_context_datasets} else None
     wikitext_text = streams.read_wikitext(cfg.wikitext) if "wikitext" in {*cfg.datasets, *cfg.long_context_datasets} else None
     if cfg.tasks and cfg.task_source == "local":
         with harness.prepared_tasks(cfg.task_data_dir, cfg.tasks):
             pass
     if cfg.reference:
         load_reference(cfg.reference)
-    fallbacks = [cfg.tokenizer, teacher_source]
+    fallbacks = [cfg.tokenizer, tokenizer_fallback]
     wikitext_cache: dict[str, object] = {}
-    results = {"settings": {**asdict(cfg), "device": device, "teacher_source": teacher_source,
-                            "dataset_sources": {}}, "models": {}}
+    results = {"settings": {**asdict(cfg), "device": device, "dataset_sources": {}}, "models": {}}
     if owt is not None:
         results["settings"]["dataset_sources"]["owt"] = (
-            f"OpenWebText validation split of the tokenize stage ({cfg.owt_tokens}/val.npy, {len(owt)} teacher tokens, rows concatenated in order)"
+            f"OpenWebText validation split of the tokenize stage ({owt_tokens}/val.npy, {len(owt)} teacher tokens, rows concatenated in order)"
         )
     for name, path in cfg.models.items():
-        if path == "teacher" and teacher_loader is not None:
-            model = teacher_loader().to(device).eval().requires_grad_(False)
-        else:
-            model = load_model(path, teacher_source, device)
+        model = load_model(path, device)
         tokenizer, tok_source = load_model_tokenizer(path, model, fallbacks)
         token_streams: dict[str, object] = {"owt": owt}
         if wikitext_text is not None:
@@ -197,7 +187,7 @@ def evaluate_models(cfg: EvalConfig, teacher_source: str = "", teacher_loader: C
                 f"({len(wikitext_cache[tok_source])} tokens with {tok_source})"
             )
         entry = {
-            "path": path if path != "teacher" else f"teacher ({teacher_source})",
+            "path": (labels or {}).get(name, path),
             "tokenizer": tok_source,
             "n_params": sum(p.numel() for p in model.parameters()),
             "max_positions": max_positions(model),

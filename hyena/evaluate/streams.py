@@ -19,15 +19,12 @@ import numpy as np
 
 def load_owt_val(tokens_dir: str | Path) -> np.ndarray:
     """The validation split of the tokenize stage as one 1-D int stream (memory-mapped)."""
-    try:
-        from hyena.data import load_tokens
-    except ImportError:  # the data module is optional for evaluation
-        load_tokens = None
+    from hyena.data import load_tokens
+
     path = Path(tokens_dir) / "val.npy"
     if not path.is_file():
-        raise FileNotFoundError(f"OWT validation tokens not found: {path} (run the tokenize stage or set eval.owt_tokens)")
-    rows = load_tokens(tokens_dir, "val") if load_tokens else np.load(path, mmap_mode="r")
-    return np.asarray(rows).reshape(-1)
+        raise FileNotFoundError(f"OWT validation tokens not found: {path} (run the tokenize stage or set paths.tokens)")
+    return np.asarray(load_tokens(tokens_dir, "val")).reshape(-1)
 
 
 def read_wikitext(source: str) -> str:

@@ -10,12 +10,13 @@ from hyena.recurrence.modal import ModalFilter, ModalFitConfig, fit_modal, modal
 from hyena.recurrence.model import (
     HyenaRecurrentConfig,
     HyenaRecurrentForCausalLM,
+    RecurrentConfig,
     layer_output_errors,
     to_recurrent,
 )
 
 __all__ = [
     "CalibrationConfig", "capture_mixer_io", "HyenaLayerState", "HyenaRecurrentCache", "HyenaRecurrentConfig", "HyenaRecurrentForCausalLM",
-    "ModalFilter", "ModalFitConfig", "RecurrentHyenaMixer", "fit_modal", "layer_output_errors",
+    "ModalFilter", "ModalFitConfig", "RecurrentConfig", "RecurrentHyenaMixer", "fit_modal", "layer_output_errors",
     "modal_powers", "relative_l2", "to_recurrent",
 ]

@@ -31,22 +31,23 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from hyena.config import Config, param
 from hyena.operator import HyenaOperator, causal_conv_from_spectrum, fft_size
 from hyena.recurrence.mixer import RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFilter, _design
+from hyena.runtime import first_output
 
 
 @dataclass
-class CalibrationConfig:
-    """How the modal fits are calibrated on real activations (see the module docstring)."""
+class CalibrationConfig(Config):
+    """params.yaml `recurrent.calib`: how the modal fits are calibrated on real activations."""
 
-    filter_weight: float = 0.01  # weight of the plain filter error next to the output error
-    steps: int = 0  # Adam steps on the output error after the closed-form residues (0: none)
-    lr: float = 3e-3  # Adam learning rate (cosine-decayed to 10%)
+    SECTION = "recurrent.calib"
 
-    def __post_init__(self) -> None:
-        if self.filter_weight < 0 or self.steps < 0 or self.lr <= 0:
-            raise ValueError(f"calibration needs filter_weight >= 0, steps >= 0, lr > 0 (got {self})")
+    sequences: int = param(2, "training windows whose real activations calibrate the fits (0: fit the filters alone, as the paper)", ge=0)
+    filter_weight: float = param(0.01, "weight of the plain filter error next to each mixer's output error", ge=0)
+    steps: int = param(0, "Adam steps on each mixer's output error after the closed-form residues (~0.5 s a step a SmolLM2 layer)", ge=0)
+    lr: float = param(3e-3, "learning rate of those steps (cosine-decayed to 10%)", gt=0)
 
 
 @torch.no_grad()
@@ -58,7 +59,7 @@ def capture_mixer_io(model, input_ids: torch.Tensor) -> list[tuple[torch.Tensor,
     def hook(i):
         def grab(_module, args, kwargs, out):
             u = args[0] if args else kwargs["hidden_states"]
-            captured[i] = (u.detach(), (out[0] if isinstance(out, tuple) else out).detach())
+            captured[i] = (u.detach(), first_output(out).detach())
         return grab
 
     n = len(model.decoder_layers())

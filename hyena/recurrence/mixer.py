@@ -15,9 +15,9 @@ The short depthwise conv keeps its last k-1 projected inputs (the FIR state). De
 costs O(d (N + k)) per long filter plus the projections, independent of the context length;
 the state per sequence is (order-1) * d * N complex numbers + (order+1) * d * (k-1) reals.
 
-`HyenaRecurrentCache` (a transformers `Cache`) holds one `HyenaLayerState` per decoder layer and
-travels to the mixers as `cache=` (transformers >= 5.24), `past_key_values=` (earlier Llama) or
-`layer_past=` (GPT-NeoX).
+`HyenaRecurrentCache` (a transformers `Cache`) holds one `HyenaLayerState` per decoder layer; the
+decoder layer hands it to its mixer under the name its family uses (`TeacherAdapter.cache_kwarg`:
+`cache`, or `layer_past` for GPT-NeoX).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class HyenaLayerState(CacheLayerMixin):
 
 
 class HyenaRecurrentCache(Cache):
-    """Recurrent states of all decoder layers; pass as `past_key_values` to a recurrent student."""
+    """Recurrent states of all decoder layers; pass as `cache` to a recurrent student."""
 
     def __init__(self, n_layers: int):
         super().__init__(layers=[HyenaLayerState() for _ in range(n_layers)])
@@ -87,15 +87,15 @@ class RecurrentHyenaMixer(nn.Module):
     """A Hyena operator whose long filters are modal (p, R, D): same projections and short conv.
 
     forward(hidden_states, *args, **kwargs) accepts the HF attention call and returns (y, None).
-    With a `HyenaRecurrentCache` in kwargs (`past_key_values` or `layer_past`) it continues that
+    With a `HyenaRecurrentCache` in kwargs (under `cache_kwarg`) it continues that
     layer's state (prefill or chunk by FFT, single tokens by the recurrence); without one it is a
     stateless causal mixer, exactly the convolution with the modal filters.
     """
 
     def __init__(self, d_model: int, cfg: HyenaConfig, modal_order: int, layer_idx: int = 0,
-                 min_decay: float = 1e-6):
+                 min_decay: float = 1e-6, cache_kwarg: str = "cache"):
         super().__init__()
-        self.cfg, self.d_model, self.layer_idx = cfg, d_model, layer_idx
+        self.cfg, self.d_model, self.layer_idx, self.cache_kwarg = cfg, d_model, layer_idx, cache_kwarg
         width = d_model * (cfg.order + 1)
         self.in_proj = nn.Linear(d_model, width)
         self.out_proj = nn.Linear(d_model, d_model)
@@ -137,9 +137,7 @@ class RecurrentHyenaMixer(nn.Module):
 
     # ---- the three paths ---------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
-        # the backbone hands the cache down as `cache` (transformers >= 5.24), `past_key_values`
-        # (earlier 5.x Llama) or `layer_past` (GPT-NeoX)
-        cache = next((kwargs[k] for k in ("cache", "past_key_values", "layer_past") if kwargs.get(k) is not None), None)
+        cache = kwargs.get(self.cache_kwarg)
         state = cache.layers[self.layer_idx] if isinstance(cache, HyenaRecurrentCache) else None
         if state is not None and state.seen > 0 and hidden_states.shape[1] == 1:
             return self.step(hidden_states[:, 0], state)[:, None], None

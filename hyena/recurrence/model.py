@@ -14,12 +14,13 @@ recurrent step per token.
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from hyena.config import Config, param
 from hyena.recurrence.calibrate import (
     CalibrationConfig,
     capture_mixer_io,
@@ -30,6 +31,22 @@ from hyena.recurrence.calibrate import (
 from hyena.recurrence.mixer import HyenaRecurrentCache, RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFitConfig, filter_errors, fit_modal, relative_l2
 from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
+
+
+@dataclass
+class RecurrentConfig(Config):
+    """params.yaml `recurrent`: Laughing Hyena distillation of the fine-tuned student, and its checks."""
+
+    SECTION = "recurrent"
+
+    fit_len: int = param(2048, "filter taps fitted (>= the longest context you evaluate or generate at)", ge=3)
+    fit: ModalFitConfig = param(ModalFitConfig(), "the filter fit (matrix pencil + least squares, optional Adam)")
+    calib: CalibrationConfig = param(CalibrationConfig(), "calibration of the fits on the student's own activations")
+    context: int = param(1024, "perplexity window of the conv vs recurrent comparison", ge=2)
+    max_windows: int = param(0, "perplexity windows (0: all)", ge=0)
+    batch_size: int = param(1, "windows per forward pass", ge=1)
+    error_sequences: int = param(2, "validation windows for the per-layer mixer output error", ge=1)
+    decode_check_tokens: int = param(32, "tokens decoded recurrently after a prefill and compared with the full pass (0: skip)", ge=0)
 
 
 class HyenaRecurrentConfig(HyenaStudentConfig):
@@ -57,53 +74,37 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
         super().__init__(config)
         hcfg, d = config.hyena_config(), config.teacher_architecture().hidden_size
         for i, layer in enumerate(self.decoder_layers()):
-            mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay())
+            mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay(),
+                                        cache_kwarg=self.adapter.cache_kwarg)
             self.adapter.set_attention(layer, mixer.to(self.dtype))
         self.generation_config.use_cache = True
-        self._backbone_cache_kwarg = _cache_kwarg(self.backbone)  # once, not on every decode step
 
     def new_cache(self) -> HyenaRecurrentCache:
         return HyenaRecurrentCache(len(self.decoder_layers()))
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
-                past_key_values=None, use_cache=None, **kwargs):
+                cache=None, use_cache=None, **kwargs):
         """Stateless (FFT with modal filters) unless a cache is given or `use_cache=True`; then the
-        cache's state is continued and returned as `past_key_values`."""
-        past_key_values = _given_cache(past_key_values, kwargs)
-        if past_key_values is None and not use_cache:
+        cache's state is continued and returned as `cache`."""
+        if cache is None and not use_cache:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                                    inputs_embeds=inputs_embeds, **kwargs)
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("recurrent decoding does not support padded batches: pass prompts "
                              "without padding (one at a time, or all of the same length)")
-        cache = past_key_values if isinstance(past_key_values, HyenaRecurrentCache) else self.new_cache()
+        cache = cache if isinstance(cache, HyenaRecurrentCache) else self.new_cache()
         kwargs.pop("position_ids", None)
-        out = self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
-                            **{self._backbone_cache_kwarg: cache}, use_cache=True, **kwargs)
-        out.past_key_values = cache
-        return out
+        return self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
+                             cache=cache, use_cache=True, **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None,
                                       inputs_embeds=None, use_cache=None, **kwargs):
         """Feed only the tokens the cache has not absorbed yet (the whole prompt at first)."""
         if use_cache is False:  # generate(use_cache=False): re-run the full sequence each step
             return {"input_ids": input_ids, "use_cache": False}
-        past_key_values = _given_cache(past_key_values, kwargs)
-        cache = past_key_values if isinstance(past_key_values, HyenaRecurrentCache) else self.new_cache()
-        return {"input_ids": input_ids[:, cache.get_seq_length():], "past_key_values": cache,
+        cache = cache if isinstance(cache, HyenaRecurrentCache) else self.new_cache()
+        return {"input_ids": input_ids[:, cache.get_seq_length():], "cache": cache,
                 "use_cache": True, "attention_mask": attention_mask}
-
-
-def _given_cache(past_key_values, kwargs: dict):
-    """The cache a caller passed: transformers >= 5.24 (generate, the backbone) names it `cache`,
-    earlier versions `past_key_values`. Pops `cache` from kwargs so it is not passed on twice."""
-    cache = kwargs.pop("cache", None)
-    return past_key_values if past_key_values is not None else cache
-
-
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    """transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def register() -> None:
@@ -131,18 +132,17 @@ def student_filters(student: HyenaStudentForCausalLM, i: int, L: int) -> tuple[t
     return mixer.filter_fn(L).float(), mixer.filter_fn.bias.float()
 
 
-def to_recurrent(student: HyenaStudentForCausalLM, fit: ModalFitConfig | None = None, fit_len: int = 1024,
-                 progress: bool = True, calib_ids: torch.Tensor | None = None,
-                 calib: CalibrationConfig | None = None) -> tuple[HyenaRecurrentForCausalLM, list[dict]]:
-    """Fit every layer's long filters (length `fit_len`) with N modes; returns the recurrent
+def to_recurrent(student: HyenaStudentForCausalLM, cfg: RecurrentConfig | None = None, progress: bool = True,
+                 calib_ids: torch.Tensor | None = None) -> tuple[HyenaRecurrentForCausalLM, list[dict]]:
+    """Fit every layer's long filters (length `cfg.fit_len`) with N modes; returns the recurrent
     student (eval mode, same dtype/device as `student`) and one fit report per layer.
 
     With `calib_ids` (B, T <= fit_len) the fits are calibrated on the student's own activations
     for those tokens (calibrate.py): residues re-solved for the mixer's output error, then
-    `calib.steps` Adam steps on it. Without, the filters alone are fitted (the paper's method).
+    `cfg.calib.steps` Adam steps on it. Without, the filters alone are fitted (the paper's method).
     """
-    fit = fit or ModalFitConfig()
-    calib = calib or CalibrationConfig()
+    cfg = cfg or RecurrentConfig()
+    fit, calib, fit_len = cfg.fit, cfg.calib, cfg.fit_len
     max_len = student.config.hyena_config().max_len
     if not 3 <= fit_len <= max_len:
         raise ValueError(f"recurrent.fit_len must be in [3, {max_len}] (the student's hyena.max_len), got {fit_len}")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from hyena.runtime import resolve_device
+
 
 @dataclass
 class DistEnv:
@@ -61,9 +63,7 @@ def setup(device: str = "auto", amp: bool = True) -> DistEnv:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)

@@ -16,49 +16,60 @@ loss; `val_mse_after_first` (positions >= 1) is always reported to show what the
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from hyena.operator import param_groups
+from hyena.config import ConfigError, load, param
+from hyena.runtime import first_output
 from hyena.train.batches import epoch_batches, load_all, steps_per_run, take, to_tensor
 from hyena.train.dist import DistEnv, wrap
-from hyena.train.schedule import warmup_decay
+from hyena.train.loop import LogFn, run_steps
+from hyena.train.optim import OptimConfig
 
-LogFn = Callable[[dict, int], None]
+VAL_BATCH = 8  # validation sequences per forward
+RAM_BYTES = 4 << 30  # training arrays up to this size (inputs + targets) are read into memory once
+NOT_PER_LAYER = ("layers", "last", "log_every")  # knobs a layer entry cannot override
 
 
 @dataclass
-class DistillConfig:
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_frac: float = 0.025
-    decay_frac: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.1
-    filter_lr: float | None = None  # None: same as lr
-    batch_size: int = 8
-    epochs: int = 2
-    train: str = "mixer"  # "mixer": only the Hyena operator trains; "layer": the whole decoder layer
-    skip_first: int = 0  # positions at the start of each sequence left out of the loss (0: plain MSE, the paper)
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 10
-    val_batch_size: int = 8
-    ram_bytes: int = 4 << 30  # arrays up to this size are read into memory once
+class DistillConfig(OptimConfig):
+    """params.yaml `distill`: how each decoder layer is distilled (one DVC stage per layer)."""
 
-    def __post_init__(self) -> None:
-        if self.train not in ("mixer", "layer"):
-            raise ValueError(f"distill.train must be 'mixer' or 'layer' (got {self.train!r})")
-        if self.skip_first < 0:
-            raise ValueError(f"distill.skip_first must be >= 0 (got {self.skip_first})")
-        self.betas = tuple(self.betas)
+    SECTION = "distill"
+
+    input: Literal["student", "teacher"] = param(
+        "student", "student: progressive, the frozen student's own layer i-1 output (paper) | teacher: teacher-forced")
+    train: Literal["mixer", "layer"] = param("mixer", "mixer: only the Hyena operator trains | layer: the whole decoder layer")
+    skip_first: int = param(0, "first positions of each sequence left out of the MSE (1 drops the attention-sink "
+                               "outlier of Llama teachers; 0: the paper)", ge=0)
+    epochs: int = param(8, "passes over the dumped sequences, per layer (paper: 8)", ge=1)
+    layers: dict[str, dict[str, Any]] = param(
+        {f"{i:02d}": {"prev": f"{i - 1:02d}"} for i in range(1, 7)}, "one DVC stage per entry (foreach); prev: the layer feeding it. Add e.g. `lr: 5.0e-4` to an "
+            "entry to override a knob for that layer only (reruns that layer and the ones above it)")
+    last: str = param("06", "the last key of layers (DVC templating cannot compute it)")
+
+    def for_layer(self, key: str) -> DistillConfig:
+        """The config of layer `key`: the global knobs with that layer's overrides applied."""
+        if key not in self.layers:
+            raise ConfigError(f"distill.layers has no layer {key!r} (has {', '.join(self.layers) or 'none'})")
+        entry = dict(self.layers[key] or {})
+        entry.pop("prev", None)
+        bad = sorted(set(entry) & set(NOT_PER_LAYER) | set(entry) - {f.name for f in fields(self)})
+        if bad:
+            allowed = [f.name for f in fields(self) if f.name not in NOT_PER_LAYER]
+            raise ConfigError(f"distill.layers.{key}: cannot override {', '.join(bad)}; allowed: {', '.join(allowed)}")
+        base = {k: v for k, v in asdict(self).items() if k not in ("layers", "last")}
+        return load(DistillConfig, {**base, **entry}, f"distill.layers.{key}")
+
+    def prev(self, key: str) -> str:
+        """The layer whose output feeds layer `key` ("00": the embedding output)."""
+        return str((self.layers.get(key) or {}).get("prev", f"{int(key) - 1:02d}"))
 
 
 class LayerOnly(nn.Module):
@@ -69,8 +80,7 @@ class LayerOnly(nn.Module):
         self.layer = layer
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
-        out = self.layer(h)
-        return out[0] if isinstance(out, tuple) else out
+        return first_output(self.layer(h))
 
 
 def set_trainable(layer: nn.Module, mixer: nn.Module, what: str) -> None:
@@ -123,55 +133,39 @@ def distill_layer(
     if train_inputs.shape != train_targets.shape:
         raise ValueError(f"inputs {train_inputs.shape} and targets {train_targets.shape} differ in shape")
     torch.manual_seed(cfg.seed)
-    train_inputs = load_all(train_inputs, cfg.ram_bytes // 2)
-    train_targets = load_all(train_targets, cfg.ram_bytes // 2)
+    train_inputs = load_all(train_inputs, RAM_BYTES // 2)
+    train_targets = load_all(train_targets, RAM_BYTES // 2)
     fn = LayerOnly(layer).to(env.device)
     set_trainable(layer, mixer, cfg.train)
-    before = layer_mse(fn.eval(), val_inputs, val_targets, env, cfg.val_batch_size)
+    before = layer_mse(fn.eval(), val_inputs, val_targets, env, VAL_BATCH)
 
     model = wrap(fn, env)
-    groups = param_groups(fn, cfg.lr, cfg.weight_decay, cfg.filter_lr)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     n, seq_len = train_inputs.shape[0], train_inputs.shape[1]
     total = steps_per_run(n, cfg.batch_size, cfg.epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_decay(s, total, cfg.warmup_frac, cfg.min_lr_ratio, cfg.decay_frac))
     local = env.local_slice(cfg.batch_size)
-    fn.train()
-    t0, loss_ema = time.perf_counter(), math.nan
-    bar = tqdm(total=total, desc="distill", unit="step", disable=not env.is_main, dynamic_ncols=True, mininterval=2)
-    for step, rows in enumerate(epoch_batches(n, cfg.batch_size, cfg.epochs, cfg.seed)):
+
+    def step(rows: np.ndarray) -> float:
         rows = rows[local]
         x = to_tensor(take(train_inputs, rows), env.device)  # (b, L, d)
         y = to_tensor(take(train_targets, rows), env.device)  # (b, L, d)
         with env.autocast():
             out = model(x)
         loss = nn.functional.mse_loss(out[:, cfg.skip_first:].float(), y[:, cfg.skip_first:])
-        opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
-        opt.step()
-        sched.step()
-        value = loss.item()
-        loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
-        bar.set_postfix(loss=f"{loss_ema:.4g}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        bar.update()
-        if log is not None and (step % cfg.log_every == 0 or step == total - 1):
-            log({"train_mse": env.mean(value), "lr": sched.get_last_lr()[0]}, step)
-        if not math.isfinite(value):
-            raise RuntimeError(f"distillation diverged at step {step} (loss {value}); lower distill.lr")
-    bar.close()
-    seconds = time.perf_counter() - t0
+        return loss.item()
+
+    fn.train()
+    run = run_steps(fn, cfg, epoch_batches(n, cfg.batch_size, cfg.epochs, cfg.seed), total, step, env, log=log,
+                    metric="train_mse", desc="distill", hint="lower distill.lr")
     fn.eval()
-    after = layer_mse(fn, val_inputs, val_targets, env, cfg.val_batch_size)
+    after = layer_mse(fn, val_inputs, val_targets, env, VAL_BATCH)
     layer.requires_grad_(False)
     return {
         "val_mse_before": before["mse"], "val_mse": after["mse"],
         "val_nmse_before": before["nmse"], "val_nmse": after["nmse"],
         "val_mse_after_first_before": before["mse_after_first"], "val_mse_after_first": after["mse_after_first"],
-        "train_mse_final": loss_ema, "steps": total,
-        "train_tokens": total * cfg.batch_size * seq_len, "seconds": seconds,
+        "train_mse_final": run["train_loss_final"], "steps": total,
+        "train_tokens": total * cfg.batch_size * seq_len, "seconds": run["seconds"],
     }
 
 

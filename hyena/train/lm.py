@@ -2,8 +2,8 @@
 
 loss = CE(student) + kl_weight * T^2 * KL(teacher_T || student_T)   (KL optional, 0 by default)
 
-Resumable: every `checkpoint_every` steps the model, optimiser and step go to `state_dir`
-(safetensors for weights, `torch.load(weights_only=True)` for the optimiser: nothing is
+Resumable: every `checkpoint_every` steps the model, optimiser and step go to a checkpoint
+directory (safetensors for weights, `torch.load(weights_only=True)` for the optimiser: nothing is
 unpickled); a rerun with the same fingerprint continues from there.
 """
 
@@ -13,51 +13,54 @@ import contextlib
 import json
 import math
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
-from tqdm.auto import tqdm
 
-from hyena.operator import param_groups
+from hyena.config import param
 from hyena.train.batches import epoch_batches, take
 from hyena.train.dist import DistEnv, wrap
-from hyena.train.schedule import warmup_decay
+from hyena.train.loop import LogFn, run_steps
+from hyena.train.optim import OptimConfig
 
-LogFn = Callable[[dict, int], None]
+VAL_BATCH = 4  # validation sequences per forward
 
 
 @dataclass
-class LMConfig:
-    max_steps: int
-    lr: float = 6e-4
-    min_lr_ratio: float = 0.1
-    warmup_frac: float = 0.025
-    decay_frac: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = 0.1
-    filter_lr: float | None = None
-    batch_size: int = 8  # global batch (sequences) per optimiser step
-    micro_batch_size: int = 0  # sequences per forward on each rank (0: the whole local batch)
-    kl_weight: float = 0.0
-    kl_temperature: float = 1.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 50
-    val_batch_size: int = 4
-    max_val_sequences: int = 0  # 0: the whole validation split
+class LMTrainConfig(OptimConfig):
+    """Knobs of every cross-entropy training stage (fine-tune and from-scratch baseline)."""
 
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        if self.max_steps < 1:
-            raise ValueError(f"LM training needs at least one step (got max_steps={self.max_steps})")
+    micro_batch_size: int = param(0, "sequences per forward per process (0: all; lower it if logits run out of memory)", ge=0)
+    max_sequences: int = param(0, "first N training sequences (0: all)", ge=0)
+    val_sequences: int = param(64, "validation sequences for the final loss (0: all)", ge=0)
+    checkpoint_every: int = param(50, "steps between resumable checkpoints", ge=1)
+
+
+@dataclass
+class FinetuneConfig(LMTrainConfig):
+    """params.yaml `finetune`: the cross-entropy fine-tune of the whole MSE-distilled student."""
+
+    SECTION = "finetune"
+
+    lr: float = param(6.0e-4, "peak learning rate", gt=0)
+    epochs: float = param(6.0, "passes over the training sequences (paper: 6 after 6 distillation epochs)", gt=0)
+    kl_weight: float = param(0.0, "weight of KL(teacher || student) on next-token logits (0: pure CE, as the paper)", ge=0)
+    kl_temperature: float = param(1.0, "temperature of that KL", gt=0)
+
+
+@dataclass
+class PretrainConfig(LMTrainConfig):
+    """params.yaml `pretrain`: the same student from random weights, the paper's baseline."""
+
+    SECTION = "pretrain"
+
+    budget: Literal["auto"] | int = param("auto", "auto: the FLOPs of distillation + fine-tuning (equal compute), or a token count", ge=1)
 
 
 def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -69,9 +72,9 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
 
 
 @torch.no_grad()
-def lm_loss(model: nn.Module, tokens, env: DistEnv, batch_size: int, max_sequences: int = 0) -> float:
+def lm_loss(model: nn.Module, tokens, env: DistEnv, batch_size: int = VAL_BATCH) -> float:
     """Mean next-token cross-entropy (nats/token) over the rows of `tokens` (n, L)."""
-    n = tokens.shape[0] if max_sequences <= 0 else min(max_sequences, tokens.shape[0])
+    n = tokens.shape[0]
     total, count = 0.0, 0
     model.eval()
     for start in range(env.rank * batch_size, n, batch_size * env.world_size):
@@ -88,77 +91,71 @@ def lm_loss(model: nn.Module, tokens, env: DistEnv, batch_size: int, max_sequenc
     return total / max(count, 1)
 
 
-def _save_state(state_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, fingerprint: str) -> None:
-    tmp = state_dir.with_name(state_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}))
-    shutil.rmtree(state_dir, ignore_errors=True)
-    tmp.rename(state_dir)
+class DirCheckpoint:
+    """Model + optimiser + step in `directory`, valid only for the same `fingerprint`."""
 
+    def __init__(self, directory: str | Path, model: nn.Module, fingerprint: str):
+        self.dir, self.model, self.fingerprint = Path(directory), model, fingerprint
 
-def _load_state(state_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, fingerprint: str) -> int:
-    """The step to resume from (0 when there is no matching checkpoint)."""
-    meta = state_dir / "state.json"
-    if not meta.is_file():
-        return 0
-    state = json.loads(meta.read_text())
-    if state.get("fingerprint") != fingerprint:
-        return 0  # params or inputs changed: start over
-    load_model(model, str(state_dir / "model.safetensors"))
-    opt.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
-    return int(state["step"])
+    def save(self, opt: torch.optim.Optimizer, step: int) -> None:
+        tmp = self.dir.with_name(self.dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(self.model, str(tmp / "model.safetensors"))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        tmp.rename(self.dir)
+
+    def load(self, opt: torch.optim.Optimizer) -> int:
+        meta = self.dir / "state.json"
+        if not meta.is_file():
+            return 0
+        state = json.loads(meta.read_text())
+        if state.get("fingerprint") != self.fingerprint:
+            return 0  # params or inputs changed: start over
+        load_model(self.model, str(self.dir / "model.safetensors"))
+        opt.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True))
+        return int(state["step"])
 
 
 def train_lm(
     model: nn.Module,
     train_tokens,
     val_tokens,
-    cfg: LMConfig,
+    cfg: LMTrainConfig,
+    steps: int,
     env: DistEnv,
     teacher: nn.Module | None = None,
     log: LogFn | None = None,
-    state_dir: str | Path | None = None,
-    fingerprint: str = "",
+    checkpoint: DirCheckpoint | None = None,
 ) -> dict[str, float]:
-    """Train a causal LM on packed token rows (n, L); returns validation loss/perplexity and costs."""
+    """Train a causal LM on packed token rows (n, L) for `steps` optimiser steps; returns the
+    validation loss/perplexity before and after, and costs. With a FinetuneConfig whose
+    kl_weight > 0, `teacher` adds the logit KL."""
+    kl_weight = getattr(cfg, "kl_weight", 0.0)
+    kl_temperature = getattr(cfg, "kl_temperature", 1.0)
+    if steps < 1:
+        raise ValueError(f"LM training needs at least one step (got {steps})")
     torch.manual_seed(cfg.seed)
     model.to(env.device)
     model.requires_grad_(True)
-    if cfg.kl_weight > 0 and teacher is None:
+    if kl_weight > 0 and teacher is None:
         raise ValueError("kl_weight > 0 needs a teacher")
     if teacher is not None:
         teacher.to(env.device).eval().requires_grad_(False)
-    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.filter_lr)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    state_dir = Path(state_dir) if state_dir else None
-    start = _load_state(state_dir, model, opt, fingerprint) if state_dir else 0
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_decay(s, cfg.max_steps, cfg.warmup_frac, cfg.min_lr_ratio, cfg.decay_frac))
-    for _ in range(start):
-        sched.step()
     ddp = wrap(model, env)
     n, seq_len = train_tokens.shape
-    per_epoch = n // cfg.batch_size
-    epochs = math.ceil(cfg.max_steps / max(per_epoch, 1))
+    epochs = math.ceil(steps / max(n // cfg.batch_size, 1))
     local = env.local_slice(cfg.batch_size)
     local_n = local.stop - local.start
     micro = cfg.micro_batch_size or local_n
-    val_before = lm_loss(model, val_tokens, env, cfg.val_batch_size, cfg.max_val_sequences) if start == 0 else math.nan
-    model.train()
-    t0, loss_ema = time.perf_counter(), math.nan
-    bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not env.is_main, dynamic_ncols=True, mininterval=2)
-    batches = epoch_batches(n, cfg.batch_size, epochs, cfg.seed)
-    for step, rows in enumerate(batches):
-        if step >= cfg.max_steps:
-            break
-        if step < start:
-            continue  # replay the batch order up to the checkpoint
+    resuming = checkpoint is not None and (checkpoint.dir / "state.json").is_file()
+    val_before = math.nan if resuming else lm_loss(model, val_tokens, env)
+
+    def step(rows: np.ndarray) -> float:
         ids_all = torch.from_numpy(np.asarray(take(train_tokens, rows[local]), dtype=np.int64)).to(env.device)
-        opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
+        total = 0.0
         for m0 in range(0, local_n, micro):
             ids = ids_all[m0:m0 + micro]  # (b, L)
             frac = ids.shape[0] / local_n
@@ -167,32 +164,21 @@ def train_lm(
             with ctx, env.autocast():
                 logits = ddp(input_ids=ids).logits  # (b, L, V)
                 loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
-                if cfg.kl_weight > 0:
+                if kl_weight > 0:
                     with torch.no_grad():
                         t_logits = teacher(input_ids=ids).logits
-                    loss = loss + cfg.kl_weight * kl_to_teacher(logits[:, :-1], t_logits[:, :-1], cfg.kl_temperature)
+                    loss = loss + kl_weight * kl_to_teacher(logits[:, :-1], t_logits[:, :-1], kl_temperature)
             (loss * frac).backward()
-            step_loss += loss.item() * frac
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        if not math.isfinite(step_loss):
-            raise RuntimeError(f"training diverged at step {step} (loss {step_loss}); lower the learning rate")
-        loss_ema = step_loss if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * step_loss
-        bar.set_postfix(loss=f"{loss_ema:.4g}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        bar.update()
-        if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps - 1):
-            log({"train_loss": env.mean(step_loss), "lr": sched.get_last_lr()[0]}, step)
-        if state_dir and env.is_main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
-            _save_state(state_dir, model, opt, step + 1, fingerprint)
-        env.barrier()
-    bar.close()
-    seconds = time.perf_counter() - t0
-    val = lm_loss(model, val_tokens, env, cfg.val_batch_size, cfg.max_val_sequences)
+            total += loss.item() * frac
+        return total
+
+    model.train()
+    run = run_steps(model, cfg, epoch_batches(n, cfg.batch_size, epochs, cfg.seed), steps, step, env, log=log,
+                    checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every, clip_params=model.parameters())
+    val = lm_loss(model, val_tokens, env)
     model.requires_grad_(False)
     return {
         "val_loss_before": val_before, "val_loss": val, "val_ppl": math.exp(min(val, 50.0)),
-        "train_loss_final": loss_ema, "steps": cfg.max_steps, "resumed_from": start,
-        "train_tokens": cfg.max_steps * cfg.batch_size * seq_len, "seconds": seconds,
+        "train_loss_final": run["train_loss_final"], "steps": steps, "resumed_from": run["resumed_from"],
+        "train_tokens": steps * cfg.batch_size * seq_len, "seconds": run["seconds"],
     }

@@ -1,0 +1,196 @@
+"""What every stage script shares: params.yaml, its typed sections, the artifact paths, one-line errors.
+
+Each params.yaml section is a dataclass owned by the library module that uses it (`SECTIONS`
+names them); a stage reads only its own sections with `section(raw, name, cls)`. The `paths`
+section, owned here, is the one home of every artifact path: stages read it, and dvc.yaml uses
+the same values through `${paths.*}`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+import yaml
+
+from hyena.config import Config, ConfigError, load, param
+
+T = TypeVar("T")
+
+PARAMS = Path("params.yaml")
+
+# section -> "module:Class" of the library config that owns it (imported only when needed)
+SECTIONS = {
+    "paths": "pipeline.params:PathsConfig",
+    "teacher": "hyena.teachers:TeacherConfig",
+    "tokenize": "hyena.data:TokenizeConfig",
+    "dump": "hyena.store:DumpConfig",
+    "student": "hyena.student:StudentConfig",
+    "distill": "hyena.train.distill:DistillConfig",
+    "finetune": "hyena.train.lm:FinetuneConfig",
+    "pretrain": "hyena.train.lm:PretrainConfig",
+    "recurrent": "hyena.recurrence.model:RecurrentConfig",
+    "eval": "hyena.evaluate.runner:EvalConfig",
+}
+
+
+class StageError(Exception):
+    """A user-facing problem: printed as one line, exit code 1."""
+
+
+@dataclass
+class PathsConfig(Config):
+    """params.yaml `paths`: where every artifact lives (dvc.yaml reads the same values)."""
+
+    SECTION = "paths"
+
+    teacher: str = param("data/teacher", "the teacher as a local HF directory (teacher stage)")
+    tokens: str = param("data/tokens", "packed token rows + manifest (tokenize)")
+    activations: str = param("data/activations.zarr", "teacher layer outputs, one Zarr array per layer (dump-activations)")
+    students: str = param("data/students", "students: layer_XX (distill chain), distilled, finetuned, pretrained, recurrent")
+    checkpoints: str = param("data/checkpoints", "resumable training state of finetune and pretrain")
+    eval: str = param("data/eval", "evaluation report, metrics and plots")
+    reports: str = param("reports", "metrics, plots, timings and DVCLive curves (tracked in git)")
+
+    def student(self, name: str) -> Path:
+        return Path(self.students) / name
+
+    def layer(self, key: str) -> Path:
+        """The distill chain's directory of layer `key` ("00": the undistilled student)."""
+        return self.student(f"layer_{key}")
+
+    def metrics(self, name: str) -> Path:
+        return Path(self.reports) / "metrics" / f"{name}.json"
+
+    def timing(self, name: str) -> Path:
+        """Wall-clock figures of a stage: kept apart so that cached metrics stay byte-identical."""
+        return Path(self.reports) / "timings" / f"{name}.json"
+
+    def plot(self, name: str) -> Path:
+        return Path(self.reports) / "plots" / f"{name}.png"
+
+    def dvclive(self, name: str) -> Path:
+        return Path(self.reports) / "dvclive" / name
+
+
+def load_params(path: Path = PARAMS) -> dict[str, Any]:
+    """params.yaml as a mapping of sections; one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"params file not found: {path} (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise StageError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise StageError(f"{path} must be a mapping of sections (teacher:, tokenize:, ...), got a {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS), key=str)
+    if unknown:
+        raise StageError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; known: {', '.join(SECTIONS)}")
+    return raw
+
+
+def section(raw: dict[str, Any], name: str, cls: type[T]) -> T:
+    """params[name] as the checked dataclass `cls` (a missing section means all defaults)."""
+    try:
+        return load(cls, raw.get(name), name)
+    except ConfigError as err:
+        raise StageError(str(err)) from None
+
+
+def paths(raw: dict[str, Any]) -> PathsConfig:
+    return section(raw, "paths", PathsConfig)
+
+
+class Params:
+    """A read params.yaml: `.paths`, and `.get(section, cls)` for any other section."""
+
+    def __init__(self, raw: dict[str, Any]):
+        self.raw = raw
+        self.paths = paths(raw)
+
+    @classmethod
+    def read(cls, path: Path = PARAMS) -> Params:
+        return cls(load_params(path))
+
+    def get(self, name: str, cls: type[T]) -> T:
+        return section(self.raw, name, cls)
+
+    def teacher_dir(self) -> Path:
+        return teacher_dir(self.paths)
+
+
+PARAMS_OPTION = typer.Option(PARAMS, "--params", help="params.yaml")
+
+
+def stage_app() -> typer.Typer:
+    return typer.Typer(add_completion=False)
+
+
+def command(app: typer.Typer):
+    """Register a stage's main: a Typer command whose expected errors print one line, exit 1."""
+    def register(fn):
+        return app.command()(one_line_errors(fn))
+    return register
+
+
+def one_line_errors(fn):
+    """Decorator for stage commands: expected errors become `error: ...` on stderr and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (StageError, ConfigError, FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            typer.echo(f"error: {msg}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def teacher_dir(p: PathsConfig) -> Path:
+    """The materialised teacher every stage after `teacher` loads."""
+    d = Path(p.teacher)
+    if not (d / "config.json").is_file():
+        raise StageError(f"teacher not found at {d} (paths.teacher): run the teacher stage first (dvc repro teacher)")
+    return d
+
+
+def dvclive_logger(directory: str | Path):
+    """A `log(metrics, step)` callback writing DVCLive plots under `directory` (no DVC experiment)."""
+    from dvclive import Live
+
+    live = Live(str(directory), save_dvc_exp=False, dvcyaml=None)
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        live.step = step
+        for name, value in metrics.items():
+            live.log_metric(name, value)
+
+    log.live = live
+    return log
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
+    """A DVC metrics file (JSON), written atomically."""
+    from hyena.io import atomic_write_json
+
+    atomic_write_json(path, metrics)
+
+
+TIMING_KEYS = ("seconds", "fit_seconds")
+
+
+def split_timings(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(deterministic metrics, wall-clock figures): timings go to their own uncached file."""
+    return ({k: v for k, v in metrics.items() if k not in TIMING_KEYS},
+            {k: v for k, v in metrics.items() if k in TIMING_KEYS})

@@ -1,0 +1,121 @@
+"""One home for every fact: typed params sections, presets as overrides, dvc.yaml code deps."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from hyena.config import ConfigError, load
+from hyena.train.distill import DistillConfig
+from hyena.train.lm import FinetuneConfig, PretrainConfig
+from pipeline.params import SECTIONS, StageError, load_params, section
+from pipeline.preset import available, configs, layer_chain, overrides, render, section_class
+
+
+def test_committed_params_yaml_is_the_cpu_smoke_preset():
+    """params.yaml is generated: it cannot drift from the preset or from the code's defaults."""
+    assert (ROOT / "params.yaml").read_text() == render("cpu-smoke")
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_preset_loads_to_what_the_code_would_use(name):
+    """Every key of the rendered params is a field of its section's dataclass and every field is
+    present (no silent fallback to a default that no preset uses); each section loads back to
+    exactly the dataclass built from the code defaults plus the preset's overrides."""
+    rendered = yaml.safe_load(render(name))
+    assert list(rendered) == list(SECTIONS)
+    over = overrides(name)
+    for sec, cfg in configs(name).items():
+        cls = section_class(sec)
+        assert set(rendered[sec]) == {f.name for f in dataclasses.fields(cls)}, sec
+        assert load(cls, rendered[sec], sec) == cfg, sec
+        for key, value in (over.get(sec) or {}).items():  # each override really took effect
+            got = getattr(cfg, key)
+            if key == "layers" and isinstance(value, int):
+                value = layer_chain(value)
+            if dataclasses.is_dataclass(got):
+                for k, v in value.items():
+                    assert getattr(got, k) == v, f"{sec}.{key}.{k}"
+            else:
+                assert got == (tuple(value) if isinstance(got, tuple) else value), f"{sec}.{key}"
+
+
+def test_paper_preset_is_the_code_defaults():
+    """The paper's recipe is one preset away: the defaults are the paper's settings."""
+    paper = configs("paper-pythia70m")
+    assert paper["teacher"].source == "EleutherAI/pythia-70m" and paper["tokenize"].context == 1024
+    d = paper["distill"]
+    assert (d.lr, d.batch_size, d.epochs, d.input, d.min_lr_ratio, d.warmup_frac) == (1e-3, 60, 8, "student", 0.1, 0.025)
+    assert list(d.layers) == ["01", "02", "03", "04", "05", "06"] and d.last == "06"
+
+
+def test_finetune_and_pretrain_carry_only_their_own_knobs():
+    ft = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    pt = {f.name for f in dataclasses.fields(PretrainConfig)}
+    assert "budget" not in ft and {"kl_weight", "kl_temperature", "epochs"} <= ft
+    assert "budget" in pt and not {"kl_weight", "kl_temperature", "epochs"} & pt
+
+
+BAD = {
+    "string for a number": ({"lr": "fast"}, "distill.lr: expected a number, got 'fast'"),
+    "negative batch": ({"batch_size": -4}, "distill.batch_size must be >= 1, got -4"),
+    "zero epochs": ({"epochs": 0}, "distill.epochs must be >= 1"),
+    "bool for an int": ({"epochs": True}, "distill.epochs: expected an integer"),
+    "unknown choice": ({"input": "both"}, "distill.input: expected 'student' | 'teacher'"),
+    "unknown key": ({"learning_rate": 1e-3}, "distill: unknown key(s) learning_rate"),
+    "scalar for a section": (5, "distill: expected a mapping of keys"),
+    "bad per-layer override": ({"layers": {"01": {"prev": "00", "lr": "x"}}}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_values_are_one_line_errors_naming_the_key(case):
+    raw, words = BAD[case]
+    with pytest.raises(ConfigError) as err:
+        load(DistillConfig, raw, "distill").for_layer("01")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert words in msg if words else "distill.layers.01.lr" in msg
+
+
+def test_library_construction_is_checked_too():
+    with pytest.raises(ConfigError, match="distill.skip_first must be >= 0"):
+        DistillConfig(skip_first=-1)
+    with pytest.raises(ConfigError, match="teacher.random_init: expected true or false, got 'yes please'"):
+        section_class("teacher")(random_init="yes please")
+
+
+def test_per_layer_overrides_apply_to_that_layer_only():
+    d = load(DistillConfig, {"lr": 1e-3, "layers": {"01": {"prev": "00"}, "02": {"prev": "01", "lr": 5e-4}}}, "distill")
+    assert d.for_layer("01").lr == 1e-3 and d.for_layer("02").lr == 5e-4
+    with pytest.raises(ConfigError, match="cannot override layers"):
+        load(DistillConfig, {"layers": {"01": {"prev": "00", "layers": {}}}}, "distill").for_layer("01")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("distill: [1, 2\n", "not valid YAML"),
+    ("- teacher\n- tokenize\n", "must be a mapping of sections"),
+    ("distill: 3\n", "distill: expected a mapping"),
+    ("distil:\n  lr: 0.1\n", "unknown section(s) distil"),
+])
+def test_malformed_params_files_are_one_line_errors(tmp_path, text, words):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(StageError) as err:
+        raw = load_params(path)
+        section(raw, "distill", DistillConfig)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dvc_yaml_code_deps_cover_every_imported_project_file(shared):
+    """`../shared/tools/deps_coverage.py`: every project file a stage imports is in its deps."""
+    tool = shared / "tools" / "deps_coverage.py"
+    if not tool.is_file():
+        pytest.skip(f"{tool} not available")
+    proc = subprocess.run([sys.executable, str(tool), str(ROOT)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
