@@ -230,9 +230,8 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         return self.adapter.attention(self.decoder_layers()[i])
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Embedding output feeding layer 1, (B, L) -> (B, L, d); entry 0 of capture_layer_outputs.
-
-        Embedding dropout (GPT-NeoX) is applied in training mode, as in the backbone's forward."""
+        """What decoder layer 1 receives for input_ids (B, L) -> (B, L, d); entry 0 of
+        capture_layer_outputs (embedding dropout applies in training mode, as in the backbone)."""
         h = self.adapter.embedding(self.backbone)(input_ids)  # (B, L, d)
         dropout = getattr(self.adapter.base(self.backbone), "emb_dropout", None)
         return dropout(h) if dropout is not None else h

@@ -36,13 +36,18 @@ class TeacherAdapter:
     base_attr: str  # attribute of the *ForCausalLM holding the base model
     embed_attr: str  # attribute of the base model: token embedding
     attn_attr: str  # attribute of a decoder layer: the attention block to replace
+    norm_attr: str = "input_layernorm"  # attribute of a decoder layer: the norm in front of the attention
+    layers_attr: str = "layers"  # attribute of the base model: the decoder layers
     cache_kwarg: str = "cache"  # name under which a decoder layer hands the cache to its attention
 
     def base(self, model: nn.Module) -> nn.Module:
         return getattr(model, self.base_attr)
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return self.base(model).layers
+        return getattr(self.base(model), self.layers_attr)
+
+    def input_norm(self, layer: nn.Module) -> nn.Module:
+        return getattr(layer, self.norm_attr)
 
     def embedding(self, model: nn.Module) -> nn.Module:
         return getattr(self.base(model), self.embed_attr)
@@ -306,23 +311,60 @@ def weights_hash(model: nn.Module, max_bytes_per_tensor: int = 1 << 16) -> str:
 
 @torch.no_grad()
 def capture_layer_outputs(model: nn.Module, input_ids: torch.Tensor, attention_mask=None) -> list[torch.Tensor]:
-    """[embedding output, layer 1 output, ..., layer N output], each (B, L, d), via forward hooks.
+    """[input of layer 1, layer 1 output, ..., layer N output], each (B, L, d), via hooks.
 
-    `output_hidden_states` is not used: its last entry has the final norm applied.
+    Entry 0 is what the first decoder layer receives: the token embedding, plus learned position
+    embeddings where the family has them. `output_hidden_states` is not used: its last entry has
+    the final norm applied.
     """
-    adapter = get_adapter(model)
+    layers = get_adapter(model).layers(model)
     outputs: list[torch.Tensor] = []
+
+    def grab_input(_module, args, kwargs):
+        outputs.append((args[0] if args else kwargs["hidden_states"]).detach())
 
     def grab(_module, _args, out):
         outputs.append(first_output(out).detach())
 
-    modules = [adapter.embedding(model), *adapter.layers(model)]
-    handles = [m.register_forward_hook(grab) for m in modules]
+    handles = [layers[0].register_forward_pre_hook(grab_input, with_kwargs=True)]
+    handles += [m.register_forward_hook(grab) for m in layers]
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     finally:
         for hd in handles:
             hd.remove()
-    if len(outputs) != len(modules):
-        raise RuntimeError(f"captured {len(outputs)} outputs for {len(modules)} hooked modules")
+    if len(outputs) != len(layers) + 1:
+        raise RuntimeError(f"captured {len(outputs)} outputs for {len(layers) + 1} hooked points")
     return outputs
+
+
+def position_inputs(model: nn.Module, hidden_states: torch.Tensor) -> dict:
+    """What a decoder layer or attention of `model` needs besides the hidden states (B, L, d) to run
+    alone on positions 0..L-1: the rotary (cos, sin) where the family has them; {} otherwise."""
+    rotary = getattr(get_adapter(model).base(model), "rotary_emb", None)
+    if rotary is None:
+        return {}
+    B, L = hidden_states.shape[:2]
+    positions = torch.arange(L, device=hidden_states.device)[None].expand(B, L)
+    return {"position_embeddings": rotary(hidden_states, position_ids=positions)}
+
+
+def causal_mask(model: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor | None:
+    """None where the attention implementation is causal by itself (sdpa, flash); an additive
+    (1, 1, L, L) mask for eager attention."""
+    if getattr(model.config, "_attn_implementation", "sdpa") != "eager":
+        return None
+    L = hidden_states.shape[1]
+    full = torch.full((L, L), float("-inf"), device=hidden_states.device, dtype=hidden_states.dtype)
+    return torch.triu(full, diagonal=1)[None, None]
+
+
+def attention_output(model: nn.Module, i: int, x: torch.Tensor) -> torch.Tensor:
+    """What the attention of decoder layer i (0-based) adds to the residual stream for the layer's
+    input x (B, L, d): attention(norm(x)), output projection included. The target of attention
+    transfer (`distill.target: mixer_output`)."""
+    adapter = get_adapter(model)
+    layer = adapter.layers(model)[i]
+    h = adapter.input_norm(layer)(x)
+    out = adapter.attention(layer)(hidden_states=h, attention_mask=causal_mask(model, h), **position_inputs(model, h))
+    return first_output(out)

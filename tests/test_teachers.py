@@ -155,3 +155,24 @@ def test_missing_local_paths_are_named(tmp_path):
 def test_pythia_config_file_matches_published(pythia_dir):
     cfg = json.loads((pythia_dir / "config.json").read_text())
     assert cfg["model_type"] == "gpt_neox" and cfg["hidden_size"] == 512 and cfg["num_hidden_layers"] == 6
+
+
+@pytest.mark.parametrize("family", ["llama", "neox"])
+def test_attention_output_equals_the_attention_inside_a_full_forward(family, tiny_llama, tiny_neox):
+    """The attention-transfer target computed from a layer's input alone equals what the layer's
+    attention produced inside the teacher's own forward pass (rotary positions and causality)."""
+    from hyena.teachers import attention_output
+
+    model = tiny_llama if family == "llama" else tiny_neox
+    adapter = get_adapter(model)
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    seen = {}
+    hooks = [adapter.attention(layer).register_forward_hook(
+        lambda _m, _a, out, i=i: seen.__setitem__(i, out[0].detach())) for i, layer in enumerate(adapter.layers(model))]
+    try:
+        inputs = capture_layer_outputs(model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    for i in range(len(adapter.layers(model))):
+        torch.testing.assert_close(attention_output(model, i, inputs[i]), seen[i], rtol=1e-5, atol=1e-5)
