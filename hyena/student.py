@@ -232,9 +232,7 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """What decoder layer 1 receives for input_ids (B, L) -> (B, L, d); entry 0 of
         capture_layer_outputs (embedding dropout applies in training mode, as in the backbone)."""
-        h = self.adapter.embedding(self.backbone)(input_ids)  # (B, L, d)
-        dropout = getattr(self.adapter.base(self.backbone), "emb_dropout", None)
-        return dropout(h) if dropout is not None else h
+        return self.adapter.embed(self.backbone, input_ids)  # (B, L, d), position embeddings included
 
     def run_layer(self, i: int, hidden_states: torch.Tensor) -> torch.Tensor:
         """Output of decoder layer i (0-based) for its input (B, L, d).

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_llama_config, tiny_neox_config
+from conftest import TINY_CONFIGS, tiny_llama_config, tiny_neox_config, tiny_teacher
 
 from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, fft_causal_conv
 from hyena.recurrence import ModalFilter, ModalFitConfig, fit_modal
@@ -131,17 +131,14 @@ class ExactModalFilter(HyenaFilter):
         return h
 
 
-@pytest.fixture(params=["llama", "neox"])
+@pytest.fixture(params=sorted(TINY_CONFIGS))
 def exact_pair(request):
     """A tiny student (random Hyena filters), its recurrent fit, and the student's filters made
-    exactly modal (the recurrent student's)."""
-    from transformers import AutoModelForCausalLM
-
+    exactly modal (the recurrent student's); one per teacher family (the decoder layer hands the
+    cache to its mixer under the family's name, and GPT-2 offsets its learned positions by it)."""
     from hyena.student import StudentConfig, build_student
 
-    torch.manual_seed(0)
-    cfg = tiny_llama_config(vocab_size=512) if request.param == "llama" else tiny_neox_config(vocab_size=512)
-    teacher = AutoModelForCausalLM.from_config(cfg).eval()
+    teacher = tiny_teacher(request.param)
     student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=128, emb_dim=3)))  # smooth filters
     recurrent, reports = to_recurrent(student, RecurrentConfig(fit_len=128, fit=ModalFitConfig(order=8, steps=0)),
                                       progress=False)
