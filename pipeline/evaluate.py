@@ -29,6 +29,35 @@ def resolve_model(spec: str, p: PathsConfig) -> str:
     return spec
 
 
+def untracked_sources(datasets: dict, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+    """Names of eval.datasets whose local files the eval stage of `dvc_yaml` does not list as deps
+    (itself or a folder above it): DVC would not rerun eval when they change. Templated deps
+    (${...}) and sources that cannot be resolved (the evaluation names those) are skipped."""
+    import os
+
+    import yaml
+
+    from hyena.data import CorpusError
+
+    try:
+        deps = yaml.safe_load(dvc_yaml.read_text())["stages"]["eval"]["deps"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []
+    listed = {Path(os.path.normpath(d)) for d in deps if isinstance(d, str) and "${" not in d}
+    missing = []
+    for name, src in datasets.items():
+        try:
+            files = src.local_files()
+        except CorpusError:
+            continue
+        for f in files or []:
+            f = Path(os.path.normpath(f))
+            if not listed & {f, *f.parents}:
+                missing.append(name)
+                break
+    return missing
+
+
 def _parse_models(specs: list[str]) -> dict[str, str]:
     models = {}
     for spec in specs:
@@ -48,7 +77,7 @@ def main(
     limit: int = typer.Option(None, min=0, help="examples per task overriding eval.limit (0 = all)"),
     max_windows: int = typer.Option(None, min=0, help="perplexity windows overriding eval.max_windows (0 = all)"),
 ) -> None:
-    """Evaluate models: token perplexity on WikiText/OWT, longer contexts, lm-eval zero-shot accuracy."""
+    """Evaluate models: token perplexity on eval.datasets (WikiText, OWT, yours), longer contexts, lm-eval zero-shot accuracy."""
     from hyena.evaluate.runner import EvalConfig, evaluate_models, write_outputs
     from hyena.teachers import teacher_record
 
@@ -66,7 +95,11 @@ def main(
     cfg.models = {name: resolve_model(spec, p) for name, spec in specs.items()}
     labels = {name: f"teacher ({teacher_record(p.teacher).get('source', p.teacher)})"
               for name, spec in specs.items() if spec == "teacher"}
-    results = evaluate_models(cfg, owt_tokens=p.tokens, labels=labels, tokenizer_fallback=p.teacher)
+    if not model and out is None:  # the DVC stage
+        for name in untracked_sources(cfg.datasets):
+            typer.echo(f"warning: eval.datasets.{name} ({cfg.datasets[name].source}) is not a dep of the eval stage in "
+                       "dvc.yaml: DVC will not rerun eval when it changes; list it under stages.eval.deps", err=True)
+    results = evaluate_models(cfg, tokens_dir=p.tokens, labels=labels, tokenizer_fallback=p.teacher)
     written = write_outputs(results, out or Path(p.eval), reference=cfg.reference)
     typer.echo(f"wrote {', '.join(str(f) for f in written.values())}")
 

@@ -161,13 +161,17 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
     np.save(tokens / "val.npy", _stream(4 * 24).reshape(4, 24))
     wiki = tmp_path / "wiki.test.raw"  # the first 20K characters keep tokenisation fast
     wiki.write_text((shared / "data/wikitext-2-raw/wiki.test.raw").read_text()[:20_000])
+    bodies = ["Hyenas live in clans.", "   ", "A clan defends its territory at night, calling loudly."]
+    domain = tmp_path / "domain.jsonl"  # a user's own corpus, text under another field
+    domain.write_text("".join(json.dumps({"body": b}) + "\n" for b in bodies))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"paths": {"teacher": str(pythia_dir), "tokens": str(tokens)}, "eval": {
         "models": {"teacher": str(neox), "small": str(gpt2)}, "context": 16, "max_windows": 2,
-        "wikitext": str(wiki),
-        "long_contexts": [32, 64, 128], "long_context_datasets": ["wikitext", "owt"], "long_max_windows": 1,
+        "datasets": {"wikitext": str(wiki), "owt": "tokenize:val", "domain": {"source": str(domain), "text_field": "body"}},
+        "long_contexts": [32, 64, 128], "long_context_datasets": ["wikitext", "owt", "domain"], "long_max_windows": 1,
         "tasks": ["wsc"], "limit": 2, "task_data_dir": str(shared / "eval"),
-        "reference": str(shared / "eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json")}}))
+        "reference": str(shared / "eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json")}},
+        sort_keys=False))
     out = tmp_path / "eval"
     result = CliRunner().invoke(app, ["--params", str(params), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -181,7 +185,18 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
     # transformers would build an empty tokenizer from the bare dir: it must fall back to paths.teacher
     assert small["tokenizer"] == str(pythia_dir) and details["models"]["teacher"]["tokenizer"] == str(neox)
     assert (out / "ppl.png").stat().st_size > 0 and (out / "ppl_vs_context.png").stat().st_size > 0
-    assert "## Table 1" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    table1 = report.split("## Table 1")[1].split("##")[0]
+    assert "| model | WikiText | OWT | domain | WikiText / teacher | OWT / teacher | domain / teacher | paper WikiText" in table1
+    assert "paper domain" not in table1 and "**domain**" in report  # and on the long-context curve
+    # the user's corpus: its non-empty documents joined by a blank line, in the model's own tokens
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stream = AutoTokenizer.from_pretrained(neox)(bodies[0] + "\n\n" + bodies[2], add_special_tokens=False)["input_ids"]
+    want = stream_perplexity(AutoModelForCausalLM.from_pretrained(neox).eval(), stream, context=16, max_windows=2)
+    assert metrics["ppl/domain/teacher"] == pytest.approx(want.ppl, rel=1e-4)
+    assert details["models"]["teacher"]["ppl"]["domain"]["16"]["n_scored"] == want.n_scored
+    assert str(domain) in details["settings"]["dataset_sources"]["domain"]
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, pythia_dir):
@@ -199,3 +214,80 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, pythia_dir):
     params.write_text(yaml.safe_dump({"eval": {"models": {"m": "x"}, "stride": 5000}}))
     result = CliRunner().invoke(app, ["--params", str(params)])
     assert result.exit_code == 1 and "eval.stride" in result.output
+
+
+# --- eval.datasets: sources -------------------------------------------------------------------
+
+
+def test_dataset_sources_read_like_the_tokenize_stage(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hyena.evaluate.streams import DatasetError, DatasetSource, read_text
+
+    raw = tmp_path / "book.txt"
+    raw.write_text(" = Title = \n\nFirst paragraph.\n\n = Next = \nMore.\n")
+    assert read_text("book", DatasetSource(str(raw))) == raw.read_text()  # a text file stands as it is
+    (tmp_path / "shards").mkdir()
+    for i in range(2):
+        (tmp_path / "shards" / f"{i}.jsonl").write_text(json.dumps({"text": f"doc {i}a"}) + "\n" + json.dumps({"text": f"doc {i}b"}) + "\n")
+    glob = DatasetSource(str(tmp_path / "shards" / "*.jsonl"), max_documents=3)
+    assert read_text("shards", glob) == "doc 0a\n\ndoc 0b\n\ndoc 1a"  # files in order, capped
+    pq.write_table(pa.table({"content": ["p one", "", "p two"]}), tmp_path / "t.parquet")
+    assert read_text("pq", DatasetSource(str(tmp_path / "t.parquet"), text_field="content")) == "p one\n\np two"
+    with pytest.raises(DatasetError, match=r"^eval\.datasets\.pq: .*no 'text' column .*set eval\.datasets\.pq\.text_field"):
+        read_text("pq", DatasetSource(str(tmp_path / "t.parquet")))
+    with pytest.raises(DatasetError, match=r"^eval\.datasets\.pg19: corpus file not found: .*fix eval\.datasets\.pg19\.source"):
+        read_text("pg19", DatasetSource(str(tmp_path / "pg19" / "test.txt")))
+    with pytest.raises(DatasetError, match=r"eval\.datasets\.none: corpus glob .* matched no files: fix eval\.datasets\.none\.source"):
+        read_text("none", DatasetSource(str(tmp_path / "*.md")))
+
+
+def test_dataset_names_and_curve_are_checked(tmp_path):
+    from hyena.config import ConfigError, load
+    from hyena.evaluate.runner import EvalConfig
+
+    cfg = load(EvalConfig, {"datasets": {"pg19": "data/pg19/*.txt"}, "long_context_datasets": ["pg19"]}, "eval")
+    assert cfg.datasets["pg19"].source == "data/pg19/*.txt" and cfg.datasets["pg19"].hf_split == "test"
+    assert list(EvalConfig().datasets) == ["wikitext", "owt"] and EvalConfig().datasets["owt"].tokenized
+    with pytest.raises(ConfigError, match="eval.long_context_datasets: pg19 not in eval.datasets"):
+        load(EvalConfig, {"long_context_datasets": ["pg19"]}, "eval")
+    with pytest.raises(ConfigError, match=r"eval.datasets.pg19: unknown key\(s\) split"):
+        load(EvalConfig, {"datasets": {"pg19": {"source": "x", "split": "test"}}}, "eval")
+    with pytest.raises(ConfigError, match="name 'a/b'"):
+        load(EvalConfig, {"datasets": {"a/b": "x.txt"}, "long_context_datasets": []}, "eval")
+
+
+def test_cli_names_a_dataset_that_cannot_be_read(tmp_path, pythia_dir):
+    from typer.testing import CliRunner
+
+    from pipeline.evaluate import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"eval": {
+        "models": {"m": str(pythia_dir)}, "tasks": [], "reference": "", "long_context_datasets": [],
+        "datasets": {"mine": {"source": str(tmp_path / "mine.jsonl")}}}}))
+    (tmp_path / "mine.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
+    result = CliRunner().invoke(app, ["--params", str(params), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "eval.datasets.mine" in result.output and "set eval.datasets.mine.text_field" in result.output
+    assert not (tmp_path / "eval").exists()
+
+
+def test_local_sources_missing_from_the_eval_deps_are_named(tmp_path):
+    from hyena.evaluate.streams import DatasetSource
+    from pipeline.evaluate import untracked_sources
+
+    (tmp_path / "corpora").mkdir()
+    for f in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / "corpora" / f).write_text("x")
+    dvc_yaml = tmp_path / "dvc.yaml"
+    dvc_yaml.write_text(yaml.safe_dump({"stages": {"eval": {"cmd": "x", "deps": [
+        "${paths.tokens}", str(tmp_path / "corpora" / "a.txt"), str(tmp_path / "corpora" / "sub")]}}}))
+    datasets = {"a": DatasetSource(str(tmp_path / "corpora" / "a.txt")),
+                "glob": DatasetSource(str(tmp_path / "corpora" / "*.txt")),  # b and c are not listed
+                "owt": DatasetSource("tokenize:val"), "hub": DatasetSource("someone/corpus")}
+    assert untracked_sources(datasets, dvc_yaml) == ["glob"]
+    dvc_yaml.write_text(yaml.safe_dump({"stages": {"eval": {"cmd": "x", "deps": [str(tmp_path / "corpora")]}}}))
+    assert untracked_sources(datasets, dvc_yaml) == []
+    assert untracked_sources(datasets, tmp_path / "no_dvc.yaml") == []

@@ -98,13 +98,25 @@ def _mean_acc(tasks: dict) -> float | None:
     return sum(accs) / len(accs) if accs else None
 
 
+def dataset_names(settings: dict) -> list[str]:
+    """The perplexity datasets of a run, in params order (a mapping of sources, or a plain list)."""
+    return list(settings.get("datasets", ["wikitext", "owt"]))
+
+
+def label(dataset: str) -> str:
+    return DATASET_LABEL.get(dataset, dataset)
+
+
 def table1(results: dict) -> list[str]:
+    """Perplexity per model and dataset (any names), ratios to the teacher, and the paper's
+    published numbers for the datasets it has (WikiText, OWT: matched by name)."""
     s, models = results["settings"], results["models"]
-    ctx, datasets = s["context"], [d for d in ("wikitext", "owt") if d in s.get("datasets", ["wikitext", "owt"])]
+    ctx, datasets = s["context"], dataset_names(s)
+    in_paper = [d for d in datasets if d in PAPER_PPL[TEACHER]]
     teacher = models.get(TEACHER)
-    head = ["model"] + [DATASET_LABEL.get(d, d) for d in datasets]
-    head += [f"{DATASET_LABEL.get(d, d)} / teacher" for d in datasets]
-    head += [f"paper {DATASET_LABEL.get(d, d)}" for d in datasets] + [f"paper {DATASET_LABEL.get(d, d)} / teacher" for d in datasets]
+    head = ["model"] + [label(d) for d in datasets]
+    head += [f"{label(d)} / teacher" for d in datasets]
+    head += [f"paper {label(d)}" for d in in_paper] + [f"paper {label(d)} / teacher" for d in in_paper]
     lines = [f"## Table 1: perplexity at context {ctx}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in models.items():
         row = [f"{name}"] + [ppl_cell(m, d, ctx) for d in datasets]
@@ -112,12 +124,14 @@ def table1(results: dict) -> list[str]:
             t, v = (ppl_value(teacher, d, ctx) if teacher else None), ppl_value(m, d, ctx)
             row.append(_fmt(v / t, 2) if t and v else "–")
         paper = PAPER_PPL.get(name, {})
-        row += [_fmt(paper.get(d)) for d in datasets]
-        row += [_fmt(paper[d] / PAPER_PPL[TEACHER][d], 2) if d in paper else "–" for d in datasets]
+        row += [_fmt(paper.get(d)) for d in in_paper]
+        row += [_fmt(paper[d] / PAPER_PPL[TEACHER][d], 2) if d in paper else "–" for d in in_paper]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Paper rows: " + ", ".join(f"`{k}` = {v}" for k, v in PAPER_PPL_LABEL.items())
-              + " (Pythia-70M teacher, RTX 3090; matched to our models by name).", ""]
-    return lines
+    if in_paper:
+        lines += ["", "Paper rows: " + ", ".join(f"`{k}` = {v}" for k, v in PAPER_PPL_LABEL.items())
+                  + " (Pythia-70M teacher, RTX 3090; matched to our models by name, to our datasets by name: "
+                  + ", ".join(f"`{d}`" for d in in_paper) + ")."]
+    return lines + [""]
 
 
 def long_context_table(results: dict) -> list[str]:
@@ -128,7 +142,7 @@ def long_context_table(results: dict) -> list[str]:
     lines = ["## Perplexity against context length", ""]
     for ds in s.get("long_context_datasets", []):
         head = ["model", "max positions"] + [str(c) for c in contexts]
-        lines += [f"**{DATASET_LABEL.get(ds, ds)}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += [f"**{label(ds)}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, m in models.items():
             mp = m.get("max_positions")
             lines.append("| " + " | ".join([name, str(mp) if mp else "–"] + [ppl_cell(m, ds, c) for c in contexts]) + " |")
@@ -191,7 +205,7 @@ def render_report(results: dict, reference: dict | None = None) -> str:
     lines += table1(results) + long_context_table(results) + table2(results, reference)
     lines += ["## How these numbers are computed", ""]
     for ds, desc in s.get("dataset_sources", {}).items():
-        lines.append(f"- **{DATASET_LABEL.get(ds, ds)}**: {desc}")
+        lines.append(f"- **{label(ds)}**: {desc}")
     methods = sorted({e["method"] for m in results["models"].values() for by_ctx in m.get("ppl", {}).values()
                       for e in by_ctx.values() if "method" in e})
     lines += [f"- Perplexity: {m}." for m in methods]
