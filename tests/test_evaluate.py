@@ -79,6 +79,56 @@ def test_lm_eval_offline_tasks_on_a_tiny_model(tiny_neox, pythia_tokenizer, shar
     assert {t for t, r in res.items() if "acc_norm" in r} == {"arc_challenge", "arc_easy", "logiqa", "piqa", "sciq"}
 
 
+ANIMALS = [  # a user's own multiple-choice task: question, choices, index of the right one
+    {"question": "Which animal barks?", "choices": ["dog", "cat", "fish"], "gold": 0},
+    {"question": "Which animal meows?", "choices": ["cow", "cat"], "gold": 1},
+    {"question": "Which animal laughs at night?", "choices": ["owl", "hyena", "horse"], "gold": 1},
+    {"question": "Which animal swims?", "choices": ["fish", "bird"], "gold": 0},
+]
+
+
+def write_user_task(directory, name: str = "animal_sounds"):
+    """A task YAML as a user would write it (lm-eval's offline json loader), over a jsonl file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / "animals.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in ANIMALS))
+    (directory / f"{name}.yaml").write_text(yaml.safe_dump({
+        "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "output_type": "multiple_choice", "test_split": "test",
+        "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_choice": "choices", "doc_to_target": "gold",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0}}))
+    return directory
+
+
+@torch.no_grad()
+def _choice_loglik(model, tokenizer, context: str, continuation: str) -> float:
+    """log p(continuation | context), tokenised the way lm-eval's HFLM does (the whole string,
+    split where the context's tokens end)."""
+    whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
+    n_ctx = len(tokenizer(context, add_special_tokens=False).input_ids)
+    logp = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].float(), dim=-1)
+    return sum(float(logp[t - 1, whole[t]]) for t in range(n_ctx, len(whole)))
+
+
+def test_user_task_yamls_run_next_to_the_shipped_tasks(tmp_path, tiny_neox, pythia_tokenizer, shared):
+    user = write_user_task(tmp_path / "my_tasks")
+    assert harness.user_tasks(user) == ["animal_sounds"]
+    res = harness.run_tasks(tiny_neox, pythia_tokenizer, ["wsc"], source="local", data_dir=shared / "eval",
+                            limit=4, batch_size=4, include_path=user, include_tasks=["animal_sounds"])
+    assert set(res) == {"wsc", "animal_sounds"} and res["animal_sounds"]["n"] == 4
+    right = [max(range(len(r["choices"])), key=lambda i, r=r: _choice_loglik(
+        tiny_neox, pythia_tokenizer, f"Question: {r['question']}\nAnswer:", " " + r["choices"][i])) == r["gold"]
+        for r in ANIMALS]
+    assert res["animal_sounds"]["acc"] == pytest.approx(sum(right) / len(right))
+    with pytest.raises(ValueError, match=r"eval.include_tasks: nope not defined in .*it defines: animal_sounds"):
+        harness.user_tasks(user, ["nope"])
+    with pytest.raises(FileNotFoundError, match="eval.include_path .*missing is not a directory"):
+        harness.user_tasks(tmp_path / "missing")
+    with pytest.raises(ValueError, match="clash with the shipped task keys"):
+        harness.user_tasks(write_user_task(tmp_path / "clash", "piqa"))
+
+
 def test_missing_task_data_names_task_and_path(tmp_path, shared):
     (tmp_path / "llm-foundry").mkdir()
     with pytest.raises(FileNotFoundError, match=r"eval task 'piqa': data file not found: .*llm-foundry/piqa\.jsonl"):
@@ -170,13 +220,16 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
         "datasets": {"wikitext": str(wiki), "owt": "tokenize:val", "domain": {"source": str(domain), "text_field": "body"}},
         "long_contexts": [32, 64, 128], "long_context_datasets": ["wikitext", "owt", "domain"], "long_max_windows": 1,
         "tasks": ["wsc"], "limit": 2, "task_data_dir": str(shared / "eval"),
+        "include_path": str(write_user_task(tmp_path / "my_tasks")),
         "reference": str(shared / "eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json")}},
         sort_keys=False))
     out = tmp_path / "eval"
     result = CliRunner().invoke(app, ["--params", str(params), "--out", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"ppl/wikitext/teacher", "ppl/owt/small", "ppl_ctx64/wikitext/teacher", "acc/wsc/small"} <= set(metrics)
+    assert {"ppl/wikitext/teacher", "ppl/owt/small", "ppl_ctx64/wikitext/teacher", "acc/wsc/small",
+            "acc/animal_sounds/teacher"} <= set(metrics)
+    assert metrics["acc/mean/teacher"] == metrics["acc/wsc/teacher"]  # the user's task stays out of the mean
     details = json.loads((out / "results.json").read_text())
     small = details["models"]["small"]
     assert "na" in small["ppl"]["wikitext"]["64"]  # 32 absolute positions cannot run 64 tokens
@@ -189,6 +242,9 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
     table1 = report.split("## Table 1")[1].split("##")[0]
     assert "| model | WikiText | OWT | domain | WikiText / teacher | OWT / teacher | domain / teacher | paper WikiText" in table1
     assert "paper domain" not in table1 and "**domain**" in report  # and on the long-context curve
+    table2 = report.split("## Table 2")[1].split("##")[0]
+    rows = [line.split("|")[1].strip() for line in table2.splitlines() if line.startswith("| ")][1:]
+    assert rows == ["wsc", "mean acc", "mean acc / teacher", "animal_sounds (yours)"]
     # the user's corpus: its non-empty documents joined by a blank line, in the model's own tokens
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -274,20 +330,22 @@ def test_cli_names_a_dataset_that_cannot_be_read(tmp_path, pythia_dir):
     assert not (tmp_path / "eval").exists()
 
 
-def test_local_sources_missing_from_the_eval_deps_are_named(tmp_path):
-    from hyena.evaluate.streams import DatasetSource
-    from pipeline.evaluate import untracked_sources
+def test_local_inputs_missing_from_the_eval_deps_are_named(tmp_path):
+    from hyena.config import load
+    from hyena.evaluate.runner import EvalConfig
+    from pipeline.evaluate import untracked_inputs
 
-    (tmp_path / "corpora").mkdir()
+    corpora = tmp_path / "corpora"
+    corpora.mkdir()
     for f in ("a.txt", "b.txt", "c.txt"):
-        (tmp_path / "corpora" / f).write_text("x")
+        (corpora / f).write_text("x")
+    cfg = load(EvalConfig, {"datasets": {"a": str(corpora / "a.txt"), "glob": str(corpora / "*.txt"),
+                                         "owt": "tokenize:val", "hub": "someone/corpus"},
+                            "long_context_datasets": [], "include_path": str(tmp_path / "my_tasks")}, "eval")
     dvc_yaml = tmp_path / "dvc.yaml"
     dvc_yaml.write_text(yaml.safe_dump({"stages": {"eval": {"cmd": "x", "deps": [
-        "${paths.tokens}", str(tmp_path / "corpora" / "a.txt"), str(tmp_path / "corpora" / "sub")]}}}))
-    datasets = {"a": DatasetSource(str(tmp_path / "corpora" / "a.txt")),
-                "glob": DatasetSource(str(tmp_path / "corpora" / "*.txt")),  # b and c are not listed
-                "owt": DatasetSource("tokenize:val"), "hub": DatasetSource("someone/corpus")}
-    assert untracked_sources(datasets, dvc_yaml) == ["glob"]
-    dvc_yaml.write_text(yaml.safe_dump({"stages": {"eval": {"cmd": "x", "deps": [str(tmp_path / "corpora")]}}}))
-    assert untracked_sources(datasets, dvc_yaml) == []
-    assert untracked_sources(datasets, tmp_path / "no_dvc.yaml") == []
+        "${paths.tokens}", str(corpora / "a.txt"), str(corpora / "sub"), str(tmp_path / "my_tasks")]}}}))
+    assert untracked_inputs(cfg, dvc_yaml) == ["eval.datasets.glob"]  # b.txt and c.txt are not listed
+    dvc_yaml.write_text(yaml.safe_dump({"stages": {"eval": {"cmd": "x", "deps": [str(corpora)]}}}))
+    assert untracked_inputs(cfg, dvc_yaml) == ["eval.include_path"]
+    assert untracked_inputs(cfg, tmp_path / "no_dvc.yaml") == []

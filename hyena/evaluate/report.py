@@ -87,7 +87,8 @@ def flat_metrics(results: dict) -> dict[str, float]:
             for metric in ("acc", "acc_norm"):
                 if r.get(metric) is not None:
                     out[f"{metric}/{task}/{name}"] = round(r[metric], 4)
-        accs = [r["acc"] for r in m.get("tasks", {}).values() if r.get("acc") is not None]
+        shipped = s.get("tasks", list(m.get("tasks", {})))  # the mean leaves a user's own tasks out
+        accs = [r["acc"] for t, r in m.get("tasks", {}).items() if t in shipped and r.get("acc") is not None]
         if accs:
             out[f"acc/mean/{name}"] = round(sum(accs) / len(accs), 4)
     return out
@@ -165,19 +166,33 @@ def _acc_cell(r: dict | None) -> str:
     return cell
 
 
+def _task_row(label: str, t: str, models: dict, reference: dict | None) -> str:
+    row = [label] + [f"n/a ({m['tasks_na']})" if m.get("tasks_na") else _acc_cell(m.get("tasks", {}).get(t))
+                     for m in models.values()]
+    row += [_fmt(PAPER_ACC[k].get(t), 4) for k in PAPER_ACC]
+    if reference:
+        row.append(_acc_cell(reference.get(t)))
+    return "| " + " | ".join(row) + " |"
+
+
 def table2(results: dict, reference: dict | None) -> list[str]:
+    """Zero-shot accuracy per task (rows) and model, with the paper's columns and the Pythia-70M
+    reference; the means cover eval.tasks; a user's own tasks (eval.include_path) follow as
+    extra rows marked "(yours)"."""
     models = results["models"]
-    tasks = [t for t in results["settings"].get("tasks", []) if any(t in m.get("tasks", {}) for m in models.values())]
-    if not tasks:
+
+    def ran(t: str) -> bool:
+        return any(t in m.get("tasks", {}) for m in models.values())
+
+    tasks = [t for t in results["settings"].get("tasks", []) if ran(t)]
+    extra = [t for t in results["settings"].get("user_tasks", []) if ran(t)]
+    if not tasks and not extra:
         return []
     head = ["task"] + list(models) + [f"paper {k}" for k in PAPER_ACC] + (["Pythia-70M lm-eval reference"] if reference else [])
     lines = ["## Table 2: zero-shot accuracy (fp32)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for t in tasks:
-        row = [t] + [f"n/a ({m['tasks_na']})" if m.get("tasks_na") else _acc_cell(m.get("tasks", {}).get(t)) for m in models.values()]
-        row += [_fmt(PAPER_ACC[k].get(t), 4) for k in PAPER_ACC]
-        if reference:
-            row.append(_acc_cell(reference.get(t)))
-        lines.append("| " + " | ".join(row) + " |")
+    lines += [_task_row(t, t, models, reference) for t in tasks]
+    if not tasks:
+        return lines + [_task_row(f"{t} (yours)", t, models, reference) for t in extra] + [""]
     means = {name: _mean_acc({t: m.get("tasks", {}).get(t, {}) for t in tasks}) for name, m in models.items()}
     row = ["mean acc"] + [_fmt(v, 4) for v in means.values()]
     row += [_fmt(sum(PAPER_ACC[k][t] for t in tasks if t in PAPER_ACC[k]) / max(1, sum(t in PAPER_ACC[k] for t in tasks)), 4) for k in PAPER_ACC]
@@ -193,6 +208,7 @@ def table2(results: dict, reference: dict | None) -> list[str]:
         if reference:
             row.append("–")
         lines.append("| " + " | ".join(row) + " |")
+    lines += [_task_row(f"{t} (yours)", t, models, reference) for t in extra]  # reference: "–" (has our keys only)
     return lines + [""]
 
 
@@ -213,7 +229,8 @@ def render_report(results: dict, reference: dict | None = None) -> str:
         "- Perplexity is token-level (each model's own tokenizer), fp32. lm-eval's `wikitext` task reports "
         "word-level perplexity over whole documents, which is a different (larger) number.",
         f"- lm-eval: zero-shot, fp32, task source `{s.get('task_source', '?')}`, "
-        f"limit {s.get('limit') or 'none'} examples per task; `acc ± stderr`, `norm` = length-normalised accuracy (acc_norm).",
+        f"limit {s.get('limit') or 'none'} examples per task; `acc ± stderr`, `norm` = length-normalised accuracy (acc_norm)"
+        + (f"; rows marked (yours) are the task YAMLs of `{s.get('include_path')}` (not in the means)." if s.get("user_tasks") else "."),
         "- SciQ offline: the local copy lacks the support paragraph that lm-eval's `sciq` prompt starts with, "
         "so SciQ accuracies are not comparable with the paper's or the reference column.",
         "- Paper columns are the published numbers of the paper (Pythia-70M teacher); the reference column is "

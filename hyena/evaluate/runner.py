@@ -56,6 +56,9 @@ class EvalConfig(Config):
     task_source: Literal["local", "builtin"] = param(
         "local", "local: shipped task YAMLs over task_data_dir | builtin: lm-eval's own (hub)")
     task_data_dir: str = param("../shared/eval", "data of the offline tasks")
+    include_path: str = param("", "directory of your own lm-eval task YAMLs, run next to eval.tasks "
+                                  "(Table 2's extra rows; \"\": none)")
+    include_tasks: list[str] = param([], "tasks or groups of include_path to run ([]: every task defined there)")
     limit: int = param(0, "examples per task (0: all)", ge=0)
     lm_eval_batch_size: int = param(8, "lm-eval batch size", ge=1)
     reference: str = param("../shared/eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json",
@@ -65,6 +68,8 @@ class EvalConfig(Config):
         super().__post_init__()
         if not self.models:
             raise ValueError("eval.models is empty: give at least one name: model")
+        if self.include_tasks and not self.include_path:
+            raise ValueError("eval.include_tasks needs eval.include_path (the directory that defines them)")
         if not 0 <= self.stride <= self.context:
             raise ValueError(f"eval.stride must be in [0, context={self.context}], got {self.stride}")
         self.datasets = {name: DatasetSource(src) if isinstance(src, str) else src for name, src in self.datasets.items()}
@@ -198,11 +203,13 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
     if cfg.tasks and cfg.task_source == "local":
         with harness.prepared_tasks(cfg.task_data_dir, cfg.tasks):
             pass
+    user_tasks = harness.user_tasks(cfg.include_path, cfg.include_tasks) if cfg.include_path else []
     if cfg.reference:
         load_reference(cfg.reference)
     fallbacks = [cfg.tokenizer, tokenizer_fallback]
     tokenized: dict[tuple[str, str], object] = {}  # (dataset, tokenizer source) -> stream
-    results = {"settings": {**asdict(cfg), "device": device, "dataset_sources": dict(sources)}, "models": {}}
+    results = {"settings": {**asdict(cfg), "device": device, "dataset_sources": dict(sources),
+                            "user_tasks": user_tasks}, "models": {}}
     for name, path in cfg.models.items():
         model = load_model(path, device)
         tokenizer, tok_source = load_model_tokenizer(path, model, fallbacks)
@@ -219,11 +226,12 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
             "max_positions": max_positions(model),
             "ppl": model_perplexities(model, token_streams, cfg, device, name),
         }
-        if cfg.tasks:
+        if cfg.tasks or user_tasks:
             try:
                 entry["tasks"] = harness.run_tasks(
                     model, tokenizer, cfg.tasks, source=cfg.task_source, data_dir=cfg.task_data_dir,
                     limit=cfg.limit or None, batch_size=cfg.lm_eval_batch_size, device=device,
+                    include_path=cfg.include_path, include_tasks=user_tasks,
                 )
             except (AssertionError, RuntimeError, IndexError, torch.OutOfMemoryError) as err:
                 # lm-eval cannot run this model (e.g. prompts longer than its positions): say so in the report
