@@ -233,6 +233,11 @@ def test_distill_recurrent_stage(tmp_path, monkeypatch):
     assert (tmp_path / "reports/plots/recurrent_fit.png").stat().st_size > 10_000
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "data/students/recurrent")
     assert isinstance(loaded, HyenaRecurrentForCausalLM)
+    from hyena.cards import ModelCard  # a student made outside the pipeline still gets a card
+
+    card = ModelCard.read(tmp_path / "data/students/recurrent")
+    assert card.name == "recurrent" and card.recipe["recurrent"]["fit_len"] == 128
+    assert card.metrics["decode_check_rel_err"] == pytest.approx(metrics["decode_check_rel_err"], rel=1e-5)
 
 
 # ---- calibration on real activations ------------------------------------------------------------

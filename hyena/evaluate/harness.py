@@ -116,6 +116,15 @@ def _metrics(task_result: dict, n: int | None) -> dict:
     return out
 
 
+def causal_lm(model, tokenizer, batch_size: int = 8, device: str = "cpu"):
+    """lm-eval's HFLM around an in-memory causal LM. The backend is named: HFLM decides it from
+    transformers' built-in table of causal model types, which registered classes (the Hyena
+    students) are not in, and would warn that the model is "neither marked as CausalLM or Seq2SeqLM"."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device, backend="causal")
+
+
 def run_tasks(
     model,
     tokenizer,
@@ -136,14 +145,13 @@ def run_tasks(
     YAMLs in `include_path` run in the same call, keyed by their own names.
     """
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     if source not in ("local", "builtin"):
         raise ValueError(f"eval.task_source must be 'local' or 'builtin', got {source!r}")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     model.eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    lm = causal_lm(model, tokenizer, batch_size, device)
     extra = [str(include_path)] if include_tasks else []
     with contextlib.ExitStack() as stack:
         if source == "local":
