@@ -113,10 +113,11 @@ class HyenaStudentConfig(PretrainedConfig):
             tc = self.teacher_config
             if "model_type" not in tc:
                 raise ValueError("teacher_config must record the teacher's model_type")
+            arch = self.teacher_architecture()  # read through its attribute_map (GPT-2: n_embd, n_layer)
             for key in ("vocab_size", "hidden_size", "num_hidden_layers", "tie_word_embeddings",
                         "bos_token_id", "eos_token_id", "pad_token_id"):
-                if getattr(self, key) in (None, False) and tc.get(key) is not None:
-                    setattr(self, key, tc[key])
+                if getattr(self, key) in (None, False) and getattr(arch, key, None) is not None:
+                    setattr(self, key, getattr(arch, key))
         if self.hyena is not None:
             self.max_position_embeddings = self.hyena_config().max_len
         super().__post_init__(**kwargs)

@@ -281,7 +281,9 @@ def test_new_family_save_load_round_trip_is_exact(family_pair, tmp_path):
     with torch.no_grad():
         want = student(input_ids=ids).logits
     student.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["teacher_config"]["model_type"] == family
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["teacher_config"]["model_type"] == family
+    assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (64, 2, 512)  # GPT-2: n_embd, n_layer
     torch.manual_seed(123)  # any re-initialised weight would show
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert isinstance(loaded, HyenaStudentForCausalLM)
