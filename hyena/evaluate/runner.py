@@ -17,8 +17,8 @@ import torch
 
 from hyena.config import Config, param
 from hyena.evaluate import harness, perplexity, streams
-from hyena.evaluate.streams import DatasetSource
 from hyena.evaluate.report import flat_metrics, load_reference, render_report
+from hyena.evaluate.streams import DatasetSource
 from hyena.io import atomic_write_json, atomic_write_text
 from hyena.runtime import resolve_device
 
