@@ -99,3 +99,31 @@ def test_skip_first_leaves_an_attention_sink_outlier_out_of_the_loss():
     assert plain["val_mse"] > 100 * plain["val_mse_after_first"]
     with pytest.raises(ValueError, match="skip_first"):
         DistillConfig(skip_first=-1)
+
+
+@pytest.mark.slow
+def test_attention_transfer_fits_the_mixer_to_the_teachers_attention_output(smollm_setup, smollm_teacher):
+    """target mixer_output on the real SmolLM2 teacher: the loss is the layer-1 mixer's output against
+    the teacher attention's output on the same input; only the mixer trains, the MLP stays the
+    teacher's, and the held-out error against that target falls."""
+    from hyena.teachers import attention_output
+    from hyena.train.distill import ComputedTargets
+
+    student, acts = smollm_setup
+    layer = student.decoder_layers()[0]
+    cfg = DistillConfig(lr=3e-3, batch_size=4, epochs=4, target="mixer_output", warmup_frac=0.05, log_every=100)
+    mlp_before = {k: v.clone() for k, v in layer.mlp.state_dict().items()}
+    fn = trainable_fn(layer, student.mixer(0), student.adapter.input_norm(layer), cfg)
+    env = DistEnv()
+
+    def target(h):
+        return attention_output(smollm_teacher, 0, h)
+
+    x = acts[0]
+    res = distill_layer(fn, x[:N_TRAIN], ComputedTargets(x[:N_TRAIN], target, env.device), x[N_TRAIN:],
+                        ComputedTargets(x[N_TRAIN:], target, env.device), cfg, env)
+    print(f"layer 1 attention transfer: val nMSE {res['val_nmse_before']:.4g} -> {res['val_nmse']:.4g}")
+    assert res["val_nmse"] < res["val_nmse_before"] / 2, res
+    assert all(torch.equal(v, mlp_before[k]) for k, v in layer.mlp.state_dict().items())
+    with pytest.raises(ValueError, match="needs target layer_output"):
+        DistillConfig(target="mixer_output", train="layer")
