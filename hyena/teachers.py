@@ -248,9 +248,9 @@ def save_teacher(cfg: TeacherConfig, out: Path) -> dict:
     GGUF dequantises for ~20 s, and every stage sees exactly the same weights."""
     model = load_teacher(cfg.source, config_only=cfg.random_init, seed=cfg.seed)
     tokenizer = load_tokenizer(cfg.source)
-    model.config.quantization_config = None  # a GGUF's quantisation describes its file, not these fp32 weights
-    if hasattr(model.config, "to_dict") and "quantization_config" in model.config.__dict__:
-        del model.config.quantization_config
+    # a GGUF teacher is dequantised to plain fp32 on load: its quantiser describes the file, not these weights
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     record = {"source": cfg.source, "random_init": cfg.random_init, "seed": cfg.seed,
