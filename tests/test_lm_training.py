@@ -70,3 +70,27 @@ def test_training_only_the_mixers_leaves_every_teacher_weight_alone(pair):
 def test_a_finetune_with_nothing_to_learn_from_is_refused():
     with pytest.raises(ValueError, match="ce_weight and finetune.kl_weight are both 0"):
         FinetuneConfig(ce_weight=0.0, kl_weight=0.0)
+
+
+def test_equal_compute_budget_counts_what_each_recipe_trains(pair):
+    """The from-scratch baseline's budget: a kept attention layer costs nothing, attention transfer
+    costs the mixer's 6N plus the teacher attention's 2N forward, layer-output MSE the layer's 6N."""
+    from hyena.train.distill import DistillConfig
+    from pipeline.pretrain import _attention_params, _count, equal_compute_tokens
+
+    teacher, student, _ = pair
+    hybrid = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=64, emb_dim=3), keep_attention=[2]))
+    ft = FinetuneConfig(batch_size=4, epochs=1.0)
+    attn = _attention_params(student.config)
+    assert attn == sum(p.numel() for p in teacher.model.layers[0].self_attn.parameters())
+    flops = {}
+    for name, model, target in (("layer", student, "layer_output"), ("mixer", student, "mixer_output"),
+                                ("hybrid", hybrid, "layer_output")):
+        d = DistillConfig(batch_size=4, epochs=2, target=target,
+                          layers={"01": {"prev": "00"}, "02": {"prev": "01"}}, last="02")
+        flops[name] = equal_compute_tokens(model, d, 8, 32, ft, 8, 32, attn)[1]["distill"]
+    tokens = 2 * 8 * 32  # 2 epochs of 8 rows of 32 tokens, per layer
+    layers, mixers = student.decoder_layers(), [student.mixer(i) for i in range(2)]
+    assert flops["layer"] == 6 * tokens * sum(_count(x) for x in layers)
+    assert flops["mixer"] == tokens * sum(6 * _count(m) + 2 * attn for m in mixers)
+    assert flops["hybrid"] == 6 * tokens * _count(hybrid.decoder_layers()[0])  # layer 2 kept: free
