@@ -20,7 +20,7 @@ import numpy as np
 from hyena.store import ActivationStore
 from hyena.student import HyenaStudentForCausalLM
 from hyena.train.dist import DistEnv
-from hyena.train.distill import DistillConfig, distill_layer
+from hyena.train.distill import DistillConfig, distill_layer, trainable_fn
 from pipeline.params import load_params, section
 
 
@@ -43,7 +43,8 @@ def main() -> None:
         for skip in (0, 1):
             student = HyenaStudentForCausalLM.from_pretrained(args.student).requires_grad_(False)
             cfg = dataclasses.replace(p.for_layer(f"{layer:02d}"), skip_first=skip, log_every=10**9)
-            res = distill_layer(student.decoder_layers()[layer - 1], student.mixer(layer - 1), inputs["train"],
+            block = student.decoder_layers()[layer - 1]
+            res = distill_layer(trainable_fn(block, student.mixer(layer - 1), None, cfg), inputs["train"],
                                 targets["train"], inputs["val"], targets["val"], cfg, DistEnv())
             rows.append((layer, skip, first, rest, res))
     print("\n| layer | max abs target, position 0 / others | skip_first | val MSE positions >= 1 (before -> after) | val MSE all positions (before -> after) |")

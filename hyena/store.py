@@ -39,13 +39,14 @@ from tqdm.auto import tqdm
 from hyena.config import Config, param
 from hyena.data import SPLITS, load_manifest, load_tokens
 from hyena.io import atomic_dir
-from hyena.teachers import capture_layer_outputs, get_adapter, weights_hash
+from hyena.teachers import capture, get_adapter, weights_hash
 
 FORMAT = "hyena-activations/1"
 DTYPES = ("float16", "float32")
 CODECS = ("none", "zstd", "blosc")
 HEADROOM = 1.10  # refuse to start unless free disk >= 110% of the bytes still to write
 PROGRESS = "_progress"
+LOGIT_VALUES, LOGIT_IDS = "logits_topk_values", "logits_topk_ids"  # train split only, with dump.logits_topk
 
 
 def layer_name(k: int) -> str:
@@ -70,6 +71,8 @@ class DumpConfig(Config):
     dtype: Literal["float16", "float32"] = param("float16", "stored dtype: float16 | float32")
     codec: Literal["none", "zstd", "blosc"] = param("none", "none | zstd | blosc (activations barely compress, ~1.08x)")
     codec_level: int = param(3, "zstd / blosc level", ge=0)
+    logits_topk: int = param(0, "teacher logits kept per training position, the k largest with their token ids, for "
+                                "the logit-distillation fine-tune (finetune.kl_source: cached; 0: none)", ge=0)
     queue_chunks: int = param(2, "chunks buffered between the teacher's forward pass and the writer thread", ge=1)
     device: str = param("auto", "auto | cpu | cuda")
 
@@ -133,6 +136,13 @@ class ActivationStore:
     def n_sequences(self, split: str) -> int:
         return int(self.attrs["splits"][split]["sequences"])
 
+    def logits(self, split: str = "train") -> tuple[zarr.Array, zarr.Array]:
+        """The teacher's top-k logits per position and their token ids, each (n, L, k) (dump.logits_topk)."""
+        if not self.attrs.get("params", {}).get("logits_topk") or split != "train":
+            raise KeyError(f"{self.path} holds no teacher logits for {split!r}: set dump.logits_topk > 0 and rerun "
+                           "dump-activations (only the train split is kept)")
+        return self.group[f"{split}/{LOGIT_VALUES}"], self.group[f"{split}/{LOGIT_IDS}"]
+
     def layer(self, split: str, k: int) -> zarr.Array:
         """(n_sequences, seq_len, d) array of layer k (0: embedding output) in `split`."""
         if split not in self.attrs["splits"]:
@@ -190,6 +200,14 @@ def _create_store(path: Path, attrs: dict, sizes: dict[str, int], seq_len: int, 
                     "layer": k, "dtype": p.dtype,
                     "what": "embedding output (input of decoder layer 1)" if k == 0 else f"raw output of decoder layer {k}",
                 })
+            if split == "train" and p.logits_topk:
+                k = p.logits_topk
+                group.create_array(LOGIT_VALUES, shape=(n, seq_len, k), chunks=(p.chunk_sequences, seq_len, k),
+                                   dtype=np.float32, fill_value=np.nan, compressors=None,
+                                   dimension_names=("sequence", "position", "rank"))
+                group.create_array(LOGIT_IDS, shape=(n, seq_len, k), chunks=(p.chunk_sequences, seq_len, k),
+                                   dtype=np.int32, fill_value=-1, compressors=None,
+                                   dimension_names=("sequence", "position", "rank"))
             n_chunks = -(-n // p.chunk_sequences)
             if n_chunks:
                 progress.create_array(split, shape=(n_chunks, n_layers + 1), chunks=(1, n_layers + 1),
@@ -227,11 +245,14 @@ class _ChunkWriter(threading.Thread):
             except BaseException as err:  # noqa: BLE001 - re-raised in the producer thread
                 self.error = err
 
-    def _write(self, split: str, chunk: int, start: int, buf: np.ndarray) -> None:
+    def _write(self, split: str, chunk: int, start: int, buf: np.ndarray, logits: tuple | None) -> None:
         counts = np.empty(self.n_layers + 1, dtype=np.int64)
         for k in range(self.n_layers + 1):
             self.group[f"{split}/{layer_name(k)}"][start : start + buf.shape[1]] = buf[k]
             counts[k] = buf[k].size - np.count_nonzero(np.isfinite(buf[k]))
+        if logits is not None:
+            self.group[f"{split}/{LOGIT_VALUES}"][start : start + buf.shape[1]] = logits[0]
+            self.group[f"{split}/{LOGIT_IDS}"][start : start + buf.shape[1]] = logits[1]
         self.group[f"{PROGRESS}/{split}"][chunk] = counts  # the chunk's "done" marker, written last
         if self.callback is not None:
             self.callback(split, chunk)
@@ -309,26 +330,51 @@ def plan_dump(model: torch.nn.Module, tokens_dir: str | Path, p: DumpConfig, tea
 
 def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | Path, p: DumpConfig,
                      teacher_source: str, *, progress_bar: bool = True,
-                     on_chunk_written: Callable[[str, int], None] | None = None) -> ActivationStore:
+                     on_chunk_written: Callable[[str, int], None] | None = None,
+                     rank: int = 0, world_size: int = 1, barrier: Callable[[], None] = lambda: None) -> ActivationStore:
     """Run `model` over the token budget and store every layer's output; resume if possible.
 
     Returns the finished store. `on_chunk_written(split, chunk)` is called (in the writer thread)
     after each chunk is durably marked done: progress reporting, and crash simulation in tests.
+
+    Sharded (torchrun): every rank calls this with its `rank`, the `world_size` and a `barrier`;
+    rank 0 creates (or resumes) the store, each rank forwards and writes the chunks c with
+    c % world_size == rank (chunk files and their progress rows are separate files, so ranks never
+    write the same file), and rank 0 finalises. The bytes equal a single-process dump's.
     """
     out = Path(out)
     plan = plan_dump(model, tokens_dir, p, teacher_source)
-    store = _resumable_store(out, plan.fingerprint)
-    if store is not None and store.complete:
-        return store
-    todo = {s: [c for c in range(-(-plan.sizes[s] // p.chunk_sequences))
-                if store is None or store.progress(s)[c, 0] < 0] for s in SPLITS}
-    unit_bytes = plan.seq_len * plan.d_model * np.dtype(p.dtype).itemsize * (plan.n_layers + 1)  # one sequence
-    _check_disk(out, sum(map(len, todo.values())) * p.chunk_sequences * unit_bytes)  # a chunk file is always full-size
-    if store is None:
-        _create_store(out, plan.attrs, plan.sizes, plan.seq_len, plan.d_model, plan.n_layers, p)
-    _write_chunks(model, plan, zarr.open_group(str(out), mode="r+", zarr_format=3), todo, p, progress_bar,
-                  on_chunk_written)
-    return _finalise(out)
+    if rank == 0:
+        store = _resumable_store(out, plan.fingerprint)
+        _check_disk(out, _bytes_to_write(plan, p, store))
+        if store is None:
+            _create_store(out, plan.attrs, plan.sizes, plan.seq_len, plan.d_model, plan.n_layers, p)
+    barrier()
+    store = ActivationStore.open(out, allow_incomplete=True)
+    if store.attrs.get("fingerprint") != plan.fingerprint:
+        raise RuntimeError(f"{out} was made for another teacher, tokens or params than this rank's (mixed torchrun launch?)")
+    if not store.complete:
+        todo = {s: [c for c in range(-(-plan.sizes[s] // p.chunk_sequences))
+                    if c % world_size == rank and store.progress(s)[c, 0] < 0] for s in SPLITS}
+        _write_chunks(model, plan, zarr.open_group(str(out), mode="r+", zarr_format=3), todo, p,
+                      progress_bar and rank == 0, on_chunk_written)
+    barrier()
+    if rank == 0 and not store.complete:
+        _finalise(out)
+    barrier()
+    return ActivationStore.open(out)
+
+
+def _bytes_to_write(plan: DumpPlan, p: DumpConfig, store: ActivationStore | None) -> int:
+    """Bytes the chunks not yet written take on disk (a chunk file is always full-size; codecs barely help)."""
+    per_sequence = plan.seq_len * plan.d_model * np.dtype(p.dtype).itemsize * (plan.n_layers + 1)
+    total = 0
+    for split, n in plan.sizes.items():
+        n_chunks = -(-n // p.chunk_sequences)
+        left = n_chunks if store is None else int((store.progress(split)[:, 0] < 0).sum()) if n_chunks else 0
+        logits = plan.seq_len * p.logits_topk * 8 if split == "train" else 0  # fp32 values + int32 ids
+        total += left * p.chunk_sequences * (per_sequence + logits)
+    return total
 
 
 def _write_chunks(model: torch.nn.Module, plan: DumpPlan, group: zarr.Group, todo: dict[str, list[int]],
@@ -344,14 +390,20 @@ def _write_chunks(model: torch.nn.Module, plan: DumpPlan, group: zarr.Group, tod
             for chunk in todo[split]:
                 start = chunk * p.chunk_sequences
                 stop = min(start + p.chunk_sequences, plan.sizes[split])
-                buf = np.empty((plan.n_layers + 1, stop - start, plan.seq_len, plan.d_model), dtype=p.dtype)  # (N+1, n, L, d)
-                for b0 in range(0, stop - start, p.batch_size):  # batches never cross a chunk boundary
-                    b1 = min(b0 + p.batch_size, stop - start)
+                n, k = stop - start, p.logits_topk if split == "train" else 0
+                buf = np.empty((plan.n_layers + 1, n, plan.seq_len, plan.d_model), dtype=p.dtype)  # (N+1, n, L, d)
+                top = (np.empty((n, plan.seq_len, k), np.float32), np.empty((n, plan.seq_len, k), np.int32)) if k else None
+                for b0 in range(0, n, p.batch_size):  # batches never cross a chunk boundary
+                    b1 = min(b0 + p.batch_size, n)
                     ids = torch.from_numpy(np.asarray(plan.rows[split][start + b0 : start + b1], dtype=np.int64)).to(device)
-                    for k, h in enumerate(capture_layer_outputs(model, ids)):  # each (B, L, d)
-                        buf[k, b0:b1] = h.cpu().numpy()  # numpy casts to the stored dtype (round to nearest)
+                    outputs, logits = capture(model, ids)
+                    for j, h in enumerate(outputs):  # each (B, L, d)
+                        buf[j, b0:b1] = h.cpu().numpy()  # numpy casts to the stored dtype (round to nearest)
+                    if top is not None:
+                        values, idx = logits.float().topk(k, dim=-1)  # (B, L, k), largest first
+                        top[0][b0:b1], top[1][b0:b1] = values.cpu().numpy(), idx.cpu().numpy()
                     bar.update((b1 - b0) * plan.seq_len)
-                writer.put((split, chunk, start, buf))
+                writer.put((split, chunk, start, buf, top))
         writer.finish()
     finally:
         bar.close()

@@ -36,7 +36,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from hyena.config import Config, param
 from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, Sin
 from hyena.runtime import first_output
-from hyena.teachers import TeacherAdapter, get_adapter
+from hyena.teachers import TeacherAdapter, causal_mask, get_adapter, position_inputs, sliding_window
 
 INITS = ("random", "teacher_attention")
 
@@ -49,8 +49,17 @@ class StudentConfig(Config):
 
     init: Literal["random", "teacher_attention"] = param(
         "random", "random (the paper) | teacher_attention (teacher's Q/K/V/O -> Hyena projections)")
+    out_scale: float = param(1.0, "multiplies each mixer's output projection at initialisation (0: an "
+                                  "untrained mixer adds nothing to the residual stream)", ge=0)
+    keep_attention: list[int] = param([], "decoder layers (1-based) that keep the teacher's attention: a hybrid "
+                                          "student ([]: every attention becomes Hyena, the paper)")
     seed: int = param(0, "seed of the Hyena weights' initialisation")
     hyena: HyenaConfig = param(HyenaConfig(), "HyenaConfig (hyena/operator.py)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(k < 1 for k in self.keep_attention) or len(set(self.keep_attention)) != len(self.keep_attention):
+            raise ValueError(f"student.keep_attention must list distinct layer numbers >= 1, got {self.keep_attention}")
 
 
 class HyenaMixer(HyenaOperator):
@@ -96,6 +105,7 @@ class HyenaStudentConfig(PretrainedConfig):
     teacher_source: str = ""  # where the teacher came from (hub id, directory or .gguf path)
     hyena: dict | None = None  # HyenaConfig.to_dict() of every mixer
     init: str = "random"  # how the mixers were initialised: "random" | "teacher_attention"
+    keep_attention: list[int] | None = None  # decoder layers (1-based) that keep the teacher's attention
     vocab_size: int | None = None
     hidden_size: int | None = None
     num_hidden_layers: int | None = None
@@ -120,7 +130,15 @@ class HyenaStudentConfig(PretrainedConfig):
                     setattr(self, key, getattr(arch, key))
         if self.hyena is not None:
             self.max_position_embeddings = self.hyena_config().max_len
+        self.keep_attention = sorted(self.keep_attention or [])
+        n = self.num_hidden_layers if self.teacher_config is not None else None  # the teacher's, read above
+        if n is not None and any(not 1 <= k <= n for k in self.keep_attention):
+            raise ValueError(f"keep_attention {self.keep_attention} names layers outside the teacher's 1..{n}")
         super().__post_init__(**kwargs)
+
+    def is_hyena(self, i: int) -> bool:
+        """Whether decoder layer i (0-based) has a Hyena mixer (else it kept the teacher's attention)."""
+        return i + 1 not in (self.keep_attention or [])
 
     def hyena_config(self) -> HyenaConfig:
         return HyenaConfig(**(self.hyena or {}))
@@ -138,8 +156,9 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
     """The teacher architecture (`self.backbone`, a *ForCausalLM) with Hyena mixers as attention.
 
     The backbone's rotary-embedding module stays (it has no trainable parameters and the
-    backbone's forward calls it), but its cos/sin output is ignored by every mixer: the student
-    has no rotary position encoding.
+    backbone's forward calls it); its cos/sin output is ignored by every mixer, so a pure Hyena
+    student has no rotary position encoding. A hybrid student (`config.keep_attention`) keeps the
+    teacher's attention module, positions included, in the listed layers.
     """
 
     config_class = HyenaStudentConfig
@@ -158,8 +177,9 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         self.adapter: TeacherAdapter = get_adapter(teacher_arch)
         self.backbone = AutoModelForCausalLM.from_config(teacher_arch)
         hcfg = config.hyena_config()
-        for layer in self.adapter.layers(self.backbone):
-            self.adapter.set_attention(layer, HyenaMixer(teacher_arch.hidden_size, hcfg))
+        for i, layer in enumerate(self.adapter.layers(self.backbone)):
+            if config.is_hyena(i):
+                self.adapter.set_attention(layer, HyenaMixer(teacher_arch.hidden_size, hcfg))
         self.post_init()
         self.generation_config.use_cache = False
 
@@ -226,9 +246,14 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
     def decoder_layers(self) -> nn.ModuleList:
         return self.adapter.layers(self.backbone)
 
-    def mixer(self, i: int) -> HyenaMixer:
-        """The Hyena mixer of layer i (0-based)."""
+    def mixer(self, i: int) -> nn.Module:
+        """The sequence mixer of layer i (0-based): its HyenaMixer, or the teacher's attention in a
+        layer the hybrid student kept."""
         return self.adapter.attention(self.decoder_layers()[i])
+
+    def hyena_layers(self) -> list[int]:
+        """The 0-based indices of the layers with a Hyena mixer."""
+        return [i for i in range(len(self.decoder_layers())) if self.config.is_hyena(i)]
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """What decoder layer 1 receives for input_ids (B, L) -> (B, L, d); entry 0 of
@@ -236,11 +261,16 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         return self.adapter.embed(self.backbone, input_ids)  # (B, L, d), position embeddings included
 
     def run_layer(self, i: int, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Output of decoder layer i (0-based) for its input (B, L, d).
+        """Output of decoder layer i (0-based) for its input (B, L, d) at positions 0..L-1.
 
-        No position embeddings or masks are needed: the mixers ignore them and the rest of a
-        layer (norms, MLP) is position-wise."""
-        return first_output(self.decoder_layers()[i](hidden_states))
+        A Hyena layer needs no positions or masks (the rest of a layer is position-wise); a kept
+        attention layer gets the rotary positions and causal mask the backbone would give it."""
+        layer = self.decoder_layers()[i]
+        if self.config.is_hyena(i):
+            return first_output(layer(hidden_states))
+        window = sliding_window(self.backbone, self.adapter.attention(layer))  # Mistral, Qwen2/3 layers
+        return first_output(layer(hidden_states, attention_mask=causal_mask(self.backbone, hidden_states, window),
+                                  **position_inputs(self.backbone, hidden_states)))
 
 
 def _leading_pads(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -279,24 +309,25 @@ register()
 # --- building a student from a teacher ---------------------------------------------------------
 
 
-def _attention_prefixes(model: nn.Module, adapter: TeacherAdapter) -> list[str]:
-    """State-dict prefixes ("gpt_neox.layers.3.attention.") of every attention block."""
-    attn = {id(adapter.attention(layer)) for layer in adapter.layers(model)}
-    return [f"{name}." for name, m in model.named_modules() if id(m) in attn]
+def _mixer_prefixes(model: nn.Module, adapter: TeacherAdapter, layers: list[int]) -> list[str]:
+    """State-dict prefixes ("gpt_neox.layers.3.attention.") of the attention blocks of `layers`."""
+    blocks = {id(adapter.attention(adapter.layers(model)[i])) for i in layers}
+    return [f"{name}." for name, m in model.named_modules() if id(m) in blocks]
 
 
-def copy_non_attention_weights(teacher: nn.Module, student: HyenaStudentForCausalLM) -> list[str]:
-    """Copy embeddings, norms, MLPs and the unembedding from the teacher; returns the copied keys.
+def copy_teacher_weights(teacher: nn.Module, student: HyenaStudentForCausalLM) -> list[str]:
+    """Copy every teacher weight the student shares (embeddings, norms, MLPs, the unembedding,
+    and the attention of layers the student keeps); returns the copied keys.
 
-    Raises if the two state dicts disagree anywhere outside the attention/mixer blocks, so a
-    key that silently failed to copy (or got copied where it should not) cannot go unnoticed.
+    Raises if the two state dicts disagree anywhere outside the Hyena mixers, so a key that
+    silently failed to copy (or got copied where it should not) cannot go unnoticed.
     """
-    adapter = get_adapter(teacher)
-    teacher_attn = _attention_prefixes(teacher, adapter)
-    student_mix = _attention_prefixes(student.backbone, student.adapter)
-    keep = {k: v for k, v in teacher.state_dict().items() if not k.startswith(tuple(teacher_attn))}
+    hyena = student.hyena_layers()
+    replaced = tuple(_mixer_prefixes(teacher, get_adapter(teacher), hyena))
+    mixers = tuple(_mixer_prefixes(student.backbone, student.adapter, hyena))
+    keep = {k: v for k, v in teacher.state_dict().items() if not k.startswith(replaced)}
     result = student.backbone.load_state_dict(keep, strict=False)
-    stray = [k for k in result.missing_keys if not k.startswith(tuple(student_mix))]
+    stray = [k for k in result.missing_keys if not k.startswith(mixers)]
     if result.unexpected_keys or stray:
         raise RuntimeError(
             f"teacher and student weights do not line up: unexpected {result.unexpected_keys[:5]}, "
@@ -370,13 +401,19 @@ def build_student(teacher: nn.Module, cfg: StudentConfig | None = None, teacher_
         teacher_source=teacher_source or str(getattr(teacher.config, "_name_or_path", "") or ""),
         hyena=hyena_cfg.to_dict(),
         init=init,
+        keep_attention=list(cfg.keep_attention),
     )
     dtype = next(teacher.parameters()).dtype
     student = HyenaStudentForCausalLM(config).to(dtype)
-    copy_non_attention_weights(teacher, student)
-    if init == "teacher_attention":
-        for i, layer in enumerate(adapter.layers(teacher)):
-            init_mixer_from_attention(student.mixer(i), adapter.attention(layer), teacher.config)
+    copy_teacher_weights(teacher, student)
+    for i in student.hyena_layers():
+        mixer = student.mixer(i)
+        if init == "teacher_attention":
+            init_mixer_from_attention(mixer, adapter.attention(adapter.layers(teacher)[i]), teacher.config)
+        if cfg.out_scale != 1.0:
+            with torch.no_grad():
+                mixer.out_proj.weight.mul_(cfg.out_scale)
+                mixer.out_proj.bias.mul_(cfg.out_scale)
     return student.eval()
 
 
@@ -389,18 +426,22 @@ def parameter_report(teacher: nn.Module, student: HyenaStudentForCausalLM) -> di
 
     Keys: teacher_total, student_total, per_attention (one teacher attention block), per_mixer
     (one Hyena mixer), per_mixer_filter (its implicit filter FFN + pass-through bias),
-    n_layers, shared (everything but the attention/mixers, identical in both)."""
+    n_layers, hyena_layers and kept_attention_layers (a hybrid's split), shared (everything but
+    the attention/mixers, identical in both)."""
     adapter = get_adapter(teacher)
     layers = adapter.layers(teacher)
     per_attention = _count(adapter.attention(layers[0]))
-    mixer = student.mixer(0)
+    hyena = student.hyena_layers()
+    mixer = student.mixer(hyena[0]) if hyena else None
     report = {
         "teacher_total": _count(teacher),
         "student_total": _count(student),
         "per_attention": per_attention,
-        "per_mixer": _count(mixer),
-        "per_mixer_filter": _count(mixer.filter_fn),
+        "per_mixer": _count(mixer) if mixer is not None else 0,
+        "per_mixer_filter": _count(mixer.filter_fn) if mixer is not None else 0,
         "n_layers": len(layers),
+        "hyena_layers": len(hyena),
+        "kept_attention_layers": len(layers) - len(hyena),
     }
     report["shared"] = report["teacher_total"] - per_attention * len(layers)
     return report

@@ -319,9 +319,9 @@ def save_teacher(cfg: TeacherConfig, out: Path) -> dict:
     GGUF dequantises for ~20 s, and every stage sees exactly the same weights."""
     model = load_teacher(cfg.source, config_only=cfg.random_init, seed=cfg.seed)
     tokenizer = load_tokenizer(cfg.source)
-    model.config.quantization_config = None  # a GGUF's quantisation describes its file, not these fp32 weights
-    if hasattr(model.config, "to_dict") and "quantization_config" in model.config.__dict__:
-        del model.config.quantization_config
+    # a GGUF teacher is dequantised to plain fp32 on load: its quantiser describes the file, not these weights
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     record = {"source": cfg.source, "random_init": cfg.random_init, "seed": cfg.seed,
@@ -388,6 +388,12 @@ def capture_layer_outputs(model: nn.Module, input_ids: torch.Tensor, attention_m
     embeddings where the family has them. `output_hidden_states` is not used: its last entry has
     the final norm applied.
     """
+    return capture(model, input_ids, attention_mask)[0]
+
+
+@torch.no_grad()
+def capture(model: nn.Module, input_ids: torch.Tensor, attention_mask=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(capture_layer_outputs, the logits (B, L, V)) from one forward pass."""
     layers = get_adapter(model).layers(model)
     outputs: list[torch.Tensor] = []
 
@@ -400,13 +406,13 @@ def capture_layer_outputs(model: nn.Module, input_ids: torch.Tensor, attention_m
     handles = [layers[0].register_forward_pre_hook(grab_input, with_kwargs=True)]
     handles += [m.register_forward_hook(grab) for m in layers]
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     finally:
         for hd in handles:
             hd.remove()
     if len(outputs) != len(layers) + 1:
         raise RuntimeError(f"captured {len(outputs)} outputs for {len(layers) + 1} hooked points")
-    return outputs
+    return outputs, logits
 
 
 def position_inputs(model: nn.Module, hidden_states: torch.Tensor) -> dict:

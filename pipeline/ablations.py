@@ -46,15 +46,20 @@ def variants_from_exp_show(entries: list[dict], reports: str = "reports"):
         params = {}
         for _, p in sorted((data.get("params") or {}).items()):
             params.update(flatten((p or {}).get("data") or {}))
-        layer_mse, other = {}, {}
+        layer_mse, layer_nmse, other, timings = {}, {}, {}, {}
         for path, values in metrics.items():
             if path.startswith(layer_metrics) and "val_mse" in values:
-                layer_mse[int(Path(path).stem.split("_")[-1])] = float(values["val_mse"])
-            elif path != assemble_metrics and "/timings/" not in path:
+                layer = int(Path(path).stem.split("_")[-1])  # every target also reports the layer-output MSE
+                layer_mse[layer] = float(values.get("val_layer_mse", values["val_mse"]))
+                layer_nmse[layer] = float(values.get("val_layer_nmse", values.get("val_nmse", float("nan"))))
+            elif f"{reports}/timings/" in path:
+                timings[Path(path).stem] = sum(float(v) for v in values.values() if isinstance(v, (int, float)))
+            elif path != assemble_metrics:
                 other.update({f"{Path(path).stem}.{k}": v for k, v in flatten(values).items()
                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
         free = {int(k): float(v) for k, v in (metrics.get(assemble_metrics, {}).get("free_running_val_mse") or {}).items()}
-        return Variant(name=name, params=params, layer_mse=layer_mse, free_mse=free, metrics=other)
+        return Variant(name=name, params=params, layer_mse=layer_mse, free_mse=free, metrics=other,
+                       layer_nmse=layer_nmse, timings=timings)
 
     out, workspace = [], None
     for entry in entries:

@@ -42,20 +42,19 @@ def main(
     from hyena.student import HyenaStudentForCausalLM
     from hyena.train.acts import open_outputs, write_outputs
     from hyena.train.dist import setup, teardown
-    from hyena.train.distill import DistillConfig, distill_layer, layer_outputs
+    from hyena.train.distill import DistillConfig, layer_outputs
 
     params = Params.read(params_file)
     d, p = params.get("distill", DistillConfig), params.paths
     cfg = d.for_layer(layer)
     idx, prev = int(layer), d.prev(layer)
-    env = setup()
+    env = setup(precision=cfg.precision)
     teacher_acts = ActivationStore.open(p.activations)
     if not 1 <= idx <= teacher_acts.n_layers:
         raise StageError(f"layer {layer} is outside the teacher's 1..{teacher_acts.n_layers} layers")
     chain = json.loads((p.layer(prev) / "chain.json").read_text())
-    student = HyenaStudentForCausalLM.from_pretrained(p.layer("00"))
+    student = HyenaStudentForCausalLM.from_pretrained(p.layer("00")).to(env.device)
     student.requires_grad_(False)
-    block, mixer = student.decoder_layers()[idx - 1], student.mixer(idx - 1)
     if cfg.input == "student" and prev != "00":
         inputs = open_outputs(p.layer(prev) / ACTS)
         train_in, val_in = inputs["train"], inputs["val"]
@@ -63,8 +62,12 @@ def main(
         train_in, val_in = teacher_acts.layer("train", int(prev)), teacher_acts.layer("val", int(prev))
     train_out, val_out = teacher_acts.layer("train", idx), teacher_acts.layer("val", idx)
 
-    log = dvclive_logger(p.dvclive(f"distill_{layer}")) if env.is_main else None
-    result = distill_layer(block, mixer, train_in, train_out, val_in, val_out, cfg, env, log=log)
+    if student.config.is_hyena(idx - 1):
+        log = dvclive_logger(p.dvclive(f"distill_{layer}")) if env.is_main else None
+        result = _distill(student, idx - 1, cfg, env, params, (train_in, train_out), (val_in, val_out), log)
+    else:
+        result = _kept(student, idx - 1, val_in, val_out, env)
+    block = student.decoder_layers()[idx - 1]
     if env.is_main:
         with atomic_dir(p.layer(layer)) as tmp:
             weights = tmp / "layer.safetensors"
@@ -74,19 +77,66 @@ def main(
             if cfg.input == "student":
                 def fill(split, arr):
                     src = train_in if split == "train" else val_in
-                    layer_outputs(block, src, env, cfg.batch_size,
+                    layer_outputs(lambda x: student.run_layer(idx - 1, x), src, env, cfg.batch_size,
                                   lambda start, out: arr.__setitem__(slice(start, start + len(out)), out))
 
                 shapes = {"train": tuple(train_in.shape), "val": tuple(val_in.shape)}
                 write_outputs(tmp / ACTS, shapes, fill, attrs={"layer": idx, "input": cfg.input})
-        metrics, timing = split_timings({"layer": idx, "input": cfg.input, **result})
+        metrics, timing = split_timings({"layer": idx, "input": cfg.input, "target": cfg.target, **result})
         write_metrics(p.metrics(f"distill/layer_{layer}"), metrics)
         write_metrics(p.timing(f"distill_{layer}"), timing)
-        typer.echo(f"layer {layer}: val MSE {result['val_mse_before']:.4g} -> {result['val_mse']:.4g} "
-                   f"({result['val_mse_before'] / max(result['val_mse'], 1e-30):.1f}x lower), "
-                   f"{result['steps']} steps in {result['seconds']:.0f}s")
+        what = "kept the teacher's attention" if result.get("kept_attention") else f"{result['steps']} steps"
+        typer.echo(f"layer {layer} ({cfg.target}): val MSE {result['val_mse_before']:.4g} -> {result['val_mse']:.4g}, "
+                   f"layer output val MSE {result['val_layer_mse_before']:.4g} -> {result['val_layer_mse']:.4g}, {what}")
     env.barrier()
     teardown(env)
+
+
+def _distill(student, i: int, cfg, env, params, train, val, log) -> dict:
+    """Train layer i's mixer (or whole layer) on its target; adds the layer-output MSE before and
+    after, whatever the target, so that every recipe reports one comparable number per layer."""
+    from hyena.teachers import attention_output, load_teacher
+    from hyena.train.distill import (
+        VAL_BATCH,
+        ComputedTargets,
+        LayerOnly,
+        distill_layer,
+        layer_mse,
+        trainable_fn,
+    )
+
+    block, mixer = student.decoder_layers()[i], student.mixer(i)
+    fn = trainable_fn(block, mixer, student.adapter.input_norm(block), cfg)
+    (train_in, train_out), (val_in, val_out) = train, val
+    if cfg.target == "layer_output":
+        result = distill_layer(fn, train_in, train_out, val_in, val_out, cfg, env, log=log)
+        return {**result, "val_layer_mse_before": result["val_mse_before"], "val_layer_mse": result["val_mse"],
+                "val_layer_nmse_before": result["val_nmse_before"], "val_layer_nmse": result["val_nmse"]}
+    teacher = load_teacher(str(params.teacher_dir())).to(env.device)
+
+    def target(x):
+        return attention_output(teacher, i, x)
+
+    whole = LayerOnly(block)
+    before = layer_mse(whole, val_in, val_out, env, VAL_BATCH)
+    result = distill_layer(fn, train_in, ComputedTargets(train_in, target, env.device), val_in,
+                           ComputedTargets(val_in, target, env.device), cfg, env, log=log)
+    after = layer_mse(whole, val_in, val_out, env, VAL_BATCH)
+    return {**result, "val_layer_mse_before": before["mse"], "val_layer_mse": after["mse"],
+            "val_layer_nmse_before": before["nmse"], "val_layer_nmse": after["nmse"]}
+
+
+def _kept(student, i: int, val_in, val_out, env) -> dict:
+    """A layer the hybrid keeps: no training; its layer-output MSE on the stage's inputs is recorded
+    (zero when teacher-forced: it is the teacher's layer)."""
+    from hyena.train.distill import VAL_BATCH, layer_mse
+
+    m = layer_mse(lambda x: student.run_layer(i, x), val_in, val_out, env, VAL_BATCH)
+    return {"kept_attention": True, "steps": 0, "train_tokens": 0, "seconds": 0.0,
+            "val_mse_before": m["mse"], "val_mse": m["mse"], "val_nmse_before": m["nmse"], "val_nmse": m["nmse"],
+            "val_mse_after_first_before": m["mse_after_first"], "val_mse_after_first": m["mse_after_first"],
+            "val_layer_mse_before": m["mse"], "val_layer_mse": m["mse"],
+            "val_layer_nmse_before": m["nmse"], "val_layer_nmse": m["nmse"]}
 
 
 if __name__ == "__main__":

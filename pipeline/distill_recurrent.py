@@ -129,7 +129,8 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     fit_s = time.time() - t0
     metrics = {"order": cfg.fit.order, "fit_len": cfg.fit_len, "calib_sequences": cfg.calib.sequences,
                "calib_steps": cfg.calib.steps, **_check(student, recurrent, reports, val, cfg),
-               "state_bytes_per_sequence": sum(recurrent.mixer(i).state_bytes() for i in range(len(reports))),
+               "state_bytes_per_sequence": sum(recurrent.mixer(i).state_bytes() for i in recurrent.hyena_layers()),
+               "kept_attention": list(student.config.keep_attention),
                "layers": reports}
     out = p.student("recurrent")
     card = ModelCard.of(src, student).derive("recurrent", params.recipe("recurrent"), metrics={

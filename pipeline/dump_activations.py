@@ -2,6 +2,8 @@
 
 Resumable: rerunning after a crash (even kill -9) continues from the chunks already written; in
 dvc.yaml the store is declared `persist: true` so that DVC does not delete it before the rerun.
+Sharded: `torchrun --nproc_per_node=K -m pipeline.dump_activations` runs the teacher on every
+rank, each writing its own chunks (gloo on CPU, NCCL on GPUs); the store equals a one-process dump.
 """
 
 from __future__ import annotations
@@ -19,16 +21,21 @@ app = stage_app()
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Run the teacher over the token budget and store every layer's output in a Zarr store."""
     from hyena.data import load_manifest
-    from hyena.runtime import resolve_device
     from hyena.store import DumpConfig, dump_activations
     from hyena.teachers import load_teacher, teacher_record
+    from hyena.train.dist import setup, teardown
 
     params = Params.read(params_file)
     cfg, p = params.get("dump", DumpConfig), params.paths
     load_manifest(p.tokens)  # one line if the tokenize stage has not run
     teacher = params.teacher_dir()
-    model = load_teacher(str(teacher)).to(resolve_device(cfg.device))
-    store = dump_activations(model, p.tokens, p.activations, cfg, teacher_record(teacher).get("source", str(teacher)))
+    env = setup(device=cfg.device, precision="fp32")  # the cached targets are fp32 forward passes
+    model = load_teacher(str(teacher)).to(env.device)
+    store = dump_activations(model, p.tokens, p.activations, cfg, teacher_record(teacher).get("source", str(teacher)),
+                             rank=env.rank, world_size=env.world_size, barrier=env.barrier)
+    teardown(env)
+    if not env.is_main:
+        return
     for split in store.splits:
         typer.echo(f"{split}: {store.n_sequences(split)} x {store.seq_len} tokens, {store.n_layers + 1} arrays")
     typer.echo(f"wrote {p.activations} (complete)")

@@ -26,7 +26,7 @@ def fingerprint(*parts) -> str:
 
 
 def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer_from: Path,
-        teacher=None, extra_metrics: dict | None = None, fp_parts=(), card=None) -> dict:
+        teacher=None, teacher_topk=None, extra_metrics: dict | None = None, fp_parts=(), card=None) -> dict:
     """Train `model` for `steps` optimiser steps, save it (HF format, atomic) with a model card
     extending `card` (default: the card of `tokenizer_from`, the directory the model came from),
     and write metrics."""
@@ -41,11 +41,11 @@ def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer
     val = load_split(p.tokens, "val", cfg.val_sequences)
     if len(val) == 0:
         raise StageError(f"no validation sequences in {p.tokens}: raise tokenize.val_fraction")
-    env = setup()
+    env = setup(precision=cfg.precision)
     fp = fingerprint(stage, asdict(cfg), steps, load_manifest(p.tokens).get("content_hash"), *fp_parts)
     log = dvclive_logger(p.dvclive(stage)) if env.is_main else None
     state_dir = Path(p.checkpoints) / stage
-    result = train_lm(model, train, val, cfg, steps, env, teacher=teacher, log=log,
+    result = train_lm(model, train, val, cfg, steps, env, teacher=teacher, teacher_topk=teacher_topk, log=log,
                       checkpoint=DirCheckpoint(state_dir, model, fp))
     if env.is_main:
         model.cpu()

@@ -20,22 +20,48 @@ app = stage_app()
 
 
 def equal_compute_tokens(model, distill, n_distill_seqs: int, seq_len: int,
-                         finetune, n_finetune_seqs: int, ft_len: int) -> tuple[int, dict]:
+                         finetune, n_finetune_seqs: int, ft_len: int, attention_params: int) -> tuple[int, dict]:
     """Training tokens that give the from-scratch student the distill + finetune FLOPs."""
     from hyena.train.batches import steps_per_run
-    from hyena.train.budget import distill_flops, lm_flops, lm_params, tokens_for_flops
+    from hyena.train.budget import (
+        distill_flops,
+        distill_layer_flops_per_token,
+        lm_flops,
+        lm_params,
+        tokens_for_flops,
+    )
 
     layers = model.decoder_layers()
-    layer_params, layer_tokens = [], []
+    per_token, layer_tokens = [], []
     for key in distill.layers:
-        cfg = distill.for_layer(key)
-        layer_params.append(sum(p.numel() for p in layers[int(key) - 1].parameters()))
+        cfg, i = distill.for_layer(key), int(key) - 1
+        if not model.config.is_hyena(i):
+            continue  # a kept attention layer is not trained
+        per_token.append(distill_layer_flops_per_token(cfg.target, _count(layers[i]), _count(model.mixer(i)),
+                                                       attention_params))
         layer_tokens.append(steps_per_run(n_distill_seqs, cfg.batch_size, cfg.epochs) * cfg.batch_size * seq_len)
     n_lm = lm_params(model)
     ft_steps = steps_for_epochs(n_finetune_seqs, finetune.batch_size, finetune.epochs)
-    flops = {"distill": distill_flops(layer_params, layer_tokens),
+    flops = {"distill": distill_flops(per_token, layer_tokens),
              "finetune": lm_flops(n_lm, ft_steps * finetune.batch_size * ft_len)}
     return tokens_for_flops(flops["distill"] + flops["finetune"], n_lm), flops
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _attention_params(config) -> int:
+    """Parameters of one of the teacher's attention blocks (built on the meta device: no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    from hyena.teachers import get_adapter
+
+    arch = config.teacher_architecture()
+    with torch.device("meta"):
+        teacher = AutoModelForCausalLM.from_config(arch)
+    adapter = get_adapter(teacher)
+    return sum(p.numel() for p in adapter.attention(adapter.layers(teacher)[0]).parameters())
 
 
 @command(app)
@@ -60,7 +86,8 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
         ft = params.get("finetune", FinetuneConfig)
         n_ft = len(load_split(p.tokens, "train", ft.max_sequences))
         budget, flops = equal_compute_tokens(model, params.get("distill", DistillConfig),
-                                             acts.n_sequences("train"), acts.seq_len, ft, n_ft, seq_len)
+                                             acts.n_sequences("train"), acts.seq_len, ft, n_ft, seq_len,
+                                             _attention_params(config))
     else:
         budget, flops = cfg.budget, {}
     steps = max(1, math.ceil(budget / (cfg.batch_size * seq_len)))

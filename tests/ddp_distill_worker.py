@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from hyena.operator import HyenaConfig, HyenaOperator
 from hyena.train.dist import setup, teardown
-from hyena.train.distill import DistillConfig, distill_layer
+from hyena.train.distill import DistillConfig, distill_layer, trainable_fn
 
 
 class Block(nn.Module):
@@ -37,7 +37,7 @@ def main(out: str) -> None:
     if env.is_main:
         save_file({k: v.clone().contiguous() for k, v in block.state_dict().items()}, out + ".init")
     cfg = DistillConfig(lr=3e-3, batch_size=4, epochs=2, train="layer", grad_clip=0.0)
-    res = distill_layer(block, block.mixer, x[:12], y[:12], x[12:], y[12:], cfg, env)
+    res = distill_layer(trainable_fn(block, block.mixer, None, cfg), x[:12], y[:12], x[12:], y[12:], cfg, env)
     if env.is_main:
         save_file({k: v.contiguous() for k, v in block.state_dict().items()}, out)
         print(f"val_mse {res['val_mse_before']:.6f} -> {res['val_mse']:.6f}")

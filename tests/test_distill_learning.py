@@ -11,7 +11,7 @@ from hyena.operator import HyenaConfig
 from hyena.student import StudentConfig, build_student
 from hyena.teachers import capture_layer_outputs
 from hyena.train.dist import DistEnv
-from hyena.train.distill import DistillConfig, distill_layer, layer_outputs
+from hyena.train.distill import DistillConfig, distill_layer, layer_outputs, trainable_fn
 
 SEQ, N_TRAIN, N_VAL = 64, 32, 8
 
@@ -33,8 +33,9 @@ def smollm_setup(smollm_teacher, smollm_tokenizer, owt_jsonl):
 
 def _distill(student, i, inputs, acts, epochs=8):
     cfg = DistillConfig(lr=3e-3, batch_size=4, epochs=epochs, warmup_frac=0.05)
-    return distill_layer(student.decoder_layers()[i], student.mixer(i), inputs[:N_TRAIN], acts[i + 1][:N_TRAIN],
-                         inputs[N_TRAIN:], acts[i + 1][N_TRAIN:], cfg, DistEnv())
+    layer = student.decoder_layers()[i]
+    fn = trainable_fn(layer, student.mixer(i), student.adapter.input_norm(layer), cfg)
+    return distill_layer(fn, inputs[:N_TRAIN], acts[i + 1][:N_TRAIN], inputs[N_TRAIN:], acts[i + 1][N_TRAIN:], cfg, DistEnv())
 
 
 @pytest.mark.slow
@@ -52,7 +53,7 @@ def test_progressive_and_teacher_forced_modes_both_learn(smollm_setup):
     student, acts = smollm_setup
     _distill(student, 0, acts[0], acts, epochs=2)  # layer 1 first: progressive mode feeds on it
     own = np.empty_like(acts[1])
-    layer_outputs(student.decoder_layers()[0], acts[0], DistEnv(), 8,
+    layer_outputs(lambda x: student.run_layer(0, x), acts[0], DistEnv(), 8,
                   lambda start, out: own.__setitem__(slice(start, start + len(out)), out), dtype=np.float32)
     assert not np.allclose(own, acts[1]), "student layer 1 reproduces the teacher exactly: vacuous test"
     state = {k: v.clone() for k, v in student.decoder_layers()[1].state_dict().items()}
@@ -83,7 +84,8 @@ def test_skip_first_leaves_an_attention_sink_outlier_out_of_the_loss():
         torch.manual_seed(1)
         student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=16, emb_dim=3, filter_order=8)))
         cfg = DistillConfig(lr=3e-3, batch_size=4, epochs=2, skip_first=skip_first, log_every=100)
-        res = distill_layer(student.decoder_layers()[0], student.mixer(0), x[:8], targets[:8], x[8:], targets[8:],
+        fn = trainable_fn(student.decoder_layers()[0], student.mixer(0), None, cfg)
+        res = distill_layer(fn, x[:8], targets[:8], x[8:], targets[8:],
                             cfg, DistEnv())
         return res, [p.detach().clone() for p in student.mixer(0).parameters()]
 
@@ -97,3 +99,31 @@ def test_skip_first_leaves_an_attention_sink_outlier_out_of_the_loss():
     assert plain["val_mse"] > 100 * plain["val_mse_after_first"]
     with pytest.raises(ValueError, match="skip_first"):
         DistillConfig(skip_first=-1)
+
+
+@pytest.mark.slow
+def test_attention_transfer_fits_the_mixer_to_the_teachers_attention_output(smollm_setup, smollm_teacher):
+    """target mixer_output on the real SmolLM2 teacher: the loss is the layer-1 mixer's output against
+    the teacher attention's output on the same input; only the mixer trains, the MLP stays the
+    teacher's, and the held-out error against that target falls."""
+    from hyena.teachers import attention_output
+    from hyena.train.distill import ComputedTargets
+
+    student, acts = smollm_setup
+    layer = student.decoder_layers()[0]
+    cfg = DistillConfig(lr=3e-3, batch_size=4, epochs=4, target="mixer_output", warmup_frac=0.05, log_every=100)
+    mlp_before = {k: v.clone() for k, v in layer.mlp.state_dict().items()}
+    fn = trainable_fn(layer, student.mixer(0), student.adapter.input_norm(layer), cfg)
+    env = DistEnv()
+
+    def target(h):
+        return attention_output(smollm_teacher, 0, h)
+
+    x = acts[0]
+    res = distill_layer(fn, x[:N_TRAIN], ComputedTargets(x[:N_TRAIN], target, env.device), x[N_TRAIN:],
+                        ComputedTargets(x[N_TRAIN:], target, env.device), cfg, env)
+    print(f"layer 1 attention transfer: val nMSE {res['val_nmse_before']:.4g} -> {res['val_nmse']:.4g}")
+    assert res["val_nmse"] < res["val_nmse_before"] / 2, res
+    assert all(torch.equal(v, mlp_before[k]) for k, v in layer.mlp.state_dict().items())
+    with pytest.raises(ValueError, match="needs target layer_output"):
+        DistillConfig(target="mixer_output", train="layer")

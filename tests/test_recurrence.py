@@ -286,10 +286,38 @@ def test_calibration_keeps_an_exactly_representable_fit(exact_pair):
 
     student, recurrent, _ = exact_pair
     ids = torch.randint(3, 512, (2, 96), generator=torch.Generator().manual_seed(2))
-    (u, _y), *_ = capture_mixer_io(student, ids)
+    u, _y = capture_mixer_io(student, ids)[0]
     mixer = recurrent.mixer(0)
     h = student.mixer(0).filter_fn(128)
     output_weighted_residues(mixer.modal, h, *long_filter_inputs(student.mixer(0), u))
     # the exact filter has zero loss, so the least-squares optimum stays (numerically) exact
     assert rel(mixer.modal.tail_kernel(128), h.clone().index_fill_(-1, torch.tensor([0]), 0.0)) < 1e-4
     assert rel(mixer.chunk(u), student.mixer(0)(u)[0]) < 1e-4
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+@torch.no_grad()
+def test_hybrid_recurrent_student_decodes_with_kv_and_modal_state(family):
+    """A hybrid keeps the teacher's attention in some layers: its recurrent form decodes those with a
+    KV cache and the rest with modal state, and prefill + steps reproduce the full pass."""
+    from transformers.cache_utils import DynamicLayer
+
+    from hyena.recurrence import HyenaLayerState
+    from hyena.student import StudentConfig, build_student
+
+    teacher = tiny_teacher(family, layers=3)  # Mistral: a sliding window of 8, shorter than the 30 tokens
+    student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=128, emb_dim=3), keep_attention=[2]))
+    recurrent, reports = to_recurrent(student, RecurrentConfig(fit_len=128, fit=ModalFitConfig(order=8, steps=0)),
+                                      progress=False)
+    assert [r["layer"] for r in reports] == [1, 3]
+    ids = torch.randint(3, 512, (2, 30), generator=torch.Generator().manual_seed(2))
+    cache = recurrent.new_cache()
+    logits = [recurrent(input_ids=ids[:, :18], cache=cache).logits]
+    logits += [recurrent(input_ids=ids[:, t : t + 1], cache=cache).logits for t in range(18, 30)]
+    assert [type(layer) for layer in cache.layers] == [HyenaLayerState, DynamicLayer, HyenaLayerState]
+    assert rel(torch.cat(logits, dim=1), recurrent(input_ids=ids).logits) < 1e-5
+    out = recurrent.generate(ids[:1, :10], max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    manual = ids[:1, :10]
+    for _ in range(8):
+        manual = torch.cat([manual, recurrent(input_ids=manual).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(out, manual)

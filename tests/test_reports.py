@@ -112,3 +112,43 @@ def test_curves_reads_dvclive_tsvs_and_refuses_an_empty_run(tmp_path):
     empty = CliRunner().invoke(curves, ["--params", str(params), "--out", str(tmp_path / "x.png")])
     assert empty.exit_code == 1 and "no DVCLive training logs" in empty.output
     assert not (tmp_path / "x.png").exists()
+
+
+def _recipe(rev, name, target, ppls, nmse, seconds):
+    """An exp-show entry of a whole pipeline run: eval metrics, per-layer metrics, timings."""
+    metrics = {f"reports/metrics/distill/layer_{i + 1:02d}.json":
+               {"data": {"val_mse": 9.0, "val_layer_mse": 1.0, "val_layer_nmse": n}} for i, n in enumerate(nmse)}
+    metrics["data/eval/metrics.json"] = {"data": {f"ppl/{ds}/{m}": v for (ds, m), v in ppls.items()}}
+    metrics.update({f"reports/timings/{stage}.json": {"data": {"seconds": s}} for stage, s in seconds.items()})
+    params = {"params.yaml": {"data": {"distill": {"target": target, "layers": {"01": {"prev": "00"}}},
+                                       "pretrain": {"lr": 1e-3}}}}
+    return {"rev": rev, "name": name, "data": {"rev": rev, "metrics": metrics, "params": params}}
+
+
+def test_recipes_table_compares_students_with_the_teacher_and_from_scratch(tmp_path):
+    from pipeline.recipes import app as recipes
+
+    ppl = {("owt", "teacher"): 30.0, ("wikitext", "teacher"): 25.0, ("owt", "pretrained"): 2000.0}
+    base = _recipe("a" * 40, "paper", "layer_output",
+                   {**ppl, ("owt", "distilled"): 3000.0, ("owt", "finetuned"): 1500.0, ("wikitext", "finetuned"): 900.0},
+                   [0.5, 4.7], {"distill_01": 10.0, "distill_02": 12.0, "finetune": 40.0, "pretrain": 50.0})
+    base["experiments"] = [{"name": "attn", "executor": None, "revs": [_recipe(
+        "b" * 40, "attn", "mixer_output",
+        {**ppl, ("owt", "distilled"): 600.0, ("owt", "finetuned"): 90.0, ("wikitext", "finetuned"): 100.0},
+        [0.2, 0.4], {"distill_01": 5.0, "distill_02": 6.0, "finetune": 40.0, "pretrain": 45.0})]}]
+    src = tmp_path / "exps.json"
+    src.write_text(json.dumps([{"rev": "workspace", "name": None, "data": {"metrics": {}, "params": {}}}, base]))
+    out, plot = tmp_path / "recipes.md", tmp_path / "plots" / "recipes.png"
+    result = CliRunner().invoke(recipes, ["--exp-json", str(src), "--out", str(out), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| recipe"))
+    assert "distill.target" in header and "pretrain.lr" not in header  # what differs, not bookkeeping
+    attn = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| attn")).strip("|").split("|")]
+    assert attn[1] == "mixer_output"
+    assert attn[2] == "600.0 / 90.0 / 2,000.0"  # distilled / fine-tuned / from scratch
+    assert attn[3] == "3.00x" and attn[4] == "100.0 (4.00x)" and attn[5] == "0.30"
+    assert attn[6] == "0.30 / 0.40 / 0" and attn[7] == "11 / 40 / 45"
+    paper = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| paper")).strip("|").split("|")]
+    assert paper[5] == "1.50" and paper[6] == "2.60 / 4.70 / 1"  # distilled worse than from scratch; one layer >= 1
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -221,3 +221,52 @@ def test_kill9_midway_then_resume_gives_identical_store(tmp_path, pythia_dir, py
     assert len(resumed) == 12 + 2 - done_before  # it resumed rather than starting over
     clean = dump_activations(pythia_random, pythia_tokens, tmp_path / "clean.zarr", p, str(pythia_dir), progress_bar=False)
     assert tree_bytes(killed) == tree_bytes(clean.path)
+
+
+def test_cached_logits_are_the_teachers_top_k(tmp_path, pythia_random, pythia_tokens, pythia_dir):
+    """dump.logits_topk keeps, per training position, the teacher's k largest logits and their ids."""
+    p = DumpConfig(train_sequences=4, val_sequences=2, batch_size=2, chunk_sequences=2, logits_topk=5)
+    store = dump_activations(pythia_random, pythia_tokens, tmp_path / "acts.zarr", p, str(pythia_dir), progress_bar=False)
+    values, ids = store.logits("train")
+    assert values.shape == ids.shape == (4, store.seq_len, 5)
+    rows = torch.from_numpy(np.asarray(load_tokens(pythia_tokens, "train")[:4], dtype=np.int64))
+    with torch.no_grad():
+        top = pythia_random(input_ids=rows[:2]).logits.topk(5, dim=-1)  # the dump's first batch
+    np.testing.assert_allclose(values[:2], top.values.numpy(), rtol=1e-5, atol=1e-5)
+    assert np.array_equal(ids[:2], top.indices.numpy())
+    assert bool((np.diff(values[:], axis=-1) <= 0).all())  # largest first
+    with pytest.raises(KeyError, match="dump.logits_topk"):
+        ActivationStore.open(tmp_path / "acts.zarr").logits("val")
+
+
+def test_torchrun_two_ranks_write_the_same_store_as_one_process(tmp_path, pythia_tokens, pythia_dir):
+    """`torchrun --nproc_per_node=2 -m pipeline.dump_activations`: each rank writes its own chunks,
+    and the store (every array, and the attributes) equals a one-process dump's."""
+    from conftest import tiny_neox_config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    teacher = tmp_path / "teacher"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_neox_config()).save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(str(pythia_dir)).save_pretrained(teacher)
+    dump = {"train_sequences": 10, "val_sequences": 3, "batch_size": 2, "chunk_sequences": 2, "logits_topk": 3}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    stores = {}
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
+        params = tmp_path / f"{name}.yaml"
+        params.write_text(yaml.safe_dump({"paths": {"teacher": str(teacher), "tokens": str(pythia_tokens),
+                                                    "activations": str(tmp_path / f"{name}.zarr")}, "dump": dump}))
+        cmd = [sys.executable, *launcher, *(["pipeline/dump_activations.py"] if launcher else ["-m", "pipeline.dump_activations"]),
+               "--params", str(params)]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        stores[name] = ActivationStore.open(tmp_path / f"{name}.zarr")
+    one, two = stores["one"], stores["two"]
+    assert one.attrs == two.attrs
+    for split in one.splits:
+        for k in range(one.n_layers + 1):
+            assert np.array_equal(one.layer(split, k)[:], two.layer(split, k)[:]), (split, k)
+    for a, b in zip(one.logits(), two.logits(), strict=True):
+        assert np.array_equal(a[:], b[:])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import NEW_FAMILIES, reference_qkv, tiny_teacher
+from conftest import NEW_FAMILIES, TINY_CONFIGS, reference_qkv, tiny_teacher
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from hyena.operator import HyenaConfig
@@ -368,3 +368,43 @@ def test_parameter_report_pythia(pythia, pythia_student):
     assert r["teacher_total"] == r["shared"] + 6 * r["per_attention"]
     assert r["student_total"] == r["shared"] + 6 * r["per_mixer"]
     assert 0 < r["per_mixer_filter"] < r["per_mixer"]
+
+
+# --- hybrid students: some layers keep the teacher's attention -----------------------------------
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_a_student_that_keeps_every_attention_is_the_teacher(family):
+    teacher = tiny_teacher(family, vocab_size=1000)
+    n = len(get_adapter(teacher).layers(teacher))
+    student = build_student(teacher, StudentConfig(hyena=HCFG, keep_attention=list(range(1, n + 1))))
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    assert student.hyena_layers() == []
+    torch.testing.assert_close(student(input_ids=ids).logits, teacher(input_ids=ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_hybrid_student_keeps_the_listed_attentions_and_round_trips(family, tmp_path):
+    """(Mistral's sliding window, 8 positions, is shorter than the 24-token sequences here.)"""
+    teacher = tiny_teacher(family, vocab_size=1000)
+    adapter = get_adapter(teacher)
+    student = build_student(teacher, StudentConfig(hyena=HCFG, keep_attention=[2], out_scale=0.0))
+    assert student.hyena_layers() == [0] and isinstance(student.mixer(0), HyenaMixer)
+    kept = student.mixer(1)
+    assert type(kept) is type(adapter.attention(adapter.layers(teacher)[1]))
+    for (name, a), (_, b) in zip(kept.state_dict().items(), adapter.attention(adapter.layers(teacher)[1]).state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    # out_scale 0: the untrained Hyena mixer adds nothing, so layer 1 is the teacher's minus its attention
+    assert student.mixer(0).out_proj.weight.abs().max() == 0
+    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(1))
+    h = capture_layer_outputs(teacher, ids)
+    # run_layer gives a kept attention layer its positions and causal mask: the teacher's own output
+    torch.testing.assert_close(student.run_layer(1, h[1]), h[2], rtol=1e-5, atol=1e-5)
+    student.save_pretrained(tmp_path)
+    loaded = HyenaStudentForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.keep_attention == [2] and loaded.hyena_layers() == [0]
+    assert torch.equal(loaded(input_ids=ids).logits, student(input_ids=ids).logits)
+    report = parameter_report(teacher, student)
+    assert (report["hyena_layers"], report["kept_attention_layers"]) == (1, 1)
+    with pytest.raises(ValueError, match="outside the teacher"):
+        build_student(teacher, StudentConfig(hyena=HCFG, keep_attention=[9]))

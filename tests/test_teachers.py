@@ -181,6 +181,21 @@ def test_attention_output_equals_the_attention_inside_a_full_forward(family):
         torch.testing.assert_close(attention_output(model, i, inputs[i]), seen[i], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_gguf_teacher_is_written_as_a_plain_hf_directory(smollm_gguf, smollm_teacher, tmp_path):
+    """The teacher stage dequantises a GGUF once; the written directory reloads in a moment to the
+    same weights and logits (a GGUF-loaded model refuses save_pretrained unless its quantiser goes)."""
+    from hyena.teachers import TeacherConfig, save_teacher, teacher_record
+
+    record = save_teacher(TeacherConfig(source=str(smollm_gguf)), tmp_path)
+    assert record == teacher_record(tmp_path) and record["family"] == "llama" and record["n_layers"] == 30
+    reloaded = load_teacher(str(tmp_path))
+    assert weights_hash(reloaded) == weights_hash(smollm_teacher) == record["weights_hash"]
+    ids = torch.randint(0, 49152, (1, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(reloaded(input_ids=ids).logits, smollm_teacher(input_ids=ids).logits)
+    assert load_tokenizer(str(tmp_path))("Hello world")["input_ids"] == load_tokenizer(str(smollm_gguf))("Hello world")["input_ids"]
+
+
 # --- Qwen2, Qwen3, Mistral, GPT-2 --------------------------------------------------------------
 
 

@@ -18,9 +18,11 @@ from typing import Any
 class Variant:
     name: str
     params: dict[str, Any]  # flattened: {"distill.lr": 0.001, ...}
-    layer_mse: dict[int, float] = field(default_factory=dict)  # layer -> stage val MSE after training
+    layer_mse: dict[int, float] = field(default_factory=dict)  # layer -> stage val MSE of the layer output after training
     free_mse: dict[int, float] = field(default_factory=dict)  # layer -> free-running val MSE (assembled)
     metrics: dict[str, float] = field(default_factory=dict)  # other scalars, flattened
+    layer_nmse: dict[int, float] = field(default_factory=dict)  # layer -> normalised layer-output MSE after training
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

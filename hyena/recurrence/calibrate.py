@@ -51,9 +51,9 @@ class CalibrationConfig(Config):
 
 
 @torch.no_grad()
-def capture_mixer_io(model, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every mixer's (input u, output y), each (B, L, d), in one stateless forward pass of `model`
-    (a student or recurrent student) on input_ids (B, L)."""
+def capture_mixer_io(model, input_ids: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Every Hyena mixer's (input u, output y), each (B, L, d), keyed by its 0-based layer, from one
+    stateless forward pass of `model` (a student or recurrent student) on input_ids (B, L)."""
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook(i):
@@ -62,14 +62,14 @@ def capture_mixer_io(model, input_ids: torch.Tensor) -> list[tuple[torch.Tensor,
             captured[i] = (u.detach(), first_output(out).detach())
         return grab
 
-    n = len(model.decoder_layers())
-    handles = [model.mixer(i).register_forward_hook(hook(i), with_kwargs=True) for i in range(n)]
+    layers = model.hyena_layers()
+    handles = [model.mixer(i).register_forward_hook(hook(i), with_kwargs=True) for i in layers]
     try:
         model(input_ids=input_ids, use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    return [captured[i] for i in range(n)]
+    return {i: captured[i] for i in layers}
 
 
 @torch.no_grad()

@@ -73,14 +73,21 @@ class HyenaLayerState(CacheLayerMixin):
 
 
 class HyenaRecurrentCache(Cache):
-    """Recurrent states of all decoder layers; pass as `cache` to a recurrent student."""
+    """Per-layer decoding state of a recurrent student; pass as `cache`. `layers` is an int (every
+    layer Hyena) or one kind per layer: "hyena" (a HyenaLayerState) or "attention" (a KV
+    `DynamicLayer`, for the layers a hybrid student kept)."""
 
-    def __init__(self, n_layers: int):
-        super().__init__(layers=[HyenaLayerState() for _ in range(n_layers)])
+    def __init__(self, layers: int | list[str]):
+        from transformers.cache_utils import DynamicLayer
+
+        kinds = ["hyena"] * layers if isinstance(layers, int) else list(layers)
+        super().__init__(layers=[HyenaLayerState() if k == "hyena" else DynamicLayer() for k in kinds])
 
     def nbytes(self) -> int:
         """Bytes held (all layers, all sequences of the batch)."""
-        return sum(layer.nbytes() for layer in self.layers)
+        return sum(layer.nbytes() if isinstance(layer, HyenaLayerState)
+                   else sum(t.nbytes for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
+                   for layer in self.layers)
 
 
 class RecurrentHyenaMixer(nn.Module):

@@ -74,13 +74,16 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
         super().__init__(config)
         hcfg, d = config.hyena_config(), config.teacher_architecture().hidden_size
         for i, layer in enumerate(self.decoder_layers()):
+            if not config.is_hyena(i):
+                continue  # a kept attention layer decodes with its KV cache
             mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay(),
                                         cache_kwarg=self.adapter.cache_kwarg)
             self.adapter.set_attention(layer, mixer.to(self.dtype))
         self.generation_config.use_cache = True
 
     def new_cache(self) -> HyenaRecurrentCache:
-        return HyenaRecurrentCache(len(self.decoder_layers()))
+        return HyenaRecurrentCache(["hyena" if self.config.is_hyena(i) else "attention"
+                                    for i in range(len(self.decoder_layers()))])
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
                 cache=None, use_cache=None, **kwargs):
@@ -149,14 +152,13 @@ def to_recurrent(student: HyenaStudentForCausalLM, cfg: RecurrentConfig | None =
     if calib_ids is not None and calib_ids.shape[-1] > fit_len:
         raise ValueError(f"calibration windows ({calib_ids.shape[-1]} tokens) must not exceed fit_len {fit_len}")
     io = capture_mixer_io(student, calib_ids) if calib_ids is not None else None
-    n_layers = len(student.decoder_layers())
-    modals, reports = [], []
-    for i in tqdm(range(n_layers), desc="modal fit", unit="layer", disable=not progress):
+    modals, reports = {}, []
+    for i in tqdm(student.hyena_layers(), desc="modal fit", unit="layer", disable=not progress):
         h, bias = student_filters(student, i, fit_len)
         modal, report = fit_modal(h, fit, passthrough=bias)
         if io is not None:
             report.update(_calibrate(student.mixer(i), modal, h, *io[i], calib, i))
-        modals.append(modal)
+        modals[i] = modal
         reports.append({"layer": i + 1, **report})
     config = HyenaRecurrentConfig(**{k: v for k, v in student.config.to_dict().items()
                                      if k not in ("model_type", "architectures", "transformers_version")})
@@ -168,7 +170,7 @@ def to_recurrent(student: HyenaStudentForCausalLM, cfg: RecurrentConfig | None =
     missing = [k for k in result.missing_keys if ".modal." not in k]
     if unexpected or missing:
         raise RuntimeError(f"student and recurrent student do not line up: unexpected {unexpected[:5]}, missing {missing[:5]}")
-    for i, modal in enumerate(modals):
+    for i, modal in modals.items():
         recurrent.mixer(i).modal.load_state_dict(modal.state_dict())
     recurrent.generation_config = student.generation_config
     recurrent.generation_config.use_cache = True
@@ -207,7 +209,7 @@ def layer_output_errors(student: HyenaStudentForCausalLM, recurrent: HyenaRecurr
     """Relative L2 error of each recurrent mixer's output vs the student mixer's on the SAME input
     (the student's real activations for `input_ids` (B, L)): ||y_rec - y|| / ||y|| per layer."""
     errors = []
-    for i, (u, y) in enumerate(capture_mixer_io(student, input_ids)):
+    for i, (u, y) in capture_mixer_io(student, input_ids).items():
         y_rec = recurrent.mixer(i).chunk(u)
         errors.append(float(relative_l2(y_rec.flatten().double(), y.flatten().double())))
     return errors

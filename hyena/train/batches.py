@@ -28,9 +28,12 @@ def steps_per_run(n: int, batch_size: int, epochs: int) -> int:
 
 
 def take(array, rows: np.ndarray) -> np.ndarray:
-    """array[rows] for numpy and Zarr arrays (Zarr needs orthogonal indexing for a row list)."""
+    """array[rows] for numpy and Zarr arrays (Zarr needs orthogonal indexing for a row list) and for
+    objects that make their rows on demand (a `take_rows(rows)` method)."""
     if isinstance(array, np.ndarray):
         return array[rows]
+    if hasattr(array, "take_rows"):
+        return array.take_rows(rows)
     return array.oindex[rows]
 
 
@@ -39,6 +42,12 @@ def to_tensor(rows: np.ndarray, device: torch.device, dtype=torch.float32) -> to
 
 
 def load_all(array, max_bytes: int) -> np.ndarray | object:
-    """The whole array in memory when it fits in `max_bytes` (random row reads are then free)."""
+    """The whole array in memory when it fits in `max_bytes` (random row reads are then free);
+    rows made on demand (`take_rows`) are made once here when they fit."""
+    if hasattr(array, "take_rows"):
+        n = array.shape[0]
+        if int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize > max_bytes:
+            return array
+        return np.concatenate([array.take_rows(np.arange(a, min(a + 16, n))) for a in range(0, n, 16)])
     nbytes = int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize
     return np.asarray(array[...]) if nbytes <= max_bytes else array

@@ -1,12 +1,15 @@
 """Training compute, so the from-scratch baseline can get exactly the distilled student's budget.
 
 FLOPs per token follow the usual 6N rule (2N forward, 4N backward) for the parameters a token
-flows through during training: for distilling layer i that is the layer's parameters (upper
-bound: the frozen MLP still needs activation gradients, but no weight gradients); for LM
-training it is every parameter but the input embedding lookup (the LM head is a matmul; a
-tied head is counted once). Mixing (FFT) FLOPs are small at these widths and left out; the
-teacher's forward pass for the activation dump is a sunk cost shared by all students and is
-reported separately, not charged.
+flows through during training: for distilling layer i on its layer output that is the layer's
+parameters (upper bound: the frozen MLP still needs activation gradients, but no weight
+gradients); on its attention's output (attention transfer) it is the mixer's parameters plus a
+2N forward of the teacher attention that makes the target; a layer a hybrid keeps costs nothing;
+for LM training it is every parameter but the input embedding lookup (the LM head is a matmul;
+a tied head is counted once), frozen ones included (an upper bound again). Mixing (FFT) FLOPs are
+small at these widths and left out; the teacher's forward pass for the activation dump (and the
+logits it caches) is a sunk cost shared by all students and is reported separately, not charged.
+Every approximation errs towards MORE compute for the from-scratch baseline.
 """
 
 from __future__ import annotations
@@ -23,8 +26,15 @@ def lm_params(model: nn.Module) -> int:
     return total if tied else total - emb.numel()
 
 
-def distill_flops(layer_params: list[int], tokens_per_layer: list[int]) -> float:
-    return float(sum(6 * p * t for p, t in zip(layer_params, tokens_per_layer, strict=True)))
+def distill_layer_flops_per_token(target: str, layer_params: int, mixer_params: int, attention_params: int) -> int:
+    """Training FLOPs per token of one distill stage (see the module docstring)."""
+    if target == "mixer_output":
+        return 6 * mixer_params + 2 * attention_params
+    return 6 * layer_params
+
+
+def distill_flops(flops_per_token: list[int], tokens_per_layer: list[int]) -> float:
+    return float(sum(f * t for f, t in zip(flops_per_token, tokens_per_layer, strict=True)))
 
 
 def lm_flops(n_params: int, tokens: int) -> float:

@@ -58,8 +58,10 @@ class DistEnv:
             tdist.barrier()
 
 
-def setup(device: str = "auto", amp: bool = True) -> DistEnv:
-    """Read torchrun's environment (if any), pick the device and initialise the process group."""
+def setup(device: str = "auto", precision: str = "auto") -> DistEnv:
+    """Read torchrun's environment (if any), pick the device and initialise the process group.
+
+    precision: "auto" (bf16 autocast on a GPU that supports it, else fp32), "fp32" or "bf16"."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -69,9 +71,8 @@ def setup(device: str = "auto", amp: bool = True) -> DistEnv:
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    amp_dtype = None
-    if amp and dev.type == "cuda" and torch.cuda.is_bf16_supported():
-        amp_dtype = torch.bfloat16  # the Hyena FFT still runs in fp32 (see operator.fft_causal_conv)
+    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
+    amp_dtype = torch.bfloat16 if bf16 else None  # the Hyena FFT still runs in fp32 (operator.fft_dtype)
     return DistEnv(rank=rank, world_size=world, device=dev, amp_dtype=amp_dtype)
 
 

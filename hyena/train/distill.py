@@ -1,11 +1,17 @@
-"""Layer distillation: train one student layer to reproduce the teacher's output of that layer.
+"""Layer distillation: train one student layer to reproduce the teacher's layer.
 
-Objective (Scavenging Hyena, Sec. 3): for layer i, minimise
+Objective (Scavenging Hyena, Sec. 3, `target: layer_output`): for layer i, minimise
     MSE(f_i^student(x_{i-1}), y_i^teacher)
 where y_i is the teacher's cached output of layer i and x_{i-1} is either the frozen student's
 own output of layer i-1 ("student": progressive, as in the paper) or the teacher's cached
 output of layer i-1 ("teacher": teacher-forced, layers become independent). Only layer i
 trains; layers < i are frozen (their outputs are cached, so they are not even run).
+
+Attention transfer (`target: mixer_output`, after LoLCATs / MOHAWK / RADLADS): minimise
+    MSE(hyena_i(norm_i(x_{i-1})), attention_i^teacher(norm_i(x_{i-1})))
+the mixer's output against what the teacher's attention adds to the residual stream on the same
+input, computed on the fly from the teacher (no extra disk). Only the mixer runs forward and
+backward, not the MLP, and the loss is free of everything the MLP does to the residual stream.
 
 Llama-family teachers (SmolLM2) write a "massive activation" into the first position of every
 sequence from a middle layer on (the attention sink: ~2e4 in one channel against ~60 elsewhere).
@@ -45,7 +51,11 @@ class DistillConfig(OptimConfig):
 
     input: Literal["student", "teacher"] = param(
         "student", "student: progressive, the frozen student's own layer i-1 output (paper) | teacher: teacher-forced")
-    train: Literal["mixer", "layer"] = param("mixer", "mixer: only the Hyena operator trains | layer: the whole decoder layer")
+    target: Literal["layer_output", "mixer_output"] = param(
+        "layer_output", "layer_output: the teacher's layer output (paper) | mixer_output: the teacher attention's "
+                        "output on the same input (attention transfer)")
+    train: Literal["mixer", "layer"] = param("mixer", "mixer: only the Hyena operator trains | layer: the whole "
+                                                      "decoder layer (layer_output target only)")
     skip_first: int = param(0, "first positions of each sequence left out of the MSE (1 drops the attention-sink "
                                "outlier of Llama teachers; 0: the paper)", ge=0)
     epochs: int = param(8, "passes over the dumped sequences, per layer (paper: 8)", ge=1)
@@ -53,6 +63,11 @@ class DistillConfig(OptimConfig):
         {f"{i:02d}": {"prev": f"{i - 1:02d}"} for i in range(1, 7)}, "one DVC stage per entry (foreach); prev: the layer feeding it. Add e.g. `lr: 5.0e-4` to an "
             "entry to override a knob for that layer only (reruns that layer and the ones above it)")
     last: str = param("06", "the last key of layers (DVC templating cannot compute it)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target == "mixer_output" and self.train == "layer":
+            raise ValueError("distill.train: layer needs target layer_output (the mixer_output loss does not reach the MLP)")
 
     def for_layer(self, key: str) -> DistillConfig:
         """The config of layer `key`: the global knobs with that layer's overrides applied."""
@@ -73,7 +88,7 @@ class DistillConfig(OptimConfig):
 
 
 class LayerOnly(nn.Module):
-    """A decoder layer called on hidden states alone (Hyena mixers need no positions or masks)."""
+    """A Hyena decoder layer called on hidden states alone (its mixer needs no positions or masks)."""
 
     def __init__(self, layer: nn.Module):
         super().__init__()
@@ -83,9 +98,36 @@ class LayerOnly(nn.Module):
         return first_output(self.layer(h))
 
 
-def set_trainable(layer: nn.Module, mixer: nn.Module, what: str) -> None:
-    layer.requires_grad_(what == "layer")
+class MixerOnly(nn.Module):
+    """What a layer's mixer adds to the residual stream: mixer(norm(h)), the attention-transfer output."""
+
+    def __init__(self, norm: nn.Module, mixer: nn.Module):
+        super().__init__()
+        self.norm, self.mixer = norm, mixer
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, L, d) -> (B, L, d)
+        return first_output(self.mixer(self.norm(h)))
+
+
+class ComputedTargets:
+    """Targets made batch by batch from the inputs by a frozen function (the teacher's attention),
+    readable like a row-indexed array by `take`: `targets.take_rows(rows)` -> fn(inputs[rows])."""
+
+    def __init__(self, inputs, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
+        self.inputs, self.fn, self.device = inputs, fn, device
+        self.shape, self.dtype = tuple(inputs.shape), np.dtype(np.float32)
+
+    @torch.no_grad()
+    def take_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.fn(to_tensor(take(self.inputs, rows), self.device)).float().cpu().numpy()
+
+
+def trainable_fn(layer: nn.Module, mixer: nn.Module, norm: nn.Module, cfg: DistillConfig) -> nn.Module:
+    """The function of the input that distillation fits (LayerOnly or MixerOnly), with exactly the
+    parameters `cfg.train` names set to require gradients."""
+    layer.requires_grad_(cfg.train == "layer")
     mixer.requires_grad_(True)
+    return LayerOnly(layer) if cfg.target == "layer_output" else MixerOnly(norm, mixer)
 
 
 @torch.no_grad()
@@ -116,8 +158,7 @@ def layer_mse(fn: nn.Module, inputs, targets, env: DistEnv, batch_size: int) -> 
 
 
 def distill_layer(
-    layer: nn.Module,
-    mixer: nn.Module,
+    fn: nn.Module,
     train_inputs,
     train_targets,
     val_inputs,
@@ -126,17 +167,18 @@ def distill_layer(
     env: DistEnv,
     log: LogFn | None = None,
 ) -> dict[str, float]:
-    """Train `layer` (or only its `mixer`) by MSE; returns validation MSE before and after, and costs.
+    """Fit `fn` (its parameters that require gradients) to the targets by MSE; returns validation
+    MSE before and after, and costs.
 
-    Arrays are (n, L, d), numpy or Zarr; row k of inputs and targets are the same sequence.
+    Inputs are (n, L, d) numpy or Zarr arrays; targets the same, or `ComputedTargets`; row k of
+    inputs and targets are the same sequence.
     """
-    if train_inputs.shape != train_targets.shape:
+    if tuple(train_inputs.shape) != tuple(train_targets.shape):
         raise ValueError(f"inputs {train_inputs.shape} and targets {train_targets.shape} differ in shape")
     torch.manual_seed(cfg.seed)
     train_inputs = load_all(train_inputs, RAM_BYTES // 2)
     train_targets = load_all(train_targets, RAM_BYTES // 2)
-    fn = LayerOnly(layer).to(env.device)
-    set_trainable(layer, mixer, cfg.train)
+    fn = fn.to(env.device)
     before = layer_mse(fn.eval(), val_inputs, val_targets, env, VAL_BATCH)
 
     model = wrap(fn, env)
@@ -159,7 +201,7 @@ def distill_layer(
                     metric="train_mse", desc="distill", hint="lower distill.lr")
     fn.eval()
     after = layer_mse(fn, val_inputs, val_targets, env, VAL_BATCH)
-    layer.requires_grad_(False)
+    fn.requires_grad_(False)
     return {
         "val_mse_before": before["mse"], "val_mse": after["mse"],
         "val_nmse_before": before["nmse"], "val_nmse": after["nmse"],
@@ -170,10 +212,9 @@ def distill_layer(
 
 
 @torch.no_grad()
-def layer_outputs(layer: nn.Module, inputs, env: DistEnv, batch_size: int, write: Callable[[int, np.ndarray], None],
-                  dtype=np.float16) -> None:
-    """Run a (frozen) layer over every row of `inputs` and hand each output batch to `write(start, out)`."""
-    fn = LayerOnly(layer).to(env.device).eval()
+def layer_outputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs, env: DistEnv, batch_size: int,
+                  write: Callable[[int, np.ndarray], None], dtype=np.float16) -> None:
+    """Run a frozen layer function over every row of `inputs`; hand each output batch to `write(start, out)`."""
     n = inputs.shape[0]
     for start in tqdm(range(0, n, batch_size), desc="layer outputs", unit="batch", disable=not env.is_main):
         rows = np.arange(start, min(start + batch_size, n))

@@ -50,8 +50,19 @@ class FinetuneConfig(LMTrainConfig):
 
     lr: float = param(6.0e-4, "peak learning rate", gt=0)
     epochs: float = param(6.0, "passes over the training sequences (paper: 6 after 6 distillation epochs)", gt=0)
+    train: Literal["all", "mixers"] = param("all", "all: every weight | mixers: only the Hyena mixers (embeddings, "
+                                                   "norms and MLPs stay the teacher's)")
+    ce_weight: float = param(1.0, "weight of the next-token cross-entropy", ge=0)
     kl_weight: float = param(0.0, "weight of KL(teacher || student) on next-token logits (0: pure CE, as the paper)", ge=0)
     kl_temperature: float = param(1.0, "temperature of that KL", gt=0)
+    kl_source: Literal["cached", "online"] = param(
+        "cached", "cached: the teacher's top-k logits from the dump (dump.logits_topk) | online: a teacher forward "
+                  "pass every step (exact, ~1/3 more compute per step)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ce_weight == 0 and self.kl_weight == 0:
+            raise ValueError("finetune.ce_weight and finetune.kl_weight are both 0: nothing to train on")
 
 
 @dataclass
@@ -69,6 +80,17 @@ def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = (t.exp() * (t - s)).sum(-1)  # (B, L)
     return kl.mean() * temperature**2
+
+
+def kl_to_teacher_topk(student_logits: torch.Tensor, values: torch.Tensor, ids: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """KL(teacher || student) at temperature T over the teacher's top k tokens (values, ids: (B, L, k)),
+    the teacher's distribution renormalised over them; the student's log-probabilities are its
+    full-vocabulary ones. Mean over tokens, scaled by T^2. With k covering most of the teacher's
+    mass this is the full KL less the tail's share."""
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, ids)  # (B, L, k)
+    t = F.log_softmax(values.float() / temperature, dim=-1)  # (B, L, k)
+    return (t.exp() * (t - s)).sum(-1).mean() * temperature**2
 
 
 @torch.no_grad()
@@ -119,6 +141,14 @@ class DirCheckpoint:
         return int(state["step"])
 
 
+def set_trainable(model: nn.Module, what: str) -> None:
+    """Every weight ("all") or only the Hyena mixers ("mixers") of a student require gradients."""
+    model.requires_grad_(what == "all")
+    if what == "mixers":
+        for i in model.hyena_layers():
+            model.mixer(i).requires_grad_(True)
+
+
 def train_lm(
     model: nn.Module,
     train_tokens,
@@ -127,21 +157,26 @@ def train_lm(
     steps: int,
     env: DistEnv,
     teacher: nn.Module | None = None,
+    teacher_topk: tuple | None = None,
     log: LogFn | None = None,
     checkpoint: DirCheckpoint | None = None,
 ) -> dict[str, float]:
     """Train a causal LM on packed token rows (n, L) for `steps` optimiser steps; returns the
-    validation loss/perplexity before and after, and costs. With a FinetuneConfig whose
-    kl_weight > 0, `teacher` adds the logit KL."""
+    validation loss/perplexity before and after, and costs.
+
+    With a FinetuneConfig whose kl_weight > 0 the loss adds the logit KL to the teacher: from
+    `teacher` run online, or from `teacher_topk` = (values, ids), the teacher's top-k logits of the
+    same rows (each (n, L, k), row-aligned with train_tokens)."""
     kl_weight = getattr(cfg, "kl_weight", 0.0)
     kl_temperature = getattr(cfg, "kl_temperature", 1.0)
+    ce_weight = getattr(cfg, "ce_weight", 1.0)
     if steps < 1:
         raise ValueError(f"LM training needs at least one step (got {steps})")
     torch.manual_seed(cfg.seed)
     model.to(env.device)
-    model.requires_grad_(True)
-    if kl_weight > 0 and teacher is None:
-        raise ValueError("kl_weight > 0 needs a teacher")
+    set_trainable(model, getattr(cfg, "train", "all"))
+    if kl_weight > 0 and teacher is None and teacher_topk is None:
+        raise ValueError("kl_weight > 0 needs a teacher or its cached top-k logits")
     if teacher is not None:
         teacher.to(env.device).eval().requires_grad_(False)
     ddp = wrap(model, env)
@@ -154,7 +189,10 @@ def train_lm(
     val_before = math.nan if resuming else lm_loss(model, val_tokens, env)
 
     def step(rows: np.ndarray) -> float:
-        ids_all = torch.from_numpy(np.asarray(take(train_tokens, rows[local]), dtype=np.int64)).to(env.device)
+        rows = rows[local]
+        ids_all = torch.from_numpy(np.asarray(take(train_tokens, rows), dtype=np.int64)).to(env.device)
+        if kl_weight > 0 and teacher is None:
+            top_all = [torch.from_numpy(np.ascontiguousarray(take(a, rows))).to(env.device) for a in teacher_topk]
         total = 0.0
         for m0 in range(0, local_n, micro):
             ids = ids_all[m0:m0 + micro]  # (b, L)
@@ -163,11 +201,14 @@ def train_lm(
             ctx = ddp.no_sync() if env.distributed and not sync else contextlib.nullcontext()
             with ctx, env.autocast():
                 logits = ddp(input_ids=ids).logits  # (b, L, V)
-                loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
-                if kl_weight > 0:
+                loss = ce_weight * F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
+                if kl_weight > 0 and teacher is not None:
                     with torch.no_grad():
                         t_logits = teacher(input_ids=ids).logits
-                    loss = loss + kl_weight * kl_to_teacher(logits[:, :-1], t_logits[:, :-1], kl_temperature)
+                    loss = loss + kl_weight * kl_to_teacher(logits, t_logits, kl_temperature)
+                elif kl_weight > 0:
+                    values, top_ids = (t[m0:m0 + micro] for t in top_all)
+                    loss = loss + kl_weight * kl_to_teacher_topk(logits, values, top_ids.long(), kl_temperature)
             (loss * frac).backward()
             total += loss.item() * frac
         return total

@@ -1,0 +1,111 @@
+"""Compare whole recipes (one pipeline run each): perplexities against the teacher, per-layer error,
+distilled vs from-scratch, and what each stage cost in wall time. A markdown table and one plot.
+
+Input: `Variant`s (hyena.evaluate.ablations) whose `metrics` hold the eval stage's flat metrics
+under `metrics.<key>` (`metrics.ppl/owt/finetuned`, ...), `layer_nmse` the per-layer normalised
+layer-output MSE of the distill stages, and `timings` the wall seconds of each stage.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from hyena.evaluate.ablations import Variant, differing_params
+
+STUDENTS = ("distilled", "finetuned", "pretrained")
+
+
+def ppl(v: Variant, dataset: str, model: str) -> float | None:
+    return v.metrics.get(f"metrics.ppl/{dataset}/{model}")
+
+
+def _f(x, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:,.{digits}f}" if abs(x) < 1e4 else f"{x:,.0f}"
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def row_values(v: Variant) -> dict:
+    """The numbers of one recipe's row (None where the run did not produce them)."""
+    teacher = {ds: ppl(v, ds, "teacher") for ds in ("owt", "wikitext")}
+    nmse = [x for x in v.layer_nmse.values() if not math.isnan(x)]
+    out = {f"{ds}_{m}": ppl(v, ds, m) for ds in ("owt", "wikitext") for m in ("teacher", *STUDENTS)}
+    out.update({
+        "owt_ft_over_teacher": _ratio(out["owt_finetuned"], teacher["owt"]),
+        "wikitext_ft_over_teacher": _ratio(out["wikitext_finetuned"], teacher["wikitext"]),
+        "owt_distilled_over_scratch": _ratio(out["owt_distilled"], out["owt_pretrained"]),
+        "owt_finetuned_over_scratch": _ratio(out["owt_finetuned"], out["owt_pretrained"]),
+        "nmse_mean": sum(nmse) / len(nmse) if nmse else None,
+        "nmse_max": max(nmse) if nmse else None,
+        "nmse_above_1": sum(x >= 1 for x in nmse) if nmse else None,
+        "distill_s": sum(s for k, s in v.timings.items() if k.startswith("distill_")) or None,
+        "finetune_s": v.timings.get("finetune"),
+        "pretrain_s": v.timings.get("pretrain"),
+    })
+    return out
+
+
+def markdown_table(variants: list[Variant], ignore: tuple[str, ...] = ()) -> str:
+    diff = differing_params(variants, ignore)
+    head = ["recipe", *diff, "OWT ppl: distilled / fine-tuned / from scratch", "fine-tuned / teacher (OWT)",
+            "WikiText fine-tuned (/ teacher)", "distilled / from scratch (OWT)",
+            "layer nMSE mean / max / layers >= 1", "wall s: distill / finetune / pretrain"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in variants:
+        r = row_values(v)
+        cells = [v.name, *(str(v.params.get(k, "–")) for k in diff),
+                 " / ".join(_f(r[f"owt_{m}"]) for m in STUDENTS),
+                 _f(r["owt_ft_over_teacher"], 2) + "x",
+                 f"{_f(r['wikitext_finetuned'])} ({_f(r['wikitext_ft_over_teacher'], 2)}x)",
+                 _f(r["owt_distilled_over_scratch"], 2),
+                 f"{_f(r['nmse_mean'], 2)} / {_f(r['nmse_max'], 2)} / {r['nmse_above_1'] if r['nmse_above_1'] is not None else '–'}",
+                 " / ".join(_f(r[k], 0) for k in ("distill_s", "finetune_s", "pretrain_s"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    teachers = {f"{ds}": next((ppl(v, ds, "teacher") for v in variants if ppl(v, ds, "teacher")), None)
+                for ds in ("owt", "wikitext")}
+    lines += ["", f"Teacher perplexity: OWT {_f(teachers['owt'])}, WikiText {_f(teachers['wikitext'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_recipes(variants: list[Variant], path: str | Path) -> None:
+    """Left: OWT perplexity of each recipe's distilled, fine-tuned and from-scratch student (log
+    scale, the teacher as a line); right: normalised layer-output MSE per layer, one line a recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hyena.evaluate.plots import _save
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
+    width = 0.8 / len(STUDENTS)
+    for j, model in enumerate(STUDENTS):
+        xs = [i + (j - 1) * width for i in range(len(variants))]
+        ys = [ppl(v, "owt", model) or float("nan") for v in variants]
+        bars = left.bar(xs, ys, width, label=model)
+        left.bar_label(bars, fmt="%.0f", fontsize=6)
+    teacher = next((ppl(v, "owt", "teacher") for v in variants if ppl(v, "owt", "teacher")), None)
+    if teacher:
+        left.axhline(teacher, color="k", ls="--", lw=1, label=f"teacher ({teacher:.1f})")
+    left.set_xticks(range(len(variants)), [v.name for v in variants], rotation=20, ha="right", fontsize=8)
+    left.set_yscale("log")
+    left.set_ylabel("OWT token perplexity")
+    left.set_title("Students per recipe")
+    left.legend(fontsize=7)
+    for i, v in enumerate(variants):
+        if v.layer_nmse:
+            xs = sorted(v.layer_nmse)
+            right.plot(xs, [v.layer_nmse[x] for x in xs], marker="o", ms=2.5, color=f"C{i % 10}", label=v.name)
+    right.axhline(1.0, color="grey", ls=":", lw=1)
+    right.set_yscale("log")
+    right.set_xlabel("layer")
+    right.set_ylabel("layer-output MSE / target mean square")
+    right.set_title("Per-layer distillation error (validation)")
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3)
+    _save(fig, path)

@@ -1,0 +1,96 @@
+"""LM training of students: the logit-KL terms (online and cached top-k), which weights train."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_llama_config
+from transformers import AutoModelForCausalLM
+
+from hyena.operator import HyenaConfig
+from hyena.student import StudentConfig, build_student
+from hyena.train.dist import DistEnv
+from hyena.train.lm import FinetuneConfig, kl_to_teacher, kl_to_teacher_topk, lm_loss, train_lm
+
+
+def test_top_k_kl_is_the_full_kl_when_k_covers_the_vocabulary():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 40, generator=g), 3 * torch.randn(2, 5, 40, generator=g)
+    values, ids = teacher.topk(40, dim=-1)
+    for t in (1.0, 2.0):
+        torch.testing.assert_close(kl_to_teacher_topk(student, values, ids, t), kl_to_teacher(student, teacher, t))
+    # with fewer tokens it stays a KL (>= 0) and vanishes when the student matches the teacher
+    values, ids = teacher.topk(8, dim=-1)
+    assert kl_to_teacher_topk(student, values, ids, 1.0) > 0
+    assert kl_to_teacher_topk(teacher, values, ids, 1.0) < kl_to_teacher_topk(student, values, ids, 1.0)
+
+
+@pytest.fixture
+def pair():
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size=128, layers=2)).eval()
+    student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=64, emb_dim=3)))
+    tokens = np.random.default_rng(0).integers(0, 128, (12, 32)).astype(np.int32)
+    return teacher, student, tokens
+
+
+def _topk(teacher, tokens, k):
+    with torch.no_grad():
+        top = teacher(input_ids=torch.from_numpy(tokens.astype(np.int64))).logits.topk(k, dim=-1)
+    return top.values.numpy(), top.indices.numpy().astype(np.int32)
+
+
+@torch.no_grad()
+def _kl(student, teacher, tokens, k=16) -> float:
+    values, ids = _topk(teacher, tokens, k)
+    logits = student(input_ids=torch.from_numpy(tokens.astype(np.int64))).logits
+    return kl_to_teacher_topk(logits, torch.from_numpy(values), torch.from_numpy(ids).long(), 1.0).item()
+
+
+def test_distilling_from_cached_top_k_logits_moves_the_student_towards_the_teacher(pair):
+    teacher, student, tokens = pair
+    before = _kl(student, teacher, tokens[8:])
+    cfg = FinetuneConfig(lr=1e-2, batch_size=4, ce_weight=0.0, kl_weight=1.0, warmup_frac=0.0, log_every=100)
+    train_lm(student, tokens[:8], tokens[8:], cfg, 24, DistEnv(), teacher_topk=_topk(teacher, tokens[:8], 16))
+    after = _kl(student, teacher, tokens[8:])
+    assert after < 0.8 * before, (before, after)  # held-out rows: the KL to the teacher falls
+
+
+def test_training_only_the_mixers_leaves_every_teacher_weight_alone(pair):
+    teacher, student, tokens = pair
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    cfg = FinetuneConfig(lr=1e-3, batch_size=4, train="mixers", warmup_frac=0.0, log_every=100)
+    res = train_lm(student, tokens[:8], tokens[8:], cfg, 2, DistEnv())
+    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".self_attn." in k for k in changed), sorted(changed)[:5]
+    assert res["val_loss"] == pytest.approx(lm_loss(student, tokens[8:], DistEnv()))
+
+
+def test_a_finetune_with_nothing_to_learn_from_is_refused():
+    with pytest.raises(ValueError, match="ce_weight and finetune.kl_weight are both 0"):
+        FinetuneConfig(ce_weight=0.0, kl_weight=0.0)
+
+
+def test_equal_compute_budget_counts_what_each_recipe_trains(pair):
+    """The from-scratch baseline's budget: a kept attention layer costs nothing, attention transfer
+    costs the mixer's 6N plus the teacher attention's 2N forward, layer-output MSE the layer's 6N."""
+    from hyena.train.distill import DistillConfig
+    from pipeline.pretrain import _attention_params, _count, equal_compute_tokens
+
+    teacher, student, _ = pair
+    hybrid = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=64, emb_dim=3), keep_attention=[2]))
+    ft = FinetuneConfig(batch_size=4, epochs=1.0)
+    attn = _attention_params(student.config)
+    assert attn == sum(p.numel() for p in teacher.model.layers[0].self_attn.parameters())
+    flops = {}
+    for name, model, target in (("layer", student, "layer_output"), ("mixer", student, "mixer_output"),
+                                ("hybrid", hybrid, "layer_output")):
+        d = DistillConfig(batch_size=4, epochs=2, target=target,
+                          layers={"01": {"prev": "00"}, "02": {"prev": "01"}}, last="02")
+        flops[name] = equal_compute_tokens(model, d, 8, 32, ft, 8, 32, attn)[1]["distill"]
+    tokens = 2 * 8 * 32  # 2 epochs of 8 rows of 32 tokens, per layer
+    layers, mixers = student.decoder_layers(), [student.mixer(i) for i in range(2)]
+    assert flops["layer"] == 6 * tokens * sum(_count(x) for x in layers)
+    assert flops["mixer"] == tokens * sum(6 * _count(m) + 2 * attn for m in mixers)
+    assert flops["hybrid"] == 6 * tokens * _count(hybrid.decoder_layers()[0])  # layer 2 kept: free
