@@ -124,9 +124,13 @@ def _distill(student, i: int, cfg, env, params, train, val, log) -> dict:
     before = layer_mse(whole, val_in, val_out, env, VAL_BATCH)
     train_t = load_all(ComputedTargets(train_in, target, env.device), RAM_BYTES // 2)
     val_t = ComputedTargets(val_in, target, env.device)
+    readout = None
     if cfg.readout == "least_squares":
-        fit_readout(mixer, fn.norm, train_in, train_t, cfg, env)
-    result = distill_layer(fn, train_in, train_t, val_in, val_t, cfg, env, log=log)
+        mixer.out_proj.requires_grad_(False)  # the solve owns the readout; the steps shape the features
+
+        def readout():
+            fit_readout(mixer, fn.norm, train_in, train_t, cfg, env)
+    result = distill_layer(fn, train_in, train_t, val_in, val_t, cfg, env, log=log, readout=readout)
     after = layer_mse(whole, val_in, val_out, env, VAL_BATCH)
     return {**result, "val_layer_mse_before": before["mse"], "val_layer_mse": after["mse"],
             "val_layer_nmse_before": before["nmse"], "val_layer_nmse": after["nmse"]}

@@ -61,8 +61,9 @@ class DistillConfig(OptimConfig):
     epochs: int = param(8, "passes over the dumped sequences, per layer (paper: 8; 0: no gradient steps, e.g. "
                            "after a least-squares readout)", ge=0)
     readout: Literal["none", "least_squares"] = param(
-        "none", "least_squares: before any gradient step, solve the mixer's output projection and bias in closed "
-                "form (ridge least squares of its gated features onto the target; mixer_output target only)")
+        "none", "least_squares: solve the mixer's output projection and bias in closed form (ridge least squares of "
+                "its gated features onto the target; mixer_output target only) before the gradient steps, which then "
+                "train the rest of the mixer with the readout frozen, and again after them")
     ridge: float = param(1e-3, "ridge of that solve, relative to the mean diagonal of the features' Gram matrix", ge=0)
     layers: dict[str, dict[str, Any]] = param(
         {f"{i:02d}": {"prev": f"{i - 1:02d}"} for i in range(1, 7)}, "one DVC stage per entry (foreach); prev: the layer feeding it. Add e.g. `lr: 5.0e-4` to an "
@@ -201,9 +202,11 @@ def distill_layer(
     cfg: DistillConfig,
     env: DistEnv,
     log: LogFn | None = None,
+    readout: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Fit `fn` (its parameters that require gradients) to the targets by MSE; returns validation
-    MSE before and after, and costs.
+    MSE before and after, and costs. `readout()`, if given, is called before the first gradient
+    step and after the last (a closed-form solve of parameters the steps leave alone).
 
     Inputs are (n, L, d) numpy or Zarr arrays; targets the same, or `ComputedTargets`; row k of
     inputs and targets are the same sequence.
@@ -214,6 +217,8 @@ def distill_layer(
     train_inputs = load_all(train_inputs, RAM_BYTES // 2)
     train_targets = load_all(train_targets, RAM_BYTES // 2)
     fn = fn.to(env.device)
+    if readout is not None:
+        readout()
     before = layer_mse(fn.eval(), val_inputs, val_targets, env, VAL_BATCH)
 
     model = wrap(fn, env)
@@ -236,6 +241,8 @@ def distill_layer(
                     metric="train_mse", desc="distill", hint="lower distill.lr") if total else \
         {"train_loss_final": None, "seconds": 0.0}
     fn.eval()
+    if readout is not None and total:
+        readout()
     after = layer_mse(fn, val_inputs, val_targets, env, VAL_BATCH)
     fn.requires_grad_(False)
     return {
