@@ -369,7 +369,8 @@ class HyenaOperator(nn.Module):
         *x, v = z.split(self.d_model, dim=1)
         return x, v
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def features(self, u: torch.Tensor) -> torch.Tensor:
+        """Everything before the output projection: x_0 * (h * ...), (B, L, d) -> (B, d, L)."""
         L = u.shape[1]  # u: (B, L, d)
         self.filter_fn._check_len(L)
         x, v = self.gates(u)  # each (B, d, L)
@@ -378,8 +379,10 @@ class HyenaOperator(nn.Module):
         H = self.filter_fn.response(L, n, fft_dtype(u.dtype))  # (N-1, d, n/2+1), complex
         for o, x_i in enumerate(reversed(x[1:])):
             v = causal_conv_from_spectrum(v * x_i, H[o], n)  # (B, d, L)
-        y = v * x[0]  # (B, d, L)
-        return self.out_proj(y.mT)  # (B, L, d)
+        return v * x[0]  # (B, d, L)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.features(u).mT)  # (B, L, d)
 
 
 def causality_violation(mixer: nn.Module, d_model: int, L: int = 64, batch: int = 2, seed: int = 0) -> float:

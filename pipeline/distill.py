@@ -96,11 +96,14 @@ def _distill(student, i: int, cfg, env, params, train, val, log) -> dict:
     """Train layer i's mixer (or whole layer) on its target; adds the layer-output MSE before and
     after, whatever the target, so that every recipe reports one comparable number per layer."""
     from hyena.teachers import attention_output, load_teacher
+    from hyena.train.batches import load_all
     from hyena.train.distill import (
+        RAM_BYTES,
         VAL_BATCH,
         ComputedTargets,
         LayerOnly,
         distill_layer,
+        fit_readout,
         layer_mse,
         trainable_fn,
     )
@@ -119,8 +122,15 @@ def _distill(student, i: int, cfg, env, params, train, val, log) -> dict:
 
     whole = LayerOnly(block)
     before = layer_mse(whole, val_in, val_out, env, VAL_BATCH)
-    result = distill_layer(fn, train_in, ComputedTargets(train_in, target, env.device), val_in,
-                           ComputedTargets(val_in, target, env.device), cfg, env, log=log)
+    train_t = load_all(ComputedTargets(train_in, target, env.device), RAM_BYTES // 2)
+    val_t = ComputedTargets(val_in, target, env.device)
+    readout = None
+    if cfg.readout == "least_squares":
+        mixer.out_proj.requires_grad_(False)  # the solve owns the readout; the steps shape the features
+
+        def readout():
+            fit_readout(mixer, fn.norm, train_in, train_t, cfg, env)
+    result = distill_layer(fn, train_in, train_t, val_in, val_t, cfg, env, log=log, readout=readout)
     after = layer_mse(whole, val_in, val_out, env, VAL_BATCH)
     return {**result, "val_layer_mse_before": before["mse"], "val_layer_mse": after["mse"],
             "val_layer_nmse_before": before["nmse"], "val_layer_nmse": after["nmse"]}

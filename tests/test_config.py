@@ -64,7 +64,7 @@ def test_finetune_and_pretrain_carry_only_their_own_knobs():
 BAD = {
     "string for a number": ({"lr": "fast"}, "distill.lr: expected a number, got 'fast'"),
     "negative batch": ({"batch_size": -4}, "distill.batch_size must be >= 1, got -4"),
-    "zero epochs": ({"epochs": 0}, "distill.epochs must be >= 1"),
+    "negative epochs": ({"epochs": -1}, "distill.epochs must be >= 0"),
     "bool for an int": ({"epochs": True}, "distill.epochs: expected an integer"),
     "unknown choice": ({"input": "both"}, "distill.input: expected 'student' | 'teacher'"),
     "unknown key": ({"learning_rate": 1e-3}, "distill: unknown key(s) learning_rate"),

@@ -127,3 +127,44 @@ def test_attention_transfer_fits_the_mixer_to_the_teachers_attention_output(smol
     assert all(torch.equal(v, mlp_before[k]) for k, v in layer.mlp.state_dict().items())
     with pytest.raises(ValueError, match="needs target layer_output"):
         DistillConfig(target="mixer_output", train="layer")
+
+
+def test_least_squares_readout_is_the_best_output_projection_for_the_mixers_features():
+    """distill.readout: least_squares solves out_proj in closed form: on the rows it was fitted on,
+    no output projection does better (perturbing it only raises the error), it beats a mixer that
+    predicts the mean, and with epochs 0 it is the whole distillation."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_llama_config
+    from hyena.teachers import attention_output
+    from hyena.train.distill import MixerOnly, fit_readout
+
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size=128, layers=1)).eval()
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, 128, (12, 32)))
+    x = capture_layer_outputs(teacher, ids)[0]
+    with torch.no_grad():
+        y = attention_output(teacher, 0, x)
+    student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=32, emb_dim=3)))
+    mixer, norm = student.mixer(0), student.adapter.input_norm(student.decoder_layers()[0])
+    cfg = DistillConfig(target="mixer_output", readout="least_squares", ridge=0.0, epochs=0, batch_size=4)
+    fit_readout(mixer, norm, x.numpy(), y.numpy(), cfg, DistEnv())
+    fn = MixerOnly(norm, mixer)
+
+    def sse():
+        with torch.no_grad():
+            return (fn(x) - y).double().pow(2).sum().item()
+
+    best = sse()
+    mean_sse = (y - y.mean((0, 1))).double().pow(2).sum().item()
+    assert best < mean_sse
+    for _ in range(3):  # any nearby output projection fits the rows worse
+        with torch.no_grad():
+            delta = 1e-3 * torch.randn_like(mixer.out_proj.weight)
+            mixer.out_proj.weight += delta
+            assert sse() > best
+            mixer.out_proj.weight -= delta
+    res = distill_layer(fn, x.numpy()[:8], y.numpy()[:8], x.numpy()[8:], y.numpy()[8:], cfg, DistEnv())
+    assert res["steps"] == 0 and res["train_mse_final"] is None and res["val_mse"] == res["val_mse_before"]
+    with pytest.raises(ValueError, match="needs target mixer_output"):
+        DistillConfig(readout="least_squares")

@@ -58,7 +58,13 @@ class DistillConfig(OptimConfig):
                                                       "decoder layer (layer_output target only)")
     skip_first: int = param(0, "first positions of each sequence left out of the MSE (1 drops the attention-sink "
                                "outlier of Llama teachers; 0: the paper)", ge=0)
-    epochs: int = param(8, "passes over the dumped sequences, per layer (paper: 8)", ge=1)
+    epochs: int = param(8, "passes over the dumped sequences, per layer (paper: 8; 0: no gradient steps, e.g. "
+                           "after a least-squares readout)", ge=0)
+    readout: Literal["none", "least_squares"] = param(
+        "none", "least_squares: solve the mixer's output projection and bias in closed form (ridge least squares of "
+                "its gated features onto the target; mixer_output target only) before the gradient steps, which then "
+                "train the rest of the mixer with the readout frozen, and again after them")
+    ridge: float = param(1e-3, "ridge of that solve, relative to the mean diagonal of the features' Gram matrix", ge=0)
     layers: dict[str, dict[str, Any]] = param(
         {f"{i:02d}": {"prev": f"{i - 1:02d}"} for i in range(1, 7)}, "one DVC stage per entry (foreach); prev: the layer feeding it. Add e.g. `lr: 5.0e-4` to an "
             "entry to override a knob for that layer only (reruns that layer and the ones above it)")
@@ -68,6 +74,9 @@ class DistillConfig(OptimConfig):
         super().__post_init__()
         if self.target == "mixer_output" and self.train == "layer":
             raise ValueError("distill.train: layer needs target layer_output (the mixer_output loss does not reach the MLP)")
+        if self.readout == "least_squares" and self.target != "mixer_output":
+            raise ValueError("distill.readout: least_squares needs target mixer_output (the readout's target is the "
+                             "attention output)")
 
     def for_layer(self, key: str) -> DistillConfig:
         """The config of layer `key`: the global knobs with that layer's overrides applied."""
@@ -157,6 +166,33 @@ def layer_mse(fn: nn.Module, inputs, targets, env: DistEnv, batch_size: int) -> 
             "mse_after_first": sq_rest / max(count_rest, 1)}
 
 
+@torch.no_grad()
+def fit_readout(mixer: nn.Module, norm: nn.Module, inputs, targets, cfg: DistillConfig, env: DistEnv) -> None:
+    """Solve the mixer's output projection (weight and bias) in closed form: the ridge least-squares
+    map from its gated features g = x_0 * (h * ...) to the targets over every training row (the
+    first `skip_first` positions left out). Gram and cross terms accumulate in fp64 batch by batch,
+    so memory is O(d^2) whatever the data; one (d+1)-sized solve follows."""
+    d = mixer.out_proj.in_features
+    gram = torch.zeros(d + 1, d + 1, dtype=torch.float64, device=env.device)
+    cross = torch.zeros(d + 1, mixer.out_proj.out_features, dtype=torch.float64, device=env.device)
+    n = inputs.shape[0]
+    for start in range(0, n, VAL_BATCH):
+        rows = np.arange(start, min(start + VAL_BATCH, n))
+        x = to_tensor(take(inputs, rows), env.device)  # (b, L, d)
+        y = to_tensor(take(targets, rows), env.device)[:, cfg.skip_first:].flatten(0, 1).double()  # (b L, d)
+        g = mixer.features(norm(x)).mT[:, cfg.skip_first:].flatten(0, 1).double()  # (b L, d)
+        g = torch.cat([g, torch.ones_like(g[:, :1])], dim=1)  # a bias column
+        gram += g.T @ g
+        cross += g.T @ y
+    if env.distributed:
+        torch.distributed.all_reduce(gram)
+        torch.distributed.all_reduce(cross)
+    gram += cfg.ridge * gram.diagonal().mean() * torch.eye(d + 1, dtype=gram.dtype, device=gram.device)
+    w = torch.linalg.solve(gram, cross)  # (d+1, d_out)
+    mixer.out_proj.weight.copy_(w[:-1].T.to(mixer.out_proj.weight.dtype))
+    mixer.out_proj.bias.copy_(w[-1].to(mixer.out_proj.bias.dtype))
+
+
 def distill_layer(
     fn: nn.Module,
     train_inputs,
@@ -166,9 +202,11 @@ def distill_layer(
     cfg: DistillConfig,
     env: DistEnv,
     log: LogFn | None = None,
+    readout: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Fit `fn` (its parameters that require gradients) to the targets by MSE; returns validation
-    MSE before and after, and costs.
+    MSE before and after, and costs. `readout()`, if given, is called before the first gradient
+    step and after the last (a closed-form solve of parameters the steps leave alone).
 
     Inputs are (n, L, d) numpy or Zarr arrays; targets the same, or `ComputedTargets`; row k of
     inputs and targets are the same sequence.
@@ -179,6 +217,8 @@ def distill_layer(
     train_inputs = load_all(train_inputs, RAM_BYTES // 2)
     train_targets = load_all(train_targets, RAM_BYTES // 2)
     fn = fn.to(env.device)
+    if readout is not None:
+        readout()
     before = layer_mse(fn.eval(), val_inputs, val_targets, env, VAL_BATCH)
 
     model = wrap(fn, env)
@@ -198,8 +238,11 @@ def distill_layer(
 
     fn.train()
     run = run_steps(fn, cfg, epoch_batches(n, cfg.batch_size, cfg.epochs, cfg.seed), total, step, env, log=log,
-                    metric="train_mse", desc="distill", hint="lower distill.lr")
+                    metric="train_mse", desc="distill", hint="lower distill.lr") if total else \
+        {"train_loss_final": None, "seconds": 0.0}
     fn.eval()
+    if readout is not None and total:
+        readout()
     after = layer_mse(fn, val_inputs, val_targets, env, VAL_BATCH)
     fn.requires_grad_(False)
     return {
