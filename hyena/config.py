@@ -79,7 +79,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return load(tp, value, key)
+        return value if isinstance(value, tp) else load(tp, value, key)  # an instance checked itself
     if origin in (typing.Union, types.UnionType):
         errors = []
         for arm in get_args(tp):
@@ -87,6 +87,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arm, key)
             except ConfigError as err:
                 errors.append(err)
+                if isinstance(value, dict) and dataclasses.is_dataclass(arm):
+                    break  # a mapping meant for that section: its own error says what is wrong inside
+        if isinstance(value, dict) and dataclasses.is_dataclass(get_args(tp)[len(errors) - 1]):
+            raise errors[-1]
         raise _wrong(key, value, tp)
     if origin is Literal:
         if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
@@ -252,8 +256,9 @@ def render_section(obj: Any, indent: int = 2) -> list[str]:
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:{comment}")
             lines += render_section(value, indent + 2)
-        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            lines.append(f"{pad}{f.name}:{comment}")  # one flow mapping per entry (distill.layers)
+        elif isinstance(value, dict) and value and all(isinstance(v, dict) or dataclasses.is_dataclass(v)
+                                                       for v in value.values()):
+            lines.append(f"{pad}{f.name}:{comment}")  # one flow mapping per entry (distill.layers, eval.datasets)
             lines += [f"{pad}  {_scalar(str(k))}: {_scalar(v)}" for k, v in value.items()]
         else:
             lines.append(f"{pad}{f.name}: {_scalar(value)}{comment}")

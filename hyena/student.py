@@ -36,7 +36,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from hyena.config import Config, param
 from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, Sin
 from hyena.runtime import first_output
-from hyena.teachers import TeacherAdapter, causal_mask, get_adapter, position_inputs
+from hyena.teachers import TeacherAdapter, causal_mask, get_adapter, position_inputs, sliding_window
 
 INITS = ("random", "teacher_attention")
 
@@ -123,14 +123,15 @@ class HyenaStudentConfig(PretrainedConfig):
             tc = self.teacher_config
             if "model_type" not in tc:
                 raise ValueError("teacher_config must record the teacher's model_type")
+            arch = self.teacher_architecture()  # read through its attribute_map (GPT-2: n_embd, n_layer)
             for key in ("vocab_size", "hidden_size", "num_hidden_layers", "tie_word_embeddings",
                         "bos_token_id", "eos_token_id", "pad_token_id"):
-                if getattr(self, key) in (None, False) and tc.get(key) is not None:
-                    setattr(self, key, tc[key])
+                if getattr(self, key) in (None, False) and getattr(arch, key, None) is not None:
+                    setattr(self, key, getattr(arch, key))
         if self.hyena is not None:
             self.max_position_embeddings = self.hyena_config().max_len
         self.keep_attention = sorted(self.keep_attention or [])
-        n = (self.teacher_config or {}).get("num_hidden_layers")
+        n = self.num_hidden_layers if self.teacher_config is not None else None  # the teacher's, read above
         if n is not None and any(not 1 <= k <= n for k in self.keep_attention):
             raise ValueError(f"keep_attention {self.keep_attention} names layers outside the teacher's 1..{n}")
         super().__post_init__(**kwargs)
@@ -257,9 +258,7 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """What decoder layer 1 receives for input_ids (B, L) -> (B, L, d); entry 0 of
         capture_layer_outputs (embedding dropout applies in training mode, as in the backbone)."""
-        h = self.adapter.embedding(self.backbone)(input_ids)  # (B, L, d)
-        dropout = getattr(self.adapter.base(self.backbone), "emb_dropout", None)
-        return dropout(h) if dropout is not None else h
+        return self.adapter.embed(self.backbone, input_ids)  # (B, L, d), position embeddings included
 
     def run_layer(self, i: int, hidden_states: torch.Tensor) -> torch.Tensor:
         """Output of decoder layer i (0-based) for its input (B, L, d) at positions 0..L-1.
@@ -269,7 +268,8 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         layer = self.decoder_layers()[i]
         if self.config.is_hyena(i):
             return first_output(layer(hidden_states))
-        return first_output(layer(hidden_states, attention_mask=causal_mask(self.backbone, hidden_states),
+        window = sliding_window(self.backbone, self.adapter.attention(layer))  # Mistral, Qwen2/3 layers
+        return first_output(layer(hidden_states, attention_mask=causal_mask(self.backbone, hidden_states, window),
                                   **position_inputs(self.backbone, hidden_states)))
 
 

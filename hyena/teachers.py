@@ -1,8 +1,12 @@
 """Teachers: load a pretrained decoder-only transformer and know where its parts are.
 
 One small adapter per architecture family says where the decoder layers are, which attribute of
-a layer is the attention, which module produces the embedding output that feeds layer 1, and
+a layer is the attention, which modules produce the embedding output that feeds layer 1, and
 how to call one layer on hidden states. Everything else in the project goes through it.
+
+Supported families: GPT-NeoX (Pythia), Llama (SmolLM2), Mistral, Qwen2, Qwen3 and GPT-2. Adding
+one is an adapter entry in `ADAPTERS` plus, for `student.init: teacher_attention`, a function
+in `_PROJECTIONS` that reads its attention's Q/K/V/O at full width.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class TeacherAdapter:
     norm_attr: str = "input_layernorm"  # attribute of a decoder layer: the norm in front of the attention
     layers_attr: str = "layers"  # attribute of the base model: the decoder layers
     cache_kwarg: str = "cache"  # name under which a decoder layer hands the cache to its attention
+    position_attr: str | None = None  # attribute of the base model: learned absolute position embeddings
+    dropout_attr: str | None = None  # attribute of the base model: dropout on the embedding output
 
     def base(self, model: nn.Module) -> nn.Module:
         return getattr(model, self.base_attr)
@@ -58,10 +64,36 @@ class TeacherAdapter:
     def set_attention(self, layer: nn.Module, module: nn.Module) -> None:
         setattr(layer, self.attn_attr, module)
 
+    def embed(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """What decoder layer 1 receives for input_ids (B, L) -> (B, L, d): the token embedding,
+        plus the learned position embeddings of positions 0..L-1 where the family has them,
+        through the embedding dropout (active in training mode only, as in the model)."""
+        base = self.base(model)
+        h = self.embedding(model)(input_ids)  # (B, L, d)
+        if self.position_attr is not None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]  # (1, L)
+            h = h + getattr(base, self.position_attr)(positions)
+        dropout = getattr(base, self.dropout_attr) if self.dropout_attr is not None else None
+        return dropout(h) if dropout is not None else h
+
+
+def _llama_like(family: str) -> TeacherAdapter:
+    """Llama's layout (model.layers[i].self_attn, input_layernorm, embed_tokens, rotary positions),
+    shared by Mistral, Qwen2 and Qwen3."""
+    return TeacherAdapter(family, "model", "embed_tokens", "self_attn")
+
 
 ADAPTERS: dict[str, TeacherAdapter] = {
-    "gpt_neox": TeacherAdapter("gpt_neox", "gpt_neox", "embed_in", "attention", cache_kwarg="layer_past"),
-    "llama": TeacherAdapter("llama", "model", "embed_tokens", "self_attn"),
+    "gpt_neox": TeacherAdapter("gpt_neox", "gpt_neox", "embed_in", "attention", cache_kwarg="layer_past",
+                               dropout_attr="emb_dropout"),
+    "llama": _llama_like("llama"),
+    "mistral": _llama_like("mistral"),
+    "qwen2": _llama_like("qwen2"),
+    "qwen3": _llama_like("qwen3"),
+    # GPT-2: transformer.h[i].attn behind ln_1; learned absolute positions (wpe), which the
+    # student keeps: they are part of layer 1's input, not of the attention
+    "gpt2": TeacherAdapter("gpt2", "transformer", "wte", "attn", norm_attr="ln_1", layers_attr="h",
+                           position_attr="wpe", dropout_attr="drop"),
 }
 
 
@@ -141,7 +173,46 @@ def _llama_projections(attn: nn.Module, config) -> AttentionProjections:
     )
 
 
-_PROJECTIONS = {"gpt_neox": _neox_projections, "llama": _llama_projections}
+def _qwen3_projections(attn: nn.Module, config) -> AttentionProjections:
+    """Qwen3: Llama's projections, then a per-head RMSNorm on queries and keys (q_norm, k_norm:
+    gamma * x / rms(x) over each head's dims). Its scale gamma is linear and is folded into the
+    Q/K rows (and biases); the division by the per-head RMS is not linear and is left out, so the
+    seeded gates point along the teacher's normalised queries/keys, each head scaled by its RMS."""
+    p = _llama_projections(attn, config)
+    heads = config.num_attention_heads
+
+    def fold(t: torch.Tensor | None, gamma: torch.Tensor) -> torch.Tensor | None:
+        if t is None:
+            return None
+        scale = gamma.detach().repeat(heads)  # (heads * head_dim,): the same gamma for every head
+        return t * scale.view(-1, *([1] * (t.ndim - 1)))
+
+    return AttentionProjections(
+        fold(p.q_weight, attn.q_norm.weight), fold(p.k_weight, attn.k_norm.weight), p.v_weight, p.o_weight,
+        fold(p.q_bias, attn.q_norm.weight), fold(p.k_bias, attn.k_norm.weight), p.v_bias, p.o_bias,
+    )
+
+
+def _gpt2_projections(attn: nn.Module, config) -> AttentionProjections:
+    """GPT-2: Q/K/V fused in one Conv1D `c_attn` whose weight is (d_in, 3d), i.e. y = x @ W + b:
+    the transpose of a Linear weight. Its output splits into [Q | K | V] blocks of d columns
+    (heads laid out one after another inside each); `c_proj` is a Conv1D too."""
+    d = config.hidden_size
+    w = attn.c_attn.weight.detach().T  # (3d, d_in), Linear layout
+    b = attn.c_attn.bias.detach()
+    q, k, v = (w[j * d : (j + 1) * d] for j in range(3))
+    qb, kb, vb = (b[j * d : (j + 1) * d] for j in range(3))
+    return AttentionProjections(q, k, v, attn.c_proj.weight.detach().T, qb, kb, vb, attn.c_proj.bias.detach())
+
+
+_PROJECTIONS = {
+    "gpt_neox": _neox_projections,
+    "llama": _llama_projections,
+    "mistral": _llama_projections,
+    "qwen2": _llama_projections,  # Llama's, with Q/K/V biases
+    "qwen3": _qwen3_projections,
+    "gpt2": _gpt2_projections,
+}
 
 
 def attention_projections(attention: nn.Module, config) -> AttentionProjections:
@@ -355,14 +426,27 @@ def position_inputs(model: nn.Module, hidden_states: torch.Tensor) -> dict:
     return {"position_embeddings": rotary(hidden_states, position_ids=positions)}
 
 
-def causal_mask(model: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor | None:
-    """None where the attention implementation is causal by itself (sdpa, flash); an additive
-    (1, 1, L, L) mask for eager attention."""
-    if getattr(model.config, "_attn_implementation", "sdpa") != "eager":
-        return None
+def sliding_window(model: nn.Module, attention: nn.Module) -> int | None:
+    """How many positions (itself included) a query of this attention sees, None for all. Qwen2/3
+    set it per layer on the attention (None on full-attention layers); Mistral in its config."""
+    if hasattr(attention, "sliding_window"):
+        return attention.sliding_window
+    return getattr(model.config, "sliding_window", None)
+
+
+def causal_mask(model: nn.Module, hidden_states: torch.Tensor, window: int | None = None) -> torch.Tensor | None:
+    """None where the attention implementation is causal by itself (sdpa, flash) and no sliding
+    window shorter than the sequence applies; otherwise an additive (1, 1, L, L) mask: query t
+    sees keys t-window+1 .. t (all keys <= t without a window)."""
     L = hidden_states.shape[1]
-    full = torch.full((L, L), float("-inf"), device=hidden_states.device, dtype=hidden_states.dtype)
-    return torch.triu(full, diagonal=1)[None, None]
+    banded = window is not None and window < L
+    if getattr(model.config, "_attn_implementation", "sdpa") != "eager" and not banded:
+        return None
+    q = torch.arange(L, device=hidden_states.device)[:, None]  # (L, 1)
+    k = torch.arange(L, device=hidden_states.device)[None, :]  # (1, L)
+    hidden = (k > q) | (k <= q - window) if banded else k > q  # (L, L)
+    mask = torch.zeros((L, L), device=hidden_states.device, dtype=hidden_states.dtype)
+    return mask.masked_fill(hidden, float("-inf"))[None, None]
 
 
 def attention_output(model: nn.Module, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -371,6 +455,8 @@ def attention_output(model: nn.Module, i: int, x: torch.Tensor) -> torch.Tensor:
     transfer (`distill.target: mixer_output`)."""
     adapter = get_adapter(model)
     layer = adapter.layers(model)[i]
+    attention = adapter.attention(layer)
     h = adapter.input_norm(layer)(x)
-    out = adapter.attention(layer)(hidden_states=h, attention_mask=causal_mask(model, h), **position_inputs(model, h))
+    mask = causal_mask(model, h, sliding_window(model, attention))
+    out = attention(hidden_states=h, attention_mask=mask, **position_inputs(model, h))
     return first_output(out)

@@ -26,6 +26,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     import torch
     from safetensors.torch import load_file
 
+    from hyena.cards import ModelCard
     from hyena.evaluate.plots import plot_layer_mse
     from hyena.io import atomic_dir, file_sha256
     from hyena.store import ActivationStore
@@ -45,9 +46,6 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
         if file_sha256(weights) != sha:
             raise StageError(f"{weights} changed since layer {d.last} was distilled: run dvc repro")
         layers[int(key) - 1].load_state_dict(load_file(str(weights)))
-    with atomic_dir(p.student("distilled")) as tmp:
-        student.save_pretrained(tmp)
-        copy_tokenizer(p.layer("00"), tmp)
 
     teacher = ActivationStore.open(p.activations)
     n_val = teacher.n_sequences("val")
@@ -64,9 +62,17 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
             count += h.numel()
     free = {f"{i + 1:02d}": sq[i] / count for i in range(len(layers))}
     stage = {key: json.loads(p.metrics(f"distill/layer_{key}").read_text()) for key in chain}
+    last = max(free)
+    card = ModelCard.of(p.layer("00"), student).derive(
+        "distilled", params.recipe("tokenize", "dump", "distill"),
+        {"distill": sum(m.get("train_tokens", 0) for m in stage.values())},
+        {"distill_val_mse_last_layer": stage[last]["val_mse"], "free_running_val_mse_last_layer": free[last]})
+    with atomic_dir(p.student("distilled")) as tmp:
+        student.save_pretrained(tmp)
+        copy_tokenizer(p.layer("00"), tmp)
+        card.write(tmp, student, str(p.student("distilled")))
     write_metrics(p.metrics("assemble"), {"free_running_val_mse": free})
     plot_layer_mse(stage, free, p.plot("layer_mse"))
-    last = max(free)
     typer.echo(f"distilled student -> {p.student('distilled')}; free-running val MSE at layer {last}: {free[last]:.4g}")
 
 

@@ -105,6 +105,7 @@ def _check(student, recurrent, reports: list[dict], val, cfg) -> dict:
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Fit every long filter of the student with a modal recurrence; write the recurrent student."""
+    from hyena.cards import ModelCard
     from hyena.evaluate.plots import plot_recurrent_fit
     from hyena.evaluate.streams import load_owt_val
     from hyena.io import atomic_dir
@@ -132,9 +133,13 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
                "kept_attention": list(student.config.keep_attention),
                "layers": reports}
     out = p.student("recurrent")
+    card = ModelCard.of(src, student).derive("recurrent", params.recipe("recurrent"), metrics={
+        k: metrics[k] for k in ("filter_rel_l2_mean", "mixer_output_rel_err_mean", "ppl_owt_student",
+                                "ppl_owt_recurrent", "ppl_rel_diff", "decode_check_rel_err") if metrics.get(k) is not None})
     with atomic_dir(out) as tmp:
         recurrent.save_pretrained(tmp)
         copy_tokenizer(src, tmp)
+        card.write(tmp, recurrent, str(out))
     write_metrics(p.metrics("recurrent"), metrics)
     write_metrics(p.timing("distill-recurrent"), {"fit_seconds": round(fit_s, 1)})
     plot_recurrent_fit(metrics, p.plot("recurrent_fit"))

@@ -29,6 +29,34 @@ def resolve_model(spec: str, p: PathsConfig) -> str:
     return spec
 
 
+def untracked_inputs(cfg, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+    """The keys (eval.datasets.NAME, eval.include_path) of local eval inputs that the eval stage of
+    `dvc_yaml` does not list as deps (itself or a folder above it): DVC would not rerun eval when
+    they change. Templated deps (${...}) and sources that cannot be resolved (the evaluation names
+    those) are skipped; without a dvc.yaml or an eval stage there is nothing to check."""
+    import os
+
+    import yaml
+
+    from hyena.data import CorpusError
+
+    try:
+        deps = yaml.safe_load(dvc_yaml.read_text())["stages"]["eval"]["deps"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []
+    listed = {Path(os.path.normpath(d)) for d in deps if isinstance(d, str) and "${" not in d}
+    inputs: dict[str, list] = {}
+    for name, src in cfg.datasets.items():
+        try:
+            inputs[f"eval.datasets.{name}"] = src.local_files() or []
+        except CorpusError:
+            continue
+    if cfg.include_path:
+        inputs["eval.include_path"] = [cfg.include_path]
+    return [key for key, files in inputs.items()
+            if any(not listed & {p, *p.parents} for p in (Path(os.path.normpath(f)) for f in files))]
+
+
 def _parse_models(specs: list[str]) -> dict[str, str]:
     models = {}
     for spec in specs:
@@ -48,7 +76,7 @@ def main(
     limit: int = typer.Option(None, min=0, help="examples per task overriding eval.limit (0 = all)"),
     max_windows: int = typer.Option(None, min=0, help="perplexity windows overriding eval.max_windows (0 = all)"),
 ) -> None:
-    """Evaluate models: token perplexity on WikiText/OWT, longer contexts, lm-eval zero-shot accuracy."""
+    """Evaluate models: token perplexity on eval.datasets (WikiText, OWT, yours), longer contexts, lm-eval zero-shot accuracy."""
     from hyena.evaluate.runner import EvalConfig, evaluate_models, write_outputs
     from hyena.teachers import teacher_record
 
@@ -58,6 +86,8 @@ def main(
         cfg.models = _parse_models(model)
     if tasks is not None:
         cfg.tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+        if not cfg.tasks:  # '' skips lm-eval, your own tasks included
+            cfg.include_path, cfg.include_tasks = "", []
     if limit is not None:
         cfg.limit = limit
     if max_windows is not None:
@@ -66,7 +96,11 @@ def main(
     cfg.models = {name: resolve_model(spec, p) for name, spec in specs.items()}
     labels = {name: f"teacher ({teacher_record(p.teacher).get('source', p.teacher)})"
               for name, spec in specs.items() if spec == "teacher"}
-    results = evaluate_models(cfg, owt_tokens=p.tokens, labels=labels, tokenizer_fallback=p.teacher)
+    if not model and out is None:  # the DVC stage
+        for key in untracked_inputs(cfg):
+            typer.echo(f"warning: {key} is not a dep of the eval stage in dvc.yaml: DVC will not rerun eval "
+                       "when it changes; list its path under stages.eval.deps", err=True)
+    results = evaluate_models(cfg, tokens_dir=p.tokens, labels=labels, tokenizer_fallback=p.teacher)
     written = write_outputs(results, out or Path(p.eval), reference=cfg.reference)
     typer.echo(f"wrote {', '.join(str(f) for f in written.values())}")
 

@@ -17,6 +17,7 @@ app = stage_app()
 
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
+    from hyena.cards import ModelCard
     from hyena.io import atomic_dir
     from hyena.store import ActivationStore
     from hyena.student import StudentConfig, build_student
@@ -36,6 +37,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
         student.save_pretrained(tmp)
         copy_tokenizer(tdir, tmp)
         write_metrics(tmp / "chain.json", {})  # hashes of distilled layers so far: none
+        ModelCard("layer_00", teacher_record(tdir), params.recipe("student")).write(tmp, student, str(out))
     n = sum(t.numel() for t in student.parameters())
     typer.echo(f"student ({cfg.init} init, {n:,} parameters) -> {out}")
 

@@ -26,8 +26,11 @@ def fingerprint(*parts) -> str:
 
 
 def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer_from: Path,
-        teacher=None, teacher_topk=None, extra_metrics: dict | None = None, fp_parts=()) -> dict:
-    """Train `model` for `steps` optimiser steps, save it (HF format, atomic), write metrics."""
+        teacher=None, teacher_topk=None, extra_metrics: dict | None = None, fp_parts=(), card=None) -> dict:
+    """Train `model` for `steps` optimiser steps, save it (HF format, atomic) with a model card
+    extending `card` (default: the card of `tokenizer_from`, the directory the model came from),
+    and write metrics."""
+    from hyena.cards import ModelCard
     from hyena.data import load_manifest
     from hyena.io import atomic_dir
     from hyena.teachers import copy_tokenizer
@@ -46,10 +49,15 @@ def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer
                       checkpoint=DirCheckpoint(state_dir, model, fp))
     if env.is_main:
         model.cpu()
+        metrics, timing = split_timings({**result, **(extra_metrics or {})})
+        known = {k: v for k, v in metrics.items() if k.startswith(("val_", "budget_", "flops_"))
+                 and isinstance(v, (int, float)) and math.isfinite(v)}
+        card = (card or ModelCard.of(tokenizer_from, model)).derive(
+            Path(out).name, {stage: asdict(cfg)}, {stage: result["train_tokens"]}, known)
         with atomic_dir(out) as tmp:
             model.save_pretrained(tmp)
             copy_tokenizer(tokenizer_from, tmp)
-        metrics, timing = split_timings({**result, **(extra_metrics or {})})
+            card.write(tmp, model, str(out))
         write_metrics(p.metrics(stage), metrics)
         write_metrics(p.timing(stage), timing)
         typer.echo(f"{stage}: val loss {result['val_loss_before']:.4f} -> {result['val_loss']:.4f} "

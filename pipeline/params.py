@@ -127,6 +127,18 @@ class Params:
     def teacher_dir(self) -> Path:
         return teacher_dir(self.paths)
 
+    def recipe(self, *names: str) -> dict[str, Any]:
+        """The named sections as plain data with every default filled in (what a model card records)."""
+        import importlib
+
+        from hyena.config import as_dict
+
+        out = {}
+        for name in names:
+            module, cls = SECTIONS[name].split(":")
+            out[name] = as_dict(self.get(name, getattr(importlib.import_module(module), cls)))
+        return out
+
 
 PARAMS_OPTION = typer.Option(PARAMS, "--params", help="params.yaml")
 

@@ -66,8 +66,10 @@ def _attention_params(config) -> int:
 
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
+    from hyena.cards import ModelCard
     from hyena.store import ActivationStore
     from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
+    from hyena.teachers import teacher_record
     from hyena.train.distill import DistillConfig
     from hyena.train.lm import FinetuneConfig, PretrainConfig
 
@@ -92,7 +94,9 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     typer.echo(f"pretrain budget: {budget:,} tokens = {steps} steps of {cfg.batch_size} x {seq_len} "
                f"({'equal compute: ' + ', '.join(f'{k} {v:.3g} FLOPs' for k, v in flops.items()) if flops else 'explicit'})")
     extra = {"budget_tokens": budget, **{f"flops_{k}": v for k, v in flops.items()}}
-    run("pretrain", model, cfg, steps, p, p.student("pretrained"), params.teacher_dir(), extra_metrics=extra, fp_parts=(budget,))
+    card = ModelCard("pretrained", teacher_record(params.teacher_dir()), params.recipe("student", "tokenize"))
+    run("pretrain", model, cfg, steps, p, p.student("pretrained"), params.teacher_dir(), extra_metrics=extra,
+        fp_parts=(budget,), card=card)
 
 
 if __name__ == "__main__":

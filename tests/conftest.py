@@ -106,3 +106,88 @@ def tiny_llama():
 
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(tiny_llama_config()).eval()
+
+
+def tiny_qwen2_config(vocab_size: int = 512, layers: int = 2, d: int = 64, heads: int = 4, kv_heads: int = 2):
+    """A Qwen2 config (GQA with Q/K/V biases, RMSNorm, tied embeddings), tiny."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab_size, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, intermediate_size=2 * d, max_position_embeddings=512,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+    )
+
+
+def tiny_qwen3_config(vocab_size: int = 512, layers: int = 2, d: int = 64, heads: int = 4, kv_heads: int = 2):
+    """A Qwen3 config (GQA, per-head RMSNorm on queries and keys), tiny."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=vocab_size, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, head_dim=d // heads, intermediate_size=2 * d,
+        max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )
+
+
+def tiny_mistral_config(vocab_size: int = 512, layers: int = 2, d: int = 64, heads: int = 4, kv_heads: int = 2,
+                        sliding_window: int | None = 8):
+    """A Mistral config (GQA, sliding-window attention, shorter than the test sequences), tiny."""
+    from transformers import MistralConfig
+
+    return MistralConfig(
+        vocab_size=vocab_size, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, intermediate_size=2 * d, max_position_embeddings=512,
+        sliding_window=sliding_window, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+    )
+
+
+def tiny_gpt2_config(vocab_size: int = 512, layers: int = 2, d: int = 64, heads: int = 4, positions: int = 256):
+    """A GPT-2 config (Conv1D projections, learned absolute positions, LayerNorm), tiny."""
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=vocab_size, n_positions=positions, n_embd=d, n_layer=layers, n_head=heads,
+                      bos_token_id=0, eos_token_id=0)
+
+
+TINY_CONFIGS = {"neox": tiny_neox_config, "llama": tiny_llama_config, "qwen2": tiny_qwen2_config,
+                "qwen3": tiny_qwen3_config, "mistral": tiny_mistral_config, "gpt2": tiny_gpt2_config}
+NEW_FAMILIES = ("qwen2", "qwen3", "mistral", "gpt2")
+
+
+def tiny_teacher(family: str, seed: int = 0, **kwargs):
+    """A tiny random teacher of `family` (eval mode, vocab 512 unless given). Every 1-D weight
+    (biases, norm scales) is moved off its constant init, so that a bias or norm scale that is
+    dropped or misplaced shows up in the tests."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    kwargs.setdefault("vocab_size", 512)
+    model = AutoModelForCausalLM.from_config(TINY_CONFIGS[family](**kwargs)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+def reference_qkv(attn, config, u: torch.Tensor):
+    """q, k, v (B, L, heads * head_dim) of attention block `attn` for its normed input u (B, L, d),
+    computed the way the family's own forward computes them, with keys/values repeated for every
+    query head (repeat_kv), and no position encoding; plus the output projection (weight, bias)
+    as a Linear (B, L, d) -> (B, L, d). Qwen3's queries and keys come out of its per-head RMSNorm.
+    Written from the transformers source, independently of hyena.teachers."""
+    B, L, d = u.shape
+    heads = config.num_attention_heads
+    if config.model_type == "gpt2":
+        q, k, v = attn.c_attn(u).split(d, dim=2)  # Conv1D: u @ W + b with W (d, 3d)
+        return q, k, v, attn.c_proj.weight.T, attn.c_proj.bias
+    hd = getattr(config, "head_dim", None) or d // heads
+    groups = heads // config.num_key_value_heads
+    q = attn.q_proj(u).view(B, L, heads, hd)
+    k = attn.k_proj(u).view(B, L, -1, hd)
+    if config.model_type == "qwen3":
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    v = attn.v_proj(u).view(B, L, -1, hd)
+    k, v = (t.repeat_interleave(groups, dim=2).reshape(B, L, heads * hd) for t in (k, v))
+    return q.reshape(B, L, heads * hd), k, v, attn.o_proj.weight, attn.o_proj.bias

@@ -79,6 +79,56 @@ def test_lm_eval_offline_tasks_on_a_tiny_model(tiny_neox, pythia_tokenizer, shar
     assert {t for t, r in res.items() if "acc_norm" in r} == {"arc_challenge", "arc_easy", "logiqa", "piqa", "sciq"}
 
 
+ANIMALS = [  # a user's own multiple-choice task: question, choices, index of the right one
+    {"question": "Which animal barks?", "choices": ["dog", "cat", "fish"], "gold": 0},
+    {"question": "Which animal meows?", "choices": ["cow", "cat"], "gold": 1},
+    {"question": "Which animal laughs at night?", "choices": ["owl", "hyena", "horse"], "gold": 1},
+    {"question": "Which animal swims?", "choices": ["fish", "bird"], "gold": 0},
+]
+
+
+def write_user_task(directory, name: str = "animal_sounds"):
+    """A task YAML as a user would write it (lm-eval's offline json loader), over a jsonl file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / "animals.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in ANIMALS))
+    (directory / f"{name}.yaml").write_text(yaml.safe_dump({
+        "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "output_type": "multiple_choice", "test_split": "test",
+        "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_choice": "choices", "doc_to_target": "gold",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0}}))
+    return directory
+
+
+@torch.no_grad()
+def _choice_loglik(model, tokenizer, context: str, continuation: str) -> float:
+    """log p(continuation | context), tokenised the way lm-eval's HFLM does (the whole string,
+    split where the context's tokens end)."""
+    whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
+    n_ctx = len(tokenizer(context, add_special_tokens=False).input_ids)
+    logp = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].float(), dim=-1)
+    return sum(float(logp[t - 1, whole[t]]) for t in range(n_ctx, len(whole)))
+
+
+def test_user_task_yamls_run_next_to_the_shipped_tasks(tmp_path, tiny_neox, pythia_tokenizer, shared):
+    user = write_user_task(tmp_path / "my_tasks")
+    assert harness.user_tasks(user) == ["animal_sounds"]
+    res = harness.run_tasks(tiny_neox, pythia_tokenizer, ["wsc"], source="local", data_dir=shared / "eval",
+                            limit=4, batch_size=4, include_path=user, include_tasks=["animal_sounds"])
+    assert set(res) == {"wsc", "animal_sounds"} and res["animal_sounds"]["n"] == 4
+    right = [max(range(len(r["choices"])), key=lambda i, r=r: _choice_loglik(
+        tiny_neox, pythia_tokenizer, f"Question: {r['question']}\nAnswer:", " " + r["choices"][i])) == r["gold"]
+        for r in ANIMALS]
+    assert res["animal_sounds"]["acc"] == pytest.approx(sum(right) / len(right))
+    with pytest.raises(ValueError, match=r"eval.include_tasks: nope not defined in .*it defines: animal_sounds"):
+        harness.user_tasks(user, ["nope"])
+    with pytest.raises(FileNotFoundError, match="eval.include_path .*missing is not a directory"):
+        harness.user_tasks(tmp_path / "missing")
+    with pytest.raises(ValueError, match="clash with the shipped task keys"):
+        harness.user_tasks(write_user_task(tmp_path / "clash", "piqa"))
+
+
 def test_missing_task_data_names_task_and_path(tmp_path, shared):
     (tmp_path / "llm-foundry").mkdir()
     with pytest.raises(FileNotFoundError, match=r"eval task 'piqa': data file not found: .*llm-foundry/piqa\.jsonl"):
@@ -161,18 +211,25 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
     np.save(tokens / "val.npy", _stream(4 * 24).reshape(4, 24))
     wiki = tmp_path / "wiki.test.raw"  # the first 20K characters keep tokenisation fast
     wiki.write_text((shared / "data/wikitext-2-raw/wiki.test.raw").read_text()[:20_000])
+    bodies = ["Hyenas live in clans.", "   ", "A clan defends its territory at night, calling loudly."]
+    domain = tmp_path / "domain.jsonl"  # a user's own corpus, text under another field
+    domain.write_text("".join(json.dumps({"body": b}) + "\n" for b in bodies))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"paths": {"teacher": str(pythia_dir), "tokens": str(tokens)}, "eval": {
         "models": {"teacher": str(neox), "small": str(gpt2)}, "context": 16, "max_windows": 2,
-        "wikitext": str(wiki),
-        "long_contexts": [32, 64, 128], "long_context_datasets": ["wikitext", "owt"], "long_max_windows": 1,
+        "datasets": {"wikitext": str(wiki), "owt": "tokenize:val", "domain": {"source": str(domain), "text_field": "body"}},
+        "long_contexts": [32, 64, 128], "long_context_datasets": ["wikitext", "owt", "domain"], "long_max_windows": 1,
         "tasks": ["wsc"], "limit": 2, "task_data_dir": str(shared / "eval"),
-        "reference": str(shared / "eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json")}}))
+        "include_path": str(write_user_task(tmp_path / "my_tasks")),
+        "reference": str(shared / "eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json")}},
+        sort_keys=False))
     out = tmp_path / "eval"
     result = CliRunner().invoke(app, ["--params", str(params), "--out", str(out)])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"ppl/wikitext/teacher", "ppl/owt/small", "ppl_ctx64/wikitext/teacher", "acc/wsc/small"} <= set(metrics)
+    assert {"ppl/wikitext/teacher", "ppl/owt/small", "ppl_ctx64/wikitext/teacher", "acc/wsc/small",
+            "acc/animal_sounds/teacher"} <= set(metrics)
+    assert metrics["acc/mean/teacher"] == metrics["acc/wsc/teacher"]  # the user's task stays out of the mean
     details = json.loads((out / "results.json").read_text())
     small = details["models"]["small"]
     assert "na" in small["ppl"]["wikitext"]["64"]  # 32 absolute positions cannot run 64 tokens
@@ -181,7 +238,21 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
     # transformers would build an empty tokenizer from the bare dir: it must fall back to paths.teacher
     assert small["tokenizer"] == str(pythia_dir) and details["models"]["teacher"]["tokenizer"] == str(neox)
     assert (out / "ppl.png").stat().st_size > 0 and (out / "ppl_vs_context.png").stat().st_size > 0
-    assert "## Table 1" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    table1 = report.split("## Table 1")[1].split("##")[0]
+    assert "| model | WikiText | OWT | domain | WikiText / teacher | OWT / teacher | domain / teacher | paper WikiText" in table1
+    assert "paper domain" not in table1 and "**domain**" in report  # and on the long-context curve
+    table2 = report.split("## Table 2")[1].split("##")[0]
+    rows = [line.split("|")[1].strip() for line in table2.splitlines() if line.startswith("| ")][1:]
+    assert rows == ["wsc", "mean acc", "mean acc / teacher", "animal_sounds (yours)"]
+    # the user's corpus: its non-empty documents joined by a blank line, in the model's own tokens
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stream = AutoTokenizer.from_pretrained(neox)(bodies[0] + "\n\n" + bodies[2], add_special_tokens=False)["input_ids"]
+    want = stream_perplexity(AutoModelForCausalLM.from_pretrained(neox).eval(), stream, context=16, max_windows=2)
+    assert metrics["ppl/domain/teacher"] == pytest.approx(want.ppl, rel=1e-4)
+    assert details["models"]["teacher"]["ppl"]["domain"]["16"]["n_scored"] == want.n_scored
+    assert str(domain) in details["settings"]["dataset_sources"]["domain"]
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, pythia_dir):
@@ -199,3 +270,82 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, pythia_dir):
     params.write_text(yaml.safe_dump({"eval": {"models": {"m": "x"}, "stride": 5000}}))
     result = CliRunner().invoke(app, ["--params", str(params)])
     assert result.exit_code == 1 and "eval.stride" in result.output
+
+
+# --- eval.datasets: sources -------------------------------------------------------------------
+
+
+def test_dataset_sources_read_like_the_tokenize_stage(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hyena.evaluate.streams import DatasetError, DatasetSource, read_text
+
+    raw = tmp_path / "book.txt"
+    raw.write_text(" = Title = \n\nFirst paragraph.\n\n = Next = \nMore.\n")
+    assert read_text("book", DatasetSource(str(raw))) == raw.read_text()  # a text file stands as it is
+    (tmp_path / "shards").mkdir()
+    for i in range(2):
+        (tmp_path / "shards" / f"{i}.jsonl").write_text(json.dumps({"text": f"doc {i}a"}) + "\n" + json.dumps({"text": f"doc {i}b"}) + "\n")
+    glob = DatasetSource(str(tmp_path / "shards" / "*.jsonl"), max_documents=3)
+    assert read_text("shards", glob) == "doc 0a\n\ndoc 0b\n\ndoc 1a"  # files in order, capped
+    pq.write_table(pa.table({"content": ["p one", "", "p two"]}), tmp_path / "t.parquet")
+    assert read_text("pq", DatasetSource(str(tmp_path / "t.parquet"), text_field="content")) == "p one\n\np two"
+    with pytest.raises(DatasetError, match=r"^eval\.datasets\.pq: .*no 'text' column .*set eval\.datasets\.pq\.text_field"):
+        read_text("pq", DatasetSource(str(tmp_path / "t.parquet")))
+    with pytest.raises(DatasetError, match=r"^eval\.datasets\.pg19: corpus file not found: .*fix eval\.datasets\.pg19\.source"):
+        read_text("pg19", DatasetSource(str(tmp_path / "pg19" / "test.txt")))
+    with pytest.raises(DatasetError, match=r"eval\.datasets\.none: corpus glob .* matched no files: fix eval\.datasets\.none\.source"):
+        read_text("none", DatasetSource(str(tmp_path / "*.md")))
+
+
+def test_dataset_names_and_curve_are_checked(tmp_path):
+    from hyena.config import ConfigError, load
+    from hyena.evaluate.runner import EvalConfig
+
+    cfg = load(EvalConfig, {"datasets": {"pg19": "data/pg19/*.txt"}, "long_context_datasets": ["pg19"]}, "eval")
+    assert cfg.datasets["pg19"].source == "data/pg19/*.txt" and cfg.datasets["pg19"].hf_split == "test"
+    assert list(EvalConfig().datasets) == ["wikitext", "owt"] and EvalConfig().datasets["owt"].tokenized
+    with pytest.raises(ConfigError, match="eval.long_context_datasets: pg19 not in eval.datasets"):
+        load(EvalConfig, {"long_context_datasets": ["pg19"]}, "eval")
+    with pytest.raises(ConfigError, match=r"eval.datasets.pg19: unknown key\(s\) split"):
+        load(EvalConfig, {"datasets": {"pg19": {"source": "x", "split": "test"}}}, "eval")
+    with pytest.raises(ConfigError, match="name 'a/b'"):
+        load(EvalConfig, {"datasets": {"a/b": "x.txt"}, "long_context_datasets": []}, "eval")
+
+
+def test_cli_names_a_dataset_that_cannot_be_read(tmp_path, pythia_dir):
+    from typer.testing import CliRunner
+
+    from pipeline.evaluate import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"eval": {
+        "models": {"m": str(pythia_dir)}, "tasks": [], "reference": "", "long_context_datasets": [],
+        "datasets": {"mine": {"source": str(tmp_path / "mine.jsonl")}}}}))
+    (tmp_path / "mine.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
+    result = CliRunner().invoke(app, ["--params", str(params), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "eval.datasets.mine" in result.output and "set eval.datasets.mine.text_field" in result.output
+    assert not (tmp_path / "eval").exists()
+
+
+def test_local_inputs_missing_from_the_eval_deps_are_named(tmp_path):
+    from hyena.config import load
+    from hyena.evaluate.runner import EvalConfig
+    from pipeline.evaluate import untracked_inputs
+
+    corpora = tmp_path / "corpora"
+    corpora.mkdir()
+    for f in ("a.txt", "b.txt", "c.txt"):
+        (corpora / f).write_text("x")
+    cfg = load(EvalConfig, {"datasets": {"a": str(corpora / "a.txt"), "glob": str(corpora / "*.txt"),
+                                         "owt": "tokenize:val", "hub": "someone/corpus"},
+                            "long_context_datasets": [], "include_path": str(tmp_path / "my_tasks")}, "eval")
+    dvc_yaml = tmp_path / "dvc.yaml"
+    dvc_yaml.write_text(yaml.safe_dump({"stages": {"eval": {"cmd": "x", "deps": [
+        "${paths.tokens}", str(corpora / "a.txt"), str(corpora / "sub"), str(tmp_path / "my_tasks")]}}}))
+    assert untracked_inputs(cfg, dvc_yaml) == ["eval.datasets.glob"]  # b.txt and c.txt are not listed
+    dvc_yaml.write_text(yaml.safe_dump({"stages": {"eval": {"cmd": "x", "deps": [str(corpora)]}}}))
+    assert untracked_inputs(cfg, dvc_yaml) == ["eval.include_path"]
+    assert untracked_inputs(cfg, tmp_path / "no_dvc.yaml") == []

@@ -78,6 +78,67 @@ def test_dvc_repro_runs_every_stage(repo):
         assert (repo / "data/students" / name / "tokenizer.json").is_file(), name
 
 
+STUDENTS = ("layer_00", "distilled", "finetuned", "pretrained", "recurrent")
+
+
+@pytest.mark.slow
+def test_every_student_directory_has_a_model_card(repo):
+    """Each student's README.md names its teacher (and its weights hash), the params that made
+    it, the training tokens of every stage behind it and its own stage's metrics."""
+    if not (repo / "dvc.lock").exists():
+        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
+    from hyena.cards import CARD, ModelCard
+
+    teacher = json.loads((repo / "data/teacher/teacher.json").read_text())
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    cards = {name: ModelCard.read(repo / "data/students" / name) for name in STUDENTS}
+    for name, card in cards.items():
+        head = yaml.safe_load((repo / "data/students" / name / CARD).read_text().split("---\n", 2)[1])
+        assert head["library_name"] == "transformers" and "hyena" in head["tags"], name
+        assert card.name == name and card.teacher["weights_hash"] == teacher["weights_hash"], name
+    metrics = {m: json.loads((repo / f"reports/metrics/{m}.json").read_text()) for m in ("finetune", "pretrain")}
+    distill = sum(json.loads((repo / f"reports/metrics/distill/layer_{k}.json").read_text())["train_tokens"]
+                  for k in params["distill"]["layers"])
+    assert cards["layer_00"].training_tokens == {} and cards["layer_00"].recipe["student"] == params["student"]
+    assert cards["distilled"].training_tokens == {"distill": distill}
+    assert cards["finetuned"].training_tokens == {"distill": distill, "finetune": metrics["finetune"]["train_tokens"]}
+    assert cards["recurrent"].training_tokens == cards["finetuned"].training_tokens
+    assert cards["pretrained"].training_tokens == {"pretrain": metrics["pretrain"]["train_tokens"]}
+    assert cards["finetuned"].recipe["finetune"]["lr"] == params["finetune"]["lr"]
+    assert cards["finetuned"].recipe["distill"]["epochs"] == params["distill"]["epochs"]
+    assert cards["recurrent"].recipe["recurrent"]["fit_len"] == params["recurrent"]["fit_len"]
+    assert cards["finetuned"].metrics["val_ppl"] == pytest.approx(metrics["finetune"]["val_ppl"], rel=1e-5)
+    assert "import hyena.recurrence" in (repo / "data/students/recurrent" / CARD).read_text()
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.slow
+def test_dvc_push_to_a_remote_and_pull_into_a_fresh_clone(repo):
+    """Sharing a run: commit dvc.lock, `dvc push` to a directory remote, `git clone` elsewhere,
+    `dvc pull`: every stage is up to date there, with byte-identical artifacts."""
+    if not (repo / "dvc.lock").exists():
+        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    remote, clone = repo.parent / "remote", repo.parent / "clone"  # the clone sits beside ../shared too
+    sh(["dvc", "remote", "add", "-d", "team", str(remote)], repo)
+    sh([*git, "add", "-A"], repo)
+    sh([*git, "commit", "-qm", "tiny run"], repo)
+    sh(["dvc", "push"], repo)
+    sh(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
+    assert not (clone / "data/students/finetuned").exists() and (clone / "dvc.lock").is_file()
+    sh(["dvc", "pull"], clone)
+    assert "up to date" in sh(["dvc", "status"], clone).lower()
+    assert "in sync" in sh(["dvc", "status", "--cloud"], clone).lower()
+    assert _file_hashes(clone / "data") == _file_hashes(repo / "data")
+    assert (clone / "data/students/finetuned/README.md").is_file() and (clone / "data/eval/report.md").is_file()
+
+
 @pytest.mark.slow
 def test_a_library_edit_marks_exactly_the_stages_that_run_it_stale(repo):
     """dvc.yaml's code deps are true: an edit to the LR schedule (training only) makes every

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_llama_config, tiny_neox_config
+from conftest import TINY_CONFIGS, tiny_llama_config, tiny_neox_config, tiny_teacher
 
 from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, fft_causal_conv
 from hyena.recurrence import ModalFilter, ModalFitConfig, fit_modal
@@ -131,17 +131,14 @@ class ExactModalFilter(HyenaFilter):
         return h
 
 
-@pytest.fixture(params=["llama", "neox"])
+@pytest.fixture(params=sorted(TINY_CONFIGS))
 def exact_pair(request):
     """A tiny student (random Hyena filters), its recurrent fit, and the student's filters made
-    exactly modal (the recurrent student's)."""
-    from transformers import AutoModelForCausalLM
-
+    exactly modal (the recurrent student's); one per teacher family (the decoder layer hands the
+    cache to its mixer under the family's name, and GPT-2 offsets its learned positions by it)."""
     from hyena.student import StudentConfig, build_student
 
-    torch.manual_seed(0)
-    cfg = tiny_llama_config(vocab_size=512) if request.param == "llama" else tiny_neox_config(vocab_size=512)
-    teacher = AutoModelForCausalLM.from_config(cfg).eval()
+    teacher = tiny_teacher(request.param)
     student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=128, emb_dim=3)))  # smooth filters
     recurrent, reports = to_recurrent(student, RecurrentConfig(fit_len=128, fit=ModalFitConfig(order=8, steps=0)),
                                       progress=False)
@@ -236,6 +233,11 @@ def test_distill_recurrent_stage(tmp_path, monkeypatch):
     assert (tmp_path / "reports/plots/recurrent_fit.png").stat().st_size > 10_000
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "data/students/recurrent")
     assert isinstance(loaded, HyenaRecurrentForCausalLM)
+    from hyena.cards import ModelCard  # a student made outside the pipeline still gets a card
+
+    card = ModelCard.read(tmp_path / "data/students/recurrent")
+    assert card.name == "recurrent" and card.recipe["recurrent"]["fit_len"] == 128
+    assert card.metrics["decode_check_rel_err"] == pytest.approx(metrics["decode_check_rel_err"], rel=1e-5)
 
 
 # ---- calibration on real activations ------------------------------------------------------------
@@ -293,20 +295,17 @@ def test_calibration_keeps_an_exactly_representable_fit(exact_pair):
     assert rel(mixer.chunk(u), student.mixer(0)(u)[0]) < 1e-4
 
 
-@pytest.mark.parametrize("family", ["llama", "neox"])
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
 @torch.no_grad()
 def test_hybrid_recurrent_student_decodes_with_kv_and_modal_state(family):
     """A hybrid keeps the teacher's attention in some layers: its recurrent form decodes those with a
     KV cache and the rest with modal state, and prefill + steps reproduce the full pass."""
-    from transformers import AutoModelForCausalLM
     from transformers.cache_utils import DynamicLayer
 
     from hyena.recurrence import HyenaLayerState
     from hyena.student import StudentConfig, build_student
 
-    torch.manual_seed(0)
-    cfg = (tiny_llama_config if family == "llama" else tiny_neox_config)(vocab_size=512, layers=3)
-    teacher = AutoModelForCausalLM.from_config(cfg).eval()
+    teacher = tiny_teacher(family, layers=3)  # Mistral: a sliding window of 8, shorter than the 30 tokens
     student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=128, emb_dim=3), keep_attention=[2]))
     recurrent, reports = to_recurrent(student, RecurrentConfig(fit_len=128, fit=ModalFitConfig(order=8, steps=0)),
                                       progress=False)

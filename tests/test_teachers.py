@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import NEW_FAMILIES, TINY_CONFIGS, reference_qkv, tiny_teacher
 
 from hyena.teachers import (
     attention_projections,
@@ -130,10 +131,11 @@ def test_smollm_gguf_loads_and_captures_all_layers(smollm_teacher, smollm_tokeni
 
 
 def test_unsupported_architecture_lists_supported(tmp_path):
-    from transformers import GPT2Config
+    from transformers import OPTConfig
 
-    GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="unsupported teacher architecture 'gpt2'.*gpt_neox, llama"):
+    OPTConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, ffn_dim=64).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="unsupported teacher architecture 'opt'; supported: gpt2, gpt_neox, llama, "
+                                         "mistral, qwen2, qwen3"):
         load_teacher(str(tmp_path), config_only=True)
 
 
@@ -157,15 +159,16 @@ def test_pythia_config_file_matches_published(pythia_dir):
     assert cfg["model_type"] == "gpt_neox" and cfg["hidden_size"] == 512 and cfg["num_hidden_layers"] == 6
 
 
-@pytest.mark.parametrize("family", ["llama", "neox"])
-def test_attention_output_equals_the_attention_inside_a_full_forward(family, tiny_llama, tiny_neox):
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_attention_output_equals_the_attention_inside_a_full_forward(family):
     """The attention-transfer target computed from a layer's input alone equals what the layer's
-    attention produced inside the teacher's own forward pass (rotary positions and causality)."""
+    attention produced inside the teacher's own forward pass (rotary positions, causality, and
+    Mistral's sliding window, 8 positions here, shorter than the 24-token sequences)."""
     from hyena.teachers import attention_output
 
-    model = tiny_llama if family == "llama" else tiny_neox
+    model = tiny_teacher(family)
     adapter = get_adapter(model)
-    ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 500, (2, 24), generator=torch.Generator().manual_seed(0))
     seen = {}
     hooks = [adapter.attention(layer).register_forward_hook(
         lambda _m, _a, out, i=i: seen.__setitem__(i, out[0].detach())) for i, layer in enumerate(adapter.layers(model))]
@@ -191,3 +194,96 @@ def test_a_gguf_teacher_is_written_as_a_plain_hf_directory(smollm_gguf, smollm_t
     ids = torch.randint(0, 49152, (1, 16), generator=torch.Generator().manual_seed(0))
     assert torch.equal(reloaded(input_ids=ids).logits, smollm_teacher(input_ids=ids).logits)
     assert load_tokenizer(str(tmp_path))("Hello world")["input_ids"] == load_tokenizer(str(smollm_gguf))("Hello world")["input_ids"]
+
+
+# --- Qwen2, Qwen3, Mistral, GPT-2 --------------------------------------------------------------
+
+
+def _manual_forward(model, ids, window: int | None = None) -> list[torch.Tensor]:
+    """Embed by hand (GPT-2: token + learned position embeddings), then call each decoder layer
+    with rotary embeddings where the family has them and an explicit additive causal mask
+    (banded to `window` positions when given)."""
+    L = ids.shape[1]
+    pos = torch.arange(L)[None]  # (1, L)
+    q, k = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    hidden = (k > q) | (k <= q - window) if window else k > q
+    mask = torch.zeros(L, L).masked_fill(hidden, float("-inf"))[None, None]  # (1, 1, L, L)
+    if model.config.model_type == "gpt2":
+        base = model.transformer
+        h, layers, extra = base.wte(ids) + base.wpe(pos), base.h, {}
+    else:
+        base = model.model
+        h, layers = base.embed_tokens(ids), base.layers
+        extra = {"position_embeddings": base.rotary_emb(h, position_ids=pos), "position_ids": pos}
+    outs = [h]
+    for layer in layers:
+        h = layer(h, attention_mask=mask, **extra)
+        h = h[0] if isinstance(h, tuple) else h
+        outs.append(h)
+    return outs
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+@torch.no_grad()
+def test_new_family_capture_equals_manual_forward(family):
+    model = tiny_teacher(family)
+    ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(1))
+    captured = capture_layer_outputs(model, ids)  # the model's own sdpa forward
+    window = getattr(model.config, "sliding_window", None)
+    model.set_attn_implementation("eager")  # the hand-built additive mask, eager maths
+    manual = _manual_forward(model, ids, window)
+    assert len(captured) == 1 + model.config.num_hidden_layers
+    for got, want in zip(captured, manual, strict=True):
+        assert got.shape == (2, 20, 64)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if family == "gpt2":  # entry 0 is what layer 1 receives: the position embeddings are in it
+        assert not torch.allclose(captured[0], model.transformer.wte(ids), atol=1e-3)
+    if family == "mistral":  # the window is shorter than the sequence, and it matters
+        assert window < ids.shape[1]
+        assert not torch.allclose(_manual_forward(model, ids)[-1], captured[-1], atol=1e-3)
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+@torch.no_grad()
+def test_new_family_projections_are_what_the_attention_computes(family):
+    """Q/K/V/O at full width reproduce the teacher's own q, k, v (biases included, K/V repeated
+    per query head) and output projection. Qwen3 normalises each head of q and k by its RMS,
+    which no linear map reproduces: there the rows carry the norm's scale and must point the
+    same way as the teacher's normalised q and k, head by head."""
+    model = tiny_teacher(family)
+    cfg = model.config
+    attn = get_adapter(model).attention(get_adapter(model).layers(model)[1])
+    p = attention_projections(attn, cfg)
+    u = torch.randn(2, 7, cfg.hidden_size)
+    q, k, v, o_w, o_b = reference_qkv(attn, cfg, u)
+
+    def apply(w, b):
+        return u @ w.T + (b if b is not None else 0.0)
+
+    got_q, got_k, got_v = apply(p.q_weight, p.q_bias), apply(p.k_weight, p.k_bias), apply(p.v_weight, p.v_bias)
+    torch.testing.assert_close(got_v, v, rtol=1e-5, atol=1e-5)
+    if family == "qwen3":
+        heads = cfg.num_attention_heads
+
+        def per_head(t):
+            return torch.nn.functional.normalize(t.view(2, 7, heads, -1), dim=-1)
+
+        torch.testing.assert_close(per_head(got_q), per_head(q), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(per_head(got_k), per_head(k), rtol=1e-5, atol=1e-5)
+        gamma = attn.q_norm.weight
+        assert not torch.allclose(gamma, torch.ones_like(gamma))  # a scale to fold in, not all ones
+        unfolded = per_head(u @ attn.q_proj.weight.T)
+        assert not torch.allclose(unfolded, per_head(q), atol=1e-3)  # leaving the scale out is wrong
+    else:
+        torch.testing.assert_close(got_q, q, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_k, k, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(p.o_weight, o_w)
+    assert (p.o_bias is None) == (o_b is None)
+    if family == "qwen2":
+        assert p.q_bias is not None and p.k_bias is not None and p.v_bias is not None
+    if family == "gpt2":  # the Conv1D weight read as if it were a Linear weight: wrong
+        d = cfg.hidden_size
+        naive = u @ attn.c_attn.weight[:, :d] + attn.c_attn.bias[:d]  # (d, d) block, not transposed
+        assert attn.c_attn.weight.shape == (d, 3 * d)
+        assert not torch.allclose(u @ attn.c_attn.weight[:, :d].T + attn.c_attn.bias[:d], q, atol=1e-3)
+        torch.testing.assert_close(naive, q, rtol=1e-5, atol=1e-5)

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hyena.evaluate.report import DATASET_LABEL, ppl_value  # noqa: E402
+from hyena.evaluate.report import dataset_names, label, ppl_value  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -25,7 +25,7 @@ def _save(fig, path: str | Path) -> None:
 def plot_ppl(results: dict, path: str | Path) -> None:
     """Grouped bars: perplexity (log scale) per dataset, one bar per model; n/a bars are left out."""
     s, models = results["settings"], results["models"]
-    datasets = s.get("datasets", ["wikitext", "owt"])
+    datasets = dataset_names(s)
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(datasets) * max(1, len(models)) / 2, 4))
     width = 0.8 / max(1, len(models))
     for i, (name, m) in enumerate(models.items()):
@@ -37,7 +37,7 @@ def plot_ppl(results: dict, path: str | Path) -> None:
                 ys.append(v)
         bars = ax.bar(xs, ys, width, label=name)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(datasets)), [DATASET_LABEL.get(d, d) for d in datasets])
+    ax.set_xticks(range(len(datasets)), [label(d) for d in datasets])
     ax.set_yscale("log")
     ax.set_ylabel(f"token perplexity (context {s['context']})")
     ax.set_title("Perplexity per model")
@@ -49,7 +49,7 @@ def plot_ppl_vs_context(results: dict, path: str | Path) -> None:
     """Perplexity against context length per model, one panel per dataset; the teacher's trained
     length is a dashed line."""
     s, models = results["settings"], results["models"]
-    datasets = s.get("long_context_datasets") or s.get("datasets", [])
+    datasets = s.get("long_context_datasets") or dataset_names(s)
     contexts = sorted({s["context"], *s.get("long_contexts", [])})
     fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(5 * max(1, len(datasets)), 4), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=False):
@@ -66,7 +66,7 @@ def plot_ppl_vs_context(results: dict, path: str | Path) -> None:
         ax.set_xticks(contexts, [str(c) for c in contexts])
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel("token perplexity")
-        ax.set_title(DATASET_LABEL.get(ds, ds))
+        ax.set_title(label(ds))
         ax.legend(fontsize=8)
     _save(fig, path)
 

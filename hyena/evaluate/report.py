@@ -87,7 +87,8 @@ def flat_metrics(results: dict) -> dict[str, float]:
             for metric in ("acc", "acc_norm"):
                 if r.get(metric) is not None:
                     out[f"{metric}/{task}/{name}"] = round(r[metric], 4)
-        accs = [r["acc"] for r in m.get("tasks", {}).values() if r.get("acc") is not None]
+        shipped = s.get("tasks", list(m.get("tasks", {})))  # the mean leaves a user's own tasks out
+        accs = [r["acc"] for t, r in m.get("tasks", {}).items() if t in shipped and r.get("acc") is not None]
         if accs:
             out[f"acc/mean/{name}"] = round(sum(accs) / len(accs), 4)
     return out
@@ -98,13 +99,25 @@ def _mean_acc(tasks: dict) -> float | None:
     return sum(accs) / len(accs) if accs else None
 
 
+def dataset_names(settings: dict) -> list[str]:
+    """The perplexity datasets of a run, in params order (a mapping of sources, or a plain list)."""
+    return list(settings.get("datasets", ["wikitext", "owt"]))
+
+
+def label(dataset: str) -> str:
+    return DATASET_LABEL.get(dataset, dataset)
+
+
 def table1(results: dict) -> list[str]:
+    """Perplexity per model and dataset (any names), ratios to the teacher, and the paper's
+    published numbers for the datasets it has (WikiText, OWT: matched by name)."""
     s, models = results["settings"], results["models"]
-    ctx, datasets = s["context"], [d for d in ("wikitext", "owt") if d in s.get("datasets", ["wikitext", "owt"])]
+    ctx, datasets = s["context"], dataset_names(s)
+    in_paper = [d for d in datasets if d in PAPER_PPL[TEACHER]]
     teacher = models.get(TEACHER)
-    head = ["model"] + [DATASET_LABEL.get(d, d) for d in datasets]
-    head += [f"{DATASET_LABEL.get(d, d)} / teacher" for d in datasets]
-    head += [f"paper {DATASET_LABEL.get(d, d)}" for d in datasets] + [f"paper {DATASET_LABEL.get(d, d)} / teacher" for d in datasets]
+    head = ["model"] + [label(d) for d in datasets]
+    head += [f"{label(d)} / teacher" for d in datasets]
+    head += [f"paper {label(d)}" for d in in_paper] + [f"paper {label(d)} / teacher" for d in in_paper]
     lines = [f"## Table 1: perplexity at context {ctx}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in models.items():
         row = [f"{name}"] + [ppl_cell(m, d, ctx) for d in datasets]
@@ -112,12 +125,14 @@ def table1(results: dict) -> list[str]:
             t, v = (ppl_value(teacher, d, ctx) if teacher else None), ppl_value(m, d, ctx)
             row.append(_fmt(v / t, 2) if t and v else "–")
         paper = PAPER_PPL.get(name, {})
-        row += [_fmt(paper.get(d)) for d in datasets]
-        row += [_fmt(paper[d] / PAPER_PPL[TEACHER][d], 2) if d in paper else "–" for d in datasets]
+        row += [_fmt(paper.get(d)) for d in in_paper]
+        row += [_fmt(paper[d] / PAPER_PPL[TEACHER][d], 2) if d in paper else "–" for d in in_paper]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Paper rows: " + ", ".join(f"`{k}` = {v}" for k, v in PAPER_PPL_LABEL.items())
-              + " (Pythia-70M teacher, RTX 3090; matched to our models by name).", ""]
-    return lines
+    if in_paper:
+        lines += ["", "Paper rows: " + ", ".join(f"`{k}` = {v}" for k, v in PAPER_PPL_LABEL.items())
+                  + " (Pythia-70M teacher, RTX 3090; matched to our models by name, to our datasets by name: "
+                  + ", ".join(f"`{d}`" for d in in_paper) + ")."]
+    return lines + [""]
 
 
 def long_context_table(results: dict) -> list[str]:
@@ -128,7 +143,7 @@ def long_context_table(results: dict) -> list[str]:
     lines = ["## Perplexity against context length", ""]
     for ds in s.get("long_context_datasets", []):
         head = ["model", "max positions"] + [str(c) for c in contexts]
-        lines += [f"**{DATASET_LABEL.get(ds, ds)}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += [f"**{label(ds)}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, m in models.items():
             mp = m.get("max_positions")
             lines.append("| " + " | ".join([name, str(mp) if mp else "–"] + [ppl_cell(m, ds, c) for c in contexts]) + " |")
@@ -151,19 +166,33 @@ def _acc_cell(r: dict | None) -> str:
     return cell
 
 
+def _task_row(label: str, t: str, models: dict, reference: dict | None) -> str:
+    row = [label] + [f"n/a ({m['tasks_na']})" if m.get("tasks_na") else _acc_cell(m.get("tasks", {}).get(t))
+                     for m in models.values()]
+    row += [_fmt(PAPER_ACC[k].get(t), 4) for k in PAPER_ACC]
+    if reference:
+        row.append(_acc_cell(reference.get(t)))
+    return "| " + " | ".join(row) + " |"
+
+
 def table2(results: dict, reference: dict | None) -> list[str]:
+    """Zero-shot accuracy per task (rows) and model, with the paper's columns and the Pythia-70M
+    reference; the means cover eval.tasks; a user's own tasks (eval.include_path) follow as
+    extra rows marked "(yours)"."""
     models = results["models"]
-    tasks = [t for t in results["settings"].get("tasks", []) if any(t in m.get("tasks", {}) for m in models.values())]
-    if not tasks:
+
+    def ran(t: str) -> bool:
+        return any(t in m.get("tasks", {}) for m in models.values())
+
+    tasks = [t for t in results["settings"].get("tasks", []) if ran(t)]
+    extra = [t for t in results["settings"].get("user_tasks", []) if ran(t)]
+    if not tasks and not extra:
         return []
     head = ["task"] + list(models) + [f"paper {k}" for k in PAPER_ACC] + (["Pythia-70M lm-eval reference"] if reference else [])
     lines = ["## Table 2: zero-shot accuracy (fp32)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for t in tasks:
-        row = [t] + [f"n/a ({m['tasks_na']})" if m.get("tasks_na") else _acc_cell(m.get("tasks", {}).get(t)) for m in models.values()]
-        row += [_fmt(PAPER_ACC[k].get(t), 4) for k in PAPER_ACC]
-        if reference:
-            row.append(_acc_cell(reference.get(t)))
-        lines.append("| " + " | ".join(row) + " |")
+    lines += [_task_row(t, t, models, reference) for t in tasks]
+    if not tasks:
+        return lines + [_task_row(f"{t} (yours)", t, models, reference) for t in extra] + [""]
     means = {name: _mean_acc({t: m.get("tasks", {}).get(t, {}) for t in tasks}) for name, m in models.items()}
     row = ["mean acc"] + [_fmt(v, 4) for v in means.values()]
     row += [_fmt(sum(PAPER_ACC[k][t] for t in tasks if t in PAPER_ACC[k]) / max(1, sum(t in PAPER_ACC[k] for t in tasks)), 4) for k in PAPER_ACC]
@@ -179,6 +208,7 @@ def table2(results: dict, reference: dict | None) -> list[str]:
         if reference:
             row.append("–")
         lines.append("| " + " | ".join(row) + " |")
+    lines += [_task_row(f"{t} (yours)", t, models, reference) for t in extra]  # reference: "–" (has our keys only)
     return lines + [""]
 
 
@@ -191,7 +221,7 @@ def render_report(results: dict, reference: dict | None = None) -> str:
     lines += table1(results) + long_context_table(results) + table2(results, reference)
     lines += ["## How these numbers are computed", ""]
     for ds, desc in s.get("dataset_sources", {}).items():
-        lines.append(f"- **{DATASET_LABEL.get(ds, ds)}**: {desc}")
+        lines.append(f"- **{label(ds)}**: {desc}")
     methods = sorted({e["method"] for m in results["models"].values() for by_ctx in m.get("ppl", {}).values()
                       for e in by_ctx.values() if "method" in e})
     lines += [f"- Perplexity: {m}." for m in methods]
@@ -199,7 +229,8 @@ def render_report(results: dict, reference: dict | None = None) -> str:
         "- Perplexity is token-level (each model's own tokenizer), fp32. lm-eval's `wikitext` task reports "
         "word-level perplexity over whole documents, which is a different (larger) number.",
         f"- lm-eval: zero-shot, fp32, task source `{s.get('task_source', '?')}`, "
-        f"limit {s.get('limit') or 'none'} examples per task; `acc ± stderr`, `norm` = length-normalised accuracy (acc_norm).",
+        f"limit {s.get('limit') or 'none'} examples per task; `acc ± stderr`, `norm` = length-normalised accuracy (acc_norm)"
+        + (f"; rows marked (yours) are the task YAMLs of `{s.get('include_path')}` (not in the means)." if s.get("user_tasks") else "."),
         "- SciQ offline: the local copy lacks the support paragraph that lm-eval's `sciq` prompt starts with, "
         "so SciQ accuracies are not comparable with the paper's or the reference column.",
         "- Paper columns are the published numbers of the paper (Pythia-70M teacher); the reference column is "

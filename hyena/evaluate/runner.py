@@ -18,6 +18,7 @@ import torch
 from hyena.config import Config, param
 from hyena.evaluate import harness, perplexity, streams
 from hyena.evaluate.report import flat_metrics, load_reference, render_report
+from hyena.evaluate.streams import DatasetSource
 from hyena.io import atomic_write_json, atomic_write_text
 from hyena.runtime import resolve_device
 
@@ -40,16 +41,24 @@ class EvalConfig(Config):
     stride: int = param(0, "sliding-window stride (0: non-overlapping windows)", ge=0)
     max_windows: int = param(0, "windows per dataset (0: all)", ge=0)
     batch_size: int = param(1, "windows per forward", ge=1)
-    datasets: list[Literal["wikitext", "owt"]] = param(["wikitext", "owt"], "Table 1 datasets")
-    wikitext: str = param("../shared/data/wikitext-2-raw/wiki.test.raw", "raw test file, or hub:wikitext/wikitext-103-raw-v1")
+    datasets: dict[str, DatasetSource | str] = param(
+        help="Table 1 datasets: report name -> source (hyena/evaluate/streams.py); a local source belongs in "
+             "the eval stage's deps in dvc.yaml",
+        default_factory=lambda: {
+            "wikitext": DatasetSource("../shared/data/wikitext-2-raw/wiki.test.raw"),
+            "owt": DatasetSource(streams.TOKENIZED_VAL),
+        })
     long_contexts: list[int] = param([2048, 4096, 8192], "extra contexts for the extrapolation curve")
-    long_context_datasets: list[Literal["wikitext", "owt"]] = param(["wikitext"], "datasets of that curve")
+    long_context_datasets: list[str] = param(["wikitext"], "names in eval.datasets on that curve")
     long_max_windows: int = param(0, "windows per long context (0: all)", ge=0)
     tasks: list[str] = param(["arc_easy", "arc_challenge", "logiqa", "piqa", "sciq", "winogrande", "wsc"],
                              "lm-eval zero-shot tasks ([]: skip)")
     task_source: Literal["local", "builtin"] = param(
         "local", "local: shipped task YAMLs over task_data_dir | builtin: lm-eval's own (hub)")
     task_data_dir: str = param("../shared/eval", "data of the offline tasks")
+    include_path: str = param("", "directory of your own lm-eval task YAMLs, run next to eval.tasks "
+                                  "(Table 2's extra rows; \"\": none)")
+    include_tasks: list[str] = param([], "tasks or groups of include_path to run ([]: every task defined there)")
     limit: int = param(0, "examples per task (0: all)", ge=0)
     lm_eval_batch_size: int = param(8, "lm-eval batch size", ge=1)
     reference: str = param("../shared/eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json",
@@ -59,8 +68,18 @@ class EvalConfig(Config):
         super().__post_init__()
         if not self.models:
             raise ValueError("eval.models is empty: give at least one name: model")
+        if self.include_tasks and not self.include_path:
+            raise ValueError("eval.include_tasks needs eval.include_path (the directory that defines them)")
         if not 0 <= self.stride <= self.context:
             raise ValueError(f"eval.stride must be in [0, context={self.context}], got {self.stride}")
+        self.datasets = {name: DatasetSource(src) if isinstance(src, str) else src for name, src in self.datasets.items()}
+        for name in self.datasets:
+            if not streams.NAME.fullmatch(name):
+                raise ValueError(f"eval.datasets: name {name!r} may use only letters, digits and _.- (it becomes a metric key)")
+        unknown = [d for d in self.long_context_datasets if d not in self.datasets]
+        if unknown:
+            raise ValueError(f"eval.long_context_datasets: {', '.join(unknown)} not in eval.datasets "
+                             f"({', '.join(self.datasets) or 'empty'}): add it there or drop it from the curve")
 
 
 def load_model(source: str, device: str | torch.device = "cpu"):
@@ -152,40 +171,54 @@ def model_perplexities(model, token_streams: dict[str, object], cfg: EvalConfig,
     return out
 
 
-def evaluate_models(cfg: EvalConfig, owt_tokens: str | Path = "", labels: dict[str, str] | None = None,
+def _dataset_inputs(cfg: EvalConfig, tokens_dir: str | Path) -> tuple[dict, dict, dict]:
+    """Read every dataset before any model is loaded: (token streams shared by every model,
+    texts each model tokenises itself, one-line source descriptions)."""
+    shared, texts, sources = {}, {}, {}
+    for name, src in cfg.datasets.items():
+        if src.tokenized:
+            try:
+                shared[name] = streams.load_owt_val(tokens_dir)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"eval.datasets.{name}: {err}") from None
+            sources[name] = (f"validation split of the tokenize stage ({tokens_dir}/val.npy, {len(shared[name])} "
+                             "teacher tokens, rows concatenated in order)")
+        else:
+            texts[name] = streams.read_text(name, src)
+            sources[name] = (f"{streams.describe(src, texts[name])}, tokenised as one stream with each model's "
+                             "tokenizer, no special tokens")
+    return shared, texts, sources
+
+
+def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[str, str] | None = None,
                     tokenizer_fallback: str = "") -> dict:
     """Run every evaluation for every model in cfg.models (name -> source: an HF dir, .gguf or hub
-    id); returns the results dict (see report.py). `owt_tokens` is the tokenize output whose
-    val.npy is the OWT stream; `labels` optionally say where a source came from in the report;
-    `tokenizer_fallback` serves models without a tokenizer of their own after `cfg.tokenizer`."""
+    id); returns the results dict (see report.py). `tokens_dir` is the tokenize output whose
+    val.npy serves `tokenize:val` datasets; `labels` optionally say where a source came from in
+    the report; `tokenizer_fallback` serves models without a tokenizer of their own after
+    `cfg.tokenizer`."""
     device = str(resolve_device(cfg.device))
     # Check inputs that do not depend on a model before spending time on one.
-    owt = streams.load_owt_val(owt_tokens) if "owt" in {*cfg.datasets, *cfg.long_context_datasets} else None
-    wikitext_text = streams.read_wikitext(cfg.wikitext) if "wikitext" in {*cfg.datasets, *cfg.long_context_datasets} else None
+    shared, texts, sources = _dataset_inputs(cfg, tokens_dir)
     if cfg.tasks and cfg.task_source == "local":
         with harness.prepared_tasks(cfg.task_data_dir, cfg.tasks):
             pass
+    user_tasks = harness.user_tasks(cfg.include_path, cfg.include_tasks) if cfg.include_path else []
     if cfg.reference:
         load_reference(cfg.reference)
     fallbacks = [cfg.tokenizer, tokenizer_fallback]
-    wikitext_cache: dict[str, object] = {}
-    results = {"settings": {**asdict(cfg), "device": device, "dataset_sources": {}}, "models": {}}
-    if owt is not None:
-        results["settings"]["dataset_sources"]["owt"] = (
-            f"OpenWebText validation split of the tokenize stage ({owt_tokens}/val.npy, {len(owt)} teacher tokens, rows concatenated in order)"
-        )
+    tokenized: dict[tuple[str, str], object] = {}  # (dataset, tokenizer source) -> stream
+    results = {"settings": {**asdict(cfg), "device": device, "dataset_sources": dict(sources),
+                            "user_tasks": user_tasks}, "models": {}}
     for name, path in cfg.models.items():
         model = load_model(path, device)
         tokenizer, tok_source = load_model_tokenizer(path, model, fallbacks)
-        token_streams: dict[str, object] = {"owt": owt}
-        if wikitext_text is not None:
-            if tok_source not in wikitext_cache:
-                wikitext_cache[tok_source] = streams.tokenize_stream(tokenizer, wikitext_text)
-            token_streams["wikitext"] = wikitext_cache[tok_source]
-            results["settings"]["dataset_sources"]["wikitext"] = (
-                f"WikiText test ({cfg.wikitext}) tokenised as one stream with each model's tokenizer, no special tokens "
-                f"({len(wikitext_cache[tok_source])} tokens with {tok_source})"
-            )
+        token_streams: dict[str, object] = dict(shared)
+        for ds, text in texts.items():
+            if (ds, tok_source) not in tokenized:
+                tokenized[ds, tok_source] = streams.tokenize_stream(tokenizer, text)
+            token_streams[ds] = tokenized[ds, tok_source]
+            results["settings"]["dataset_sources"][ds] = f"{sources[ds]} ({len(token_streams[ds])} tokens with {tok_source})"
         entry = {
             "path": (labels or {}).get(name, path),
             "tokenizer": tok_source,
@@ -193,11 +226,12 @@ def evaluate_models(cfg: EvalConfig, owt_tokens: str | Path = "", labels: dict[s
             "max_positions": max_positions(model),
             "ppl": model_perplexities(model, token_streams, cfg, device, name),
         }
-        if cfg.tasks:
+        if cfg.tasks or user_tasks:
             try:
                 entry["tasks"] = harness.run_tasks(
                     model, tokenizer, cfg.tasks, source=cfg.task_source, data_dir=cfg.task_data_dir,
                     limit=cfg.limit or None, batch_size=cfg.lm_eval_batch_size, device=device,
+                    include_path=cfg.include_path, include_tasks=user_tasks,
                 )
             except (AssertionError, RuntimeError, IndexError, torch.OutOfMemoryError) as err:
                 # lm-eval cannot run this model (e.g. prompts longer than its positions): say so in the report

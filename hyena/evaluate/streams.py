@@ -1,20 +1,69 @@
-"""Token streams the perplexity tables are computed on.
+"""Token streams the perplexity tables are computed on: one per entry of `eval.datasets`.
 
-* OpenWebText validation: the `tokenize` stage's `val.npy` (n_sequences, context) int32 rows,
-  read back in order and concatenated into one stream (the rows are consecutive chunks of the
-  tokenised documents, so re-windowing them at another context is meaningful).
-* WikiText test: the raw text (a local `wiki.test.raw`, or the hub's `wikitext` test split as
-  `hub:wikitext/wikitext-103-raw-v1`), tokenised as ONE stream with the model's tokenizer
-  without special tokens.  Documents are joined as in the file (hub rows joined by "\\n\\n",
-  the Hugging Face perplexity recipe).  This is token-level perplexity: lm-eval's own
-  `wikitext` task reports word-level perplexity per document, which is a different number.
+Each entry maps a report name to a `DatasetSource`:
+
+* `tokenize:val`: the `tokenize` stage's `val.npy` (n_sequences, context) int32 rows, read back
+  in order and concatenated into one stream (the rows are consecutive chunks of the tokenised
+  documents, so re-windowing them at another context is meaningful). Teacher tokens: every
+  model is scored on the same ids.
+* a local `.txt`/`.raw`/`.jsonl`/`.parquet` file, directory or glob, or a Hugging Face dataset
+  id (split `hf_split`, config `hf_config`, documents in `text_field`): read with the tokenize
+  stage's reader (`hyena.data.iter_documents`; a text file is one document), documents joined
+  by a blank line ("\\n\\n", the Hugging Face perplexity recipe), and tokenised as ONE stream with
+  each model's own tokenizer, without special tokens. A WikiText `wiki.test.raw` file is thus
+  scored exactly as it stands.
+
+This is token-level perplexity: lm-eval's own `wikitext` task reports word-level perplexity per
+document, which is a different number.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from hyena.config import Config, param
+
+TOKENIZED_VAL = "tokenize:val"
+NAME = re.compile(r"[A-Za-z0-9_.-]+")  # report names become metric keys: ppl/<name>/<model>
+
+
+@dataclass
+class DatasetSource(Config):
+    """One perplexity dataset of params.yaml `eval.datasets` (a plain string is `source` alone)."""
+
+    SECTION = "eval.datasets"
+
+    source: str = param(help="tokenize:val (the tokenize stage's validation split) | a local .txt/.raw/.jsonl/"
+                             ".parquet file, directory or glob | an HF dataset id")
+    text_field: str = param("text", "jsonl/parquet/HF field holding each document")
+    hf_split: str = param("test", "split of an HF dataset id")
+    hf_config: str | None = param(None, "config of an HF dataset id")
+    max_documents: int | None = param(None, "read at most this many documents (null: all)", ge=1)
+
+    @property
+    def tokenized(self) -> bool:
+        return self.source == TOKENIZED_VAL
+
+    def local_files(self) -> list[Path] | None:
+        """The files a local source names (None for the tokenize split and HF ids)."""
+        from hyena.data import resolve_corpus
+
+        return None if self.tokenized else resolve_corpus(self.source)
+
+
+class DatasetError(ValueError):
+    """A perplexity dataset that cannot be read; the message names it and the key to fix."""
+
+
+def _for_dataset(message: str, name: str) -> str:
+    """A message of the tokenize stage's reader, reworded for eval.datasets.<name>."""
+    key = f"eval.datasets.{name}"
+    return f"{key}: " + message.replace("tokenize.corpus", f"{key}.source").replace("tokenize.", f"{key}.")
 
 
 def load_owt_val(tokens_dir: str | Path) -> np.ndarray:
@@ -27,20 +76,32 @@ def load_owt_val(tokens_dir: str | Path) -> np.ndarray:
     return np.asarray(load_tokens(tokens_dir, "val")).reshape(-1)
 
 
-def read_wikitext(source: str) -> str:
-    """WikiText test text from a local raw file or `hub:<path>/<config>` (datasets.load_dataset)."""
-    if source.startswith("hub:"):
-        import datasets
+def read_text(name: str, src: DatasetSource) -> str:
+    """The whole text of a local or HF source: its non-empty documents joined by "\\n\\n"."""
+    from hyena.data import CorpusError, TokenizeConfig, iter_documents
 
-        path, _, name = source[4:].partition("/")
-        rows = datasets.load_dataset(path, name or None, split="test")["text"]
-        return "\n\n".join(rows)
-    p = Path(source)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"WikiText test file not found: {source} (set eval.wikitext to wiki.test.raw or hub:wikitext/wikitext-103-raw-v1)"
-        )
-    return p.read_text(encoding="utf-8")
+    reader = TokenizeConfig(corpus=src.source, text_field=src.text_field, hf_split=src.hf_split,
+                            hf_config=src.hf_config, max_documents=src.max_documents, txt_split="file")
+    try:
+        docs = [doc for doc in iter_documents(reader) if doc.strip()]
+    except CorpusError as err:
+        raise DatasetError(_for_dataset(str(err), name)) from None
+    if not docs:
+        raise DatasetError(f"eval.datasets.{name}: {src.source} holds no text: fix eval.datasets.{name}.source")
+    return "\n\n".join(docs)
+
+
+def describe(src: DatasetSource, text: str) -> str:
+    """Where a text source came from, for the report (with a hash of exactly what was scored)."""
+    files = src.local_files()
+    if files is None:
+        where = f"HF dataset {src.source} ({src.hf_config or 'default'} config, {src.hf_split} split, field {src.text_field!r})"
+    elif len(files) == 1 and str(files[0]) == src.source:
+        where = f"{src.source}"
+    else:
+        where = f"{src.source} ({len(files)} files)"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"{where}, {len(text):,} characters (sha256 {digest})"
 
 
 def tokenize_stream(tokenizer, text: str) -> np.ndarray:
