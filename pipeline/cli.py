@@ -25,6 +25,7 @@ COMMANDS = [
     ("distill-recurrent", "pipeline.distill_recurrent", "Laughing Hyena: long filters -> modal recurrences."),
     ("eval", "pipeline.evaluate", "Perplexity and lm-eval zero-shot tasks; paper-style report."),
     ("ablations", "pipeline.ablations", "Compare DVC experiments: per-layer MSE table and plot."),
+    ("rank-layers", "pipeline.rank_layers", "Which attention layers a hybrid should keep (substitution cost)."),
     ("recipes", "pipeline.recipes", "Compare whole recipes (DVC experiments): perplexities, layer errors, wall time."),
     ("curves", "pipeline.curves", "Training curves (DVCLive logs) as one PNG."),
     ("inspect", "pipeline.inspect_store", "Inspect or verify an activation store."),

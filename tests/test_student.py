@@ -408,3 +408,20 @@ def test_hybrid_student_keeps_the_listed_attentions_and_round_trips(family, tmp_
     assert (report["hyena_layers"], report["kept_attention_layers"]) == (1, 1)
     with pytest.raises(ValueError, match="outside the teacher"):
         build_student(teacher, StudentConfig(hyena=HCFG, keep_attention=[9]))
+
+
+def test_substitution_cost_ranks_the_layer_whose_mixer_hurts_most(tiny_llama):
+    """A layer whose Hyena mixer is garbage costs the teacher more, swapped in alone, than one whose
+    mixer adds nothing; and every cost is measured against the unmodified teacher (KL >= 0)."""
+    from hyena.evaluate.substitution import layers_to_keep, substitution_costs
+
+    student = build_student(tiny_llama, StudentConfig(hyena=HCFG, out_scale=0.0))
+    with torch.no_grad():
+        student.mixer(1).out_proj.bias.normal_(0, 5.0)  # layer 2's mixer writes large noise
+    ids = torch.randint(0, 1000, (4, 16), generator=torch.Generator().manual_seed(0))
+    costs = substitution_costs(tiny_llama, student, ids, batch_size=2)
+    assert [c["layer"] for c in costs] == [0, 1, 2] and costs[0]["kl"] == 0.0
+    assert all(c["kl"] >= 0 for c in costs) and costs[2]["kl"] > costs[1]["kl"]
+    assert layers_to_keep(costs, 1) == [2]
+    assert tiny_llama(input_ids=ids).logits.shape[-1] == 49152  # the teacher got its attention back
+    assert type(get_adapter(tiny_llama).attention(get_adapter(tiny_llama).layers(tiny_llama)[1])).__name__ == "LlamaAttention"
