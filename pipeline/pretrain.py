@@ -28,6 +28,7 @@ def equal_compute_tokens(model, distill, n_distill_seqs: int, seq_len: int,
         distill_layer_flops_per_token,
         lm_flops,
         lm_params,
+        readout_flops_per_token,
         tokens_for_flops,
     )
 
@@ -37,9 +38,13 @@ def equal_compute_tokens(model, distill, n_distill_seqs: int, seq_len: int,
         cfg, i = distill.for_layer(key), int(key) - 1
         if not model.config.is_hyena(i):
             continue  # a kept attention layer is not trained
-        per_token.append(distill_layer_flops_per_token(cfg.target, _count(layers[i]), _count(model.mixer(i)),
-                                                       attention_params))
-        layer_tokens.append(steps_per_run(n_distill_seqs, cfg.batch_size, cfg.epochs) * cfg.batch_size * seq_len)
+        mixer = model.mixer(i)
+        per_token.append(distill_layer_flops_per_token(cfg.target, _count(layers[i]), _count(mixer), attention_params))
+        steps = steps_per_run(n_distill_seqs, cfg.batch_size, cfg.epochs)
+        layer_tokens.append(steps * cfg.batch_size * seq_len)
+        if cfg.readout == "least_squares":  # solved once before the steps, and once more after any
+            per_token.append(readout_flops_per_token(_count(mixer), attention_params, mixer.d_model))
+            layer_tokens.append((2 if steps else 1) * n_distill_seqs * seq_len)
     n_lm = lm_params(model)
     ft_steps = steps_for_epochs(n_finetune_seqs, finetune.batch_size, finetune.epochs)
     flops = {"distill": distill_flops(per_token, layer_tokens),

@@ -84,9 +84,10 @@ def test_equal_compute_budget_counts_what_each_recipe_trains(pair):
     attn = _attention_params(student.config)
     assert attn == sum(p.numel() for p in teacher.model.layers[0].self_attn.parameters())
     flops = {}
-    for name, model, target in (("layer", student, "layer_output"), ("mixer", student, "mixer_output"),
-                                ("hybrid", hybrid, "layer_output")):
-        d = DistillConfig(batch_size=4, epochs=2, target=target,
+    for name, model, target, readout, epochs in (
+            ("layer", student, "layer_output", "none", 2), ("mixer", student, "mixer_output", "none", 2),
+            ("hybrid", hybrid, "layer_output", "none", 2), ("readout", student, "mixer_output", "least_squares", 0)):
+        d = DistillConfig(batch_size=4, epochs=epochs, target=target, readout=readout,
                           layers={"01": {"prev": "00"}, "02": {"prev": "01"}}, last="02")
         flops[name] = equal_compute_tokens(model, d, 8, 32, ft, 8, 32, attn)[1]["distill"]
     tokens = 2 * 8 * 32  # 2 epochs of 8 rows of 32 tokens, per layer
@@ -94,3 +95,5 @@ def test_equal_compute_budget_counts_what_each_recipe_trains(pair):
     assert flops["layer"] == 6 * tokens * sum(_count(x) for x in layers)
     assert flops["mixer"] == tokens * sum(6 * _count(m) + 2 * attn for m in mixers)
     assert flops["hybrid"] == 6 * tokens * _count(hybrid.decoder_layers()[0])  # layer 2 kept: free
+    d = student.mixer(0).d_model  # a readout alone: one pass of features and target over the rows, and the Gram
+    assert flops["readout"] == 8 * 32 * sum(2 * _count(m) + 2 * attn + 4 * (d + 1) ** 2 for m in mixers)

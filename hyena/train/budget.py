@@ -4,7 +4,9 @@ FLOPs per token follow the usual 6N rule (2N forward, 4N backward) for the param
 flows through during training: for distilling layer i on its layer output that is the layer's
 parameters (upper bound: the frozen MLP still needs activation gradients, but no weight
 gradients); on its attention's output (attention transfer) it is the mixer's parameters plus a
-2N forward of the teacher attention that makes the target; a layer a hybrid keeps costs nothing;
+2N forward of the teacher attention that makes the target, and a least-squares readout one forward
+of the mixer and of the target plus the Gram matrix (2 (d+1)^2) per token and solve; a layer a
+hybrid keeps costs nothing;
 for LM training it is every parameter but the input embedding lookup (the LM head is a matmul;
 a tied head is counted once), frozen ones included (an upper bound again). Mixing (FFT) FLOPs are
 small at these widths and left out; the teacher's forward pass for the activation dump (and the
@@ -27,10 +29,16 @@ def lm_params(model: nn.Module) -> int:
 
 
 def distill_layer_flops_per_token(target: str, layer_params: int, mixer_params: int, attention_params: int) -> int:
-    """Training FLOPs per token of one distill stage (see the module docstring)."""
+    """Training FLOPs per token of one gradient step of a distill stage (see the module docstring)."""
     if target == "mixer_output":
         return 6 * mixer_params + 2 * attention_params
     return 6 * layer_params
+
+
+def readout_flops_per_token(mixer_params: int, attention_params: int, d_model: int) -> int:
+    """FLOPs per training token of one least-squares readout: the mixer's features and the target
+    forward, and the token's share of the Gram matrix and cross terms."""
+    return 2 * mixer_params + 2 * attention_params + 4 * (d_model + 1) ** 2
 
 
 def distill_flops(flops_per_token: list[int], tokens_per_layer: list[int]) -> float:
