@@ -30,12 +30,14 @@ def _load_student(path: Path):
     from transformers import AutoModelForCausalLM
 
     import hyena.recurrence  # noqa: F401  (registers the student classes)
+    from hyena.io import reading_weights
     from hyena.student import HyenaStudentForCausalLM
 
     p = Path(path)
     if not (p / "config.json").is_file():
         raise StageError(f"{path} is not an HF model directory (no config.json): run the finetune stage")
-    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
+    with reading_weights(p, "rerun the finetune stage"):
+        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
     if type(model) is not HyenaStudentForCausalLM:
         raise StageError(f"{path} is a {type(model).__name__}, not a convolutional Hyena student")
     return model.eval().requires_grad_(False)
@@ -105,16 +107,21 @@ def _check(student, recurrent, reports: list[dict], val, cfg) -> dict:
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Fit every long filter of the student with a modal recurrence; write the recurrent student."""
+    from hyena.data import check_tokenizer
     from hyena.evaluate.plots import plot_recurrent_fit
     from hyena.evaluate.streams import load_owt_val
-    from hyena.io import atomic_dir
+    from hyena.io import atomic_dir, claim_output
     from hyena.recurrence import RecurrentConfig, to_recurrent
     from hyena.teachers import copy_tokenizer
 
     params = Params.read(params_file)
     cfg, p = params.get("recurrent", RecurrentConfig), params.paths
-    src = p.student("finetuned")
+    if cfg.fit_len < cfg.context:
+        raise StageError(f"recurrent.fit_len {cfg.fit_len} is shorter than recurrent.context {cfg.context}: the check "
+                         "would run the modal filters beyond the taps they are fitted on; raise recurrent.fit_len")
+    src, out = p.student("finetuned"), claim_output(p.student("recurrent"), "distill-recurrent")
     student = _load_student(src)
+    check_tokenizer(p.tokens, src, "the student")
     max_len = student.config.hyena_config().max_len
     if cfg.fit_len > max_len:
         raise StageError(f"recurrent.fit_len {cfg.fit_len} exceeds the student's hyena.max_len {max_len}: lower recurrent.fit_len")
@@ -130,8 +137,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
                "calib_steps": cfg.calib.steps, **_check(student, recurrent, reports, val, cfg),
                "state_bytes_per_sequence": sum(recurrent.mixer(i).state_bytes() for i in range(len(reports))),
                "layers": reports}
-    out = p.student("recurrent")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "distill-recurrent") as tmp:
         recurrent.save_pretrained(tmp)
         copy_tokenizer(src, tmp)
     write_metrics(p.metrics("recurrent"), metrics)

@@ -18,16 +18,20 @@ app = stage_app()
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Run the teacher over the token budget and store every layer's output in a Zarr store."""
-    from hyena.data import load_manifest
+    from hyena.data import check_tokenizer, load_manifest
+    from hyena.io import reading_weights
     from hyena.runtime import resolve_device
-    from hyena.store import DumpConfig, dump_activations
+    from hyena.store import DumpConfig, check_store_path, dump_activations
     from hyena.teachers import load_teacher, teacher_record
 
     params = Params.read(params_file)
     cfg, p = params.get("dump", DumpConfig), params.paths
     load_manifest(p.tokens)  # one line if the tokenize stage has not run
+    check_store_path(p.activations)  # before the teacher loads
     teacher = params.teacher_dir()
-    model = load_teacher(str(teacher)).to(resolve_device(cfg.device))
+    check_tokenizer(p.tokens, teacher, "the teacher")
+    with reading_weights(teacher, "rerun the teacher stage"):
+        model = load_teacher(str(teacher)).to(resolve_device(cfg.device))
     store = dump_activations(model, p.tokens, p.activations, cfg, teacher_record(teacher).get("source", str(teacher)))
     for split in store.splits:
         typer.echo(f"{split}: {store.n_sequences(split)} x {store.seq_len} tokens, {store.n_layers + 1} arrays")

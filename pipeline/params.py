@@ -8,6 +8,7 @@ the same values through `${paths.*}`.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from dataclasses import dataclass
@@ -142,6 +143,22 @@ def command(app: typer.Typer):
     return register
 
 
+def out_of_space(err: BaseException) -> bool:
+    """ENOSPC, however the writer reports it (Python's OSError, safetensors' Rust I/O error)."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
+
+
+def error_line(err: BaseException) -> str:
+    """The one line a user sees for an expected error."""
+    if out_of_space(err):
+        where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+        return f"no space left on device{where}: the output was not written; free disk space and rerun"
+    if isinstance(err, OSError) and err.strerror and err.filename and not isinstance(err, FileExistsError):
+        return f"{err.strerror}: {err.filename}"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def one_line_errors(fn):
     """Decorator for stage commands: expected errors become `error: ...` on stderr and exit 1."""
 
@@ -149,9 +166,13 @@ def one_line_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (StageError, ConfigError, FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
-            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            typer.echo(f"error: {msg}", err=True)
+        except (StageError, ConfigError, OSError, ValueError, RuntimeError, KeyError) as err:
+            typer.echo(f"error: {error_line(err)}", err=True)
+            sys.exit(1)
+        except Exception as err:  # noqa: BLE001 - only a full disk is expected among the rest
+            if not out_of_space(err):
+                raise
+            typer.echo(f"error: {error_line(err)}", err=True)
             sys.exit(1)
 
     return wrapper

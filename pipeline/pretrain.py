@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import typer
 
-from pipeline.lm_stage import load_split, run, steps_for_epochs
-from pipeline.params import PARAMS_OPTION, Params, command, stage_app
+from pipeline.lm_stage import load_split, model_hash, run, steps_for_epochs
+from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app
 
 app = stage_app()
 
@@ -32,7 +32,7 @@ def equal_compute_tokens(model, distill, n_distill_seqs: int, seq_len: int,
         layer_params.append(sum(p.numel() for p in layers[int(key) - 1].parameters()))
         layer_tokens.append(steps_per_run(n_distill_seqs, cfg.batch_size, cfg.epochs) * cfg.batch_size * seq_len)
     n_lm = lm_params(model)
-    ft_steps = steps_for_epochs(n_finetune_seqs, finetune.batch_size, finetune.epochs)
+    ft_steps = steps_for_epochs(n_finetune_seqs, finetune.batch_size, finetune.epochs, "finetune")
     flops = {"distill": distill_flops(layer_params, layer_tokens),
              "finetune": lm_flops(n_lm, ft_steps * finetune.batch_size * ft_len)}
     return tokens_for_flops(flops["distill"] + flops["finetune"], n_lm), flops
@@ -40,6 +40,7 @@ def equal_compute_tokens(model, distill, n_distill_seqs: int, seq_len: int,
 
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
+    from hyena.data import check_tokenizer
     from hyena.store import ActivationStore
     from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
     from hyena.train.distill import DistillConfig
@@ -47,12 +48,16 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
 
     params = Params.read(params_file)
     cfg, p = params.get("pretrain", PretrainConfig), params.paths
+    if not (p.layer("00") / "config.json").is_file():
+        raise StageError(f"student config not found: {p.layer('00')}/config.json (run the init-student stage)")
+    check_tokenizer(p.tokens, params.teacher_dir(), "the teacher")
+    train = load_split(p.tokens, "train", cfg.max_sequences)
+    seq_len = train.shape[1]
+    steps_for_epochs(len(train), cfg.batch_size, 1, "pretrain")  # enough sequences for one batch
     config = HyenaStudentConfig.from_pretrained(p.layer("00"))
     config.init = "random"
     torch.manual_seed(cfg.seed)
     model = HyenaStudentForCausalLM(config)  # every weight random, embeddings included
-    train = load_split(p.tokens, "train", cfg.max_sequences)
-    seq_len = train.shape[1]
     if cfg.budget == "auto":
         acts = ActivationStore.open(p.activations)
         ft = params.get("finetune", FinetuneConfig)
@@ -65,7 +70,8 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     typer.echo(f"pretrain budget: {budget:,} tokens = {steps} steps of {cfg.batch_size} x {seq_len} "
                f"({'equal compute: ' + ', '.join(f'{k} {v:.3g} FLOPs' for k, v in flops.items()) if flops else 'explicit'})")
     extra = {"budget_tokens": budget, **{f"flops_{k}": v for k, v in flops.items()}}
-    run("pretrain", model, cfg, steps, p, p.student("pretrained"), params.teacher_dir(), extra_metrics=extra, fp_parts=(budget,))
+    inputs = {"input_model": model_hash(p.layer("00")), "budget": str(budget)}
+    run("pretrain", model, cfg, steps, p, p.student("pretrained"), params.teacher_dir(), inputs=inputs, extra_metrics=extra)
 
 
 if __name__ == "__main__":
