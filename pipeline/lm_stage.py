@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,18 +41,17 @@ def digest(*parts) -> str:
 
 
 def code_version() -> str:
-    """A hash of the project's source files this process has imported (hyena/, pipeline/): the
-    code a stage runs. Any edit to them makes a checkpoint of an earlier version unusable."""
+    """A hash of the project's source (every .py file of the hyena and pipeline packages): a
+    checkpoint written by other code is not resumed. Broader than the files a stage runs, so an
+    unrelated edit also starts over; never narrower."""
     import hyena
     import pipeline
 
-    roots = [Path(hyena.__file__).resolve().parent, Path(pipeline.__file__).resolve().parent]
-    files = set()
-    for module in list(sys.modules.values()):
-        f = getattr(module, "__file__", None)
-        if f and f.endswith(".py") and any(Path(f).resolve().is_relative_to(r) for r in roots):
-            files.add(Path(f).resolve())
-    return digest([(f"{f.parent.name}/{f.name}", file_sha256(f)) for f in sorted(files)])
+    files = []
+    for package in (hyena, pipeline):
+        root = Path(package.__file__).resolve().parent
+        files += [(f"{root.name}/{f.relative_to(root)}", file_sha256(f)) for f in sorted(root.rglob("*.py"))]
+    return digest(files)
 
 
 def model_hash(directory: str | Path) -> str:

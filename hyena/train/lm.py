@@ -11,6 +11,7 @@ loss before training, every logged metric) go to a checkpoint directory (safeten
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import shutil
@@ -32,6 +33,7 @@ from hyena.train.loop import LogFn, run_steps
 from hyena.train.optim import OptimConfig
 
 VAL_BATCH = 4  # validation sequences per forward
+FULL_DISK = 1 << 20  # free bytes below which a failed checkpoint write is taken for a full disk
 
 
 @dataclass
@@ -106,6 +108,7 @@ class DirCheckpoint:
                  say: Callable[[str], None] = print):
         self.dir, self.model, self.fingerprint, self.say = Path(directory), model, dict(fingerprint), say
         self.state: dict = {}
+        self._step: int | None = None  # decided once, on the first call of resumable()
 
     def _read(self) -> dict | None:
         try:
@@ -116,6 +119,14 @@ class DirCheckpoint:
     def resumable(self) -> int:
         """The step a valid checkpoint resumes from, with `state` restored; 0 (and no checkpoint
         left behind) when there is none or it belongs to another computation."""
+        if self._step is None:
+            self._step = self._inspect()
+        return self._step
+
+    def _inspect(self) -> int:
+        old = self.dir.with_name(self.dir.name + ".old")
+        if not self.dir.exists() and old.is_dir():
+            old.rename(self.dir)  # killed between the two renames of `save`: the old one is complete
         saved = self._read()
         if saved is None:
             if self.dir.exists():
@@ -136,10 +147,17 @@ class DirCheckpoint:
         tmp = self.dir.with_name(self.dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_model(self.model, str(tmp / "model.safetensors"))
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint,
-                                                    "state": self.state}))
+        try:
+            save_model(self.model, str(tmp / "model.safetensors"))
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint,
+                                                        "state": self.state}))
+        except Exception as err:
+            full = shutil.disk_usage(tmp).free < FULL_DISK  # torch.save says only "unexpected pos"
+            shutil.rmtree(tmp, ignore_errors=True)
+            if full:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.dir)) from err
+            raise
         if self.dir.exists():
             old = self.dir.with_name(self.dir.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
@@ -201,7 +219,7 @@ def train_lm(
     val_before = run_state["val_loss_before"] if resumed_at else lm_loss(model, val_tokens, env)
     history: list = run_state.get("log", [])  # [step, metrics] of every logged step
     if checkpoint is not None:
-        checkpoint.state = {"val_loss_before": val_before, "log": history}
+        checkpoint.state.update(val_loss_before=val_before, log=history)
     if log is not None:
         for logged_step, metrics in history:  # the resumed run's curve starts where the run began
             log(metrics, logged_step)
