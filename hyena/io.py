@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 MARKER = ".hyena-output"  # inside every output directory: {"stage": NAME}
-_LEFTOVERS = (".tmp-", ".old-")  # `.NAME.tmp-PID` (being written), `.NAME.old-PID` (being replaced)
 
 
 class OutputConflictError(FileExistsError):
@@ -86,20 +85,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_leftovers(path: str | os.PathLike) -> list[Path]:
-    """Remove the `.NAME.tmp-PID` / `.NAME.old-PID` siblings of `path` whose process is gone."""
+    """Clear what killed processes left beside `path`: their `.NAME.tmp-PID` directories are
+    removed; a `.NAME.old-PID` is the complete previous output, put back if `path` is missing
+    (killed between the two renames of `atomic_dir`) and removed otherwise. Returns the removed."""
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
         return removed
-    for sibling in path.parent.iterdir():
-        for tag in _LEFTOVERS:
-            prefix = f".{path.name}{tag}"
-            if not sibling.name.startswith(prefix):
+    for tag in (".old-", ".tmp-"):  # restore before removing
+        prefix = f".{path.name}{tag}"
+        for sibling in sorted(path.parent.iterdir()):
+            pid = sibling.name[len(prefix):] if sibling.name.startswith(prefix) else ""
+            if not pid.isdigit() or _pid_alive(int(pid)):
                 continue
-            pid = sibling.name[len(prefix):]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(sibling) if sibling.is_dir() and not sibling.is_symlink() else sibling.unlink()
-                removed.append(sibling)
+            if tag == ".old-" and not path.exists() and sibling.is_dir():
+                os.replace(sibling, path)
+                continue
+            shutil.rmtree(sibling) if sibling.is_dir() and not sibling.is_symlink() else sibling.unlink()
+            removed.append(sibling)
     return removed
 
 
