@@ -53,7 +53,7 @@ class PathsConfig(Config):
     tokens: str = param("data/tokens", "packed token rows + manifest (tokenize)")
     activations: str = param("data/activations.zarr", "teacher layer outputs, one Zarr array per layer (dump-activations)")
     students: str = param("data/students", "students: layer_XX (distill chain), distilled, finetuned, pretrained, recurrent")
-    checkpoints: str = param("data/checkpoints", "resumable training state of finetune and pretrain")
+    checkpoints: str = param("data/checkpoints", "resumable training state of finetune and pretrain, one directory per output")
     eval: str = param("data/eval", "evaluation report, metrics and plots")
     reports: str = param("reports", "metrics, plots, timings and DVCLive curves (tracked in git)")
 

@@ -102,3 +102,29 @@ def test_a_checkpoint_of_another_input_model_is_not_resumed(small_project, tmp_p
     clean = tmp_path / "clean"
     assert run_stage(finetune_params(small_project, clean, new_input), "finetune").exit_code == 0
     assert outcome(work)["weights"] == outcome(clean)["weights"]
+
+
+def test_distill_dying_while_it_writes_keeps_the_previous_layer_whole(small_project, tmp_path, monkeypatch):
+    """A layer's weights and its outputs (acts.zarr) are one directory: a failure half-way through
+    writing the new pair leaves the old pair, byte for byte, and no temporary directory."""
+    import hyena.train.acts
+
+    params = yaml.safe_load((small_project / "params.yaml").read_text())
+    shutil.copytree(params["paths"]["students"], tmp_path / "students")
+    params["paths"].update(students=str(tmp_path / "students"), reports=str(tmp_path / "reports"))
+    params["distill"]["lr"] = 5e-3  # other weights than the layer on disk
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    layer = tmp_path / "students/layer_02"
+    before = {str(p.relative_to(layer)): p.read_bytes() for p in sorted(layer.rglob("*")) if p.is_file()}
+    write_outputs = hyena.train.acts.write_outputs
+
+    def dies_half_way(path, shapes, fill, **kwargs):
+        write_outputs(path, {"train": shapes["train"]}, fill, **kwargs)  # the new weights and half the outputs exist
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(hyena.train.acts, "write_outputs", dies_half_way)
+    result = run_stage(tmp_path / "params.yaml", "distill", "--layer", "02")
+    assert result.exit_code == 1 and "Input/output error" in result.stderr
+    after = {str(p.relative_to(layer)): p.read_bytes() for p in sorted(layer.rglob("*")) if p.is_file()}
+    assert after == before
+    assert not [p for p in (tmp_path / "students").iterdir() if p.name.startswith(".")]  # no leftovers
