@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import typer
 
-from pipeline.lm_stage import load_split, model_hash, run, steps_for_epochs
+from hyena.io import file_sha256
+from pipeline.lm_stage import load_split, run, steps_for_epochs
 from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app
 
 app = stage_app()
@@ -70,7 +71,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     typer.echo(f"pretrain budget: {budget:,} tokens = {steps} steps of {cfg.batch_size} x {seq_len} "
                f"({'equal compute: ' + ', '.join(f'{k} {v:.3g} FLOPs' for k, v in flops.items()) if flops else 'explicit'})")
     extra = {"budget_tokens": budget, **{f"flops_{k}": v for k, v in flops.items()}}
-    inputs = {"input_model": model_hash(p.layer("00")), "budget": str(budget)}
+    inputs = {"student_config": file_sha256(p.layer("00") / "config.json"), "budget": str(budget)}  # weights: random
     run("pretrain", model, cfg, steps, p, p.student("pretrained"), params.teacher_dir(), inputs=inputs, extra_metrics=extra)
 
 

@@ -153,7 +153,8 @@ class DirCheckpoint:
             (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint,
                                                         "state": self.state}))
         except Exception as err:
-            full = shutil.disk_usage(tmp).free < FULL_DISK  # torch.save says only "unexpected pos"
+            # safetensors names ENOSPC; torch.save says only "unexpected pos": look at the disk
+            full = "No space left on device" in str(err) or shutil.disk_usage(tmp).free < FULL_DISK
             shutil.rmtree(tmp, ignore_errors=True)
             if full:
                 raise OSError(errno.ENOSPC, "No space left on device", str(self.dir)) from err
