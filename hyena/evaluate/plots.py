@@ -73,7 +73,8 @@ def plot_ppl_vs_context(results: dict, path: str | Path) -> None:
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel("token perplexity")
         ax.set_title(DATASET_LABEL.get(ds, ds))
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     _save(fig, path)
 
 
