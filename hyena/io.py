@@ -62,7 +62,10 @@ def check_replaceable(path: str | os.PathLike, stage: str) -> None:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
-    if path.is_symlink() or not path.is_dir():
+    if path.is_symlink():
+        raise OutputConflictError(f"refusing to replace {path}: it is a symbolic link (outputs are replaced by "
+                                  "renaming, never through a link); set the output path to the real directory")
+    if not path.is_dir():
         raise OutputConflictError(f"refusing to replace {path}: it is a file, not an output directory of "
                                   f"stage {stage}; move it away or choose another output path")
     owner = output_owner(path)

@@ -390,7 +390,10 @@ def check_store_path(out: str | Path) -> None:
     out = Path(out)
     if not out.exists() and not out.is_symlink():
         return
-    if out.is_symlink() or not out.is_dir() or (any(out.iterdir()) and not _is_store_output(out)):
+    if out.is_symlink():
+        raise OutputConflictError(f"refusing to write through the symbolic link {out}: set paths.activations "
+                                  "to the real directory")
+    if not out.is_dir() or (any(out.iterdir()) and not _is_store_output(out)):
         raise OutputConflictError(f"refusing to replace {out}: it is not an activation store (no {MARKER} "
                                   "marker); move it away or set paths.activations to another path")
 
