@@ -54,6 +54,7 @@ DTYPES = ("float16", "float32")
 CODECS = ("none", "zstd", "blosc")
 HEADROOM = 1.10  # refuse to start unless free disk >= 110% of the bytes still to write
 PROGRESS = "_progress"
+REDUMP = "delete paths.activations and rerun the dump-activations stage"  # the fix for a damaged store
 
 
 def layer_name(k: int) -> str:
@@ -503,9 +504,6 @@ def verify_store(store: ActivationStore, progress_bar: bool = True) -> list[str]
                     if bad:
                         problems.append(f"{bad} non-finite values in {where}")
     return problems
-
-
-REDUMP = "delete paths.activations and rerun the dump-activations stage"  # the fix for a damaged store
 
 
 def check_chunks(arr: zarr.Array, what: str, fix: str, progress_bar: bool = False) -> None:

@@ -91,6 +91,16 @@ def truncate_finetuned_for_eval(project, tmp_path, params):
     params["eval"]["models"] = {"finetuned": str(dst)}
 
 
+def recurrent_fitted_on_16_taps(project, tmp_path, params):
+    """A recurrent student whose config says its filters were fitted on 16 taps."""
+    dst = tmp_path / "recurrent"
+    shutil.copytree(Path(params["paths"]["students"]) / "recurrent", dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["modal"]["fit_len"] = 16
+    (dst / "config.json").write_text(json.dumps(config))
+    params["eval"]["models"] = {"recurrent": str(dst)}
+
+
 def empty_students(project, tmp_path, params):
     params["paths"]["students"] = str(tmp_path / "students")
 
@@ -193,6 +203,8 @@ CASES: dict[str, Case] = {
                                                            {"student": {"hyena": {"max_len": 16}}}),
     "eval.context beyond a student's max_len": Case(["eval"], ["eval.context", "64 positions", "finetuned"],
                                                     {"eval": {"context": 128}}),
+    "eval.context beyond a recurrent student's fitted taps": Case(["eval"], ["eval.context", "16 filter taps", "recurrent.fit_len"],
+                                                                  prepare=recurrent_fitted_on_16_taps),
     # ---- inputs from elsewhere
     "tokens of another tokenizer -> dump": Case(["dump-activations"], ["another tokenizer", "tokens"],
                                                 prepare=other_tokenizer_tokens),
