@@ -153,7 +153,7 @@ def error_line(err: BaseException) -> str:
     if out_of_space(err):
         where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
         return f"no space left on device{where}: the output was not written; free disk space and rerun"
-    if isinstance(err, OSError) and err.strerror and err.filename and not isinstance(err, FileExistsError):
+    if isinstance(err, OSError) and err.strerror and err.filename:  # raised by the OS: say what and where
         return f"{err.strerror}: {err.filename}"
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
