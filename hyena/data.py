@@ -36,8 +36,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hyena.config import Config, param
-from hyena.io import atomic_dir, file_sha256
+from hyena.io import atomic_dir, claim_output, file_sha256
 
+STAGE = "tokenize"  # the stage whose marker a token directory carries (hyena.io.atomic_dir)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 FORMAT = "hyena-tokens/1"
@@ -220,10 +221,34 @@ def _file_documents(path: Path, p: TokenizeConfig) -> Iterator[str]:
 # ----------------------------------------------------------------------------- tokenising
 
 
+def vocab_sha256(tokenizer) -> str:
+    """A hash of a tokenizer's whole vocabulary (token -> id): equal hashes, equal token ids."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+
+
+def check_tokenizer(tokens_dir: str | Path, model_dir: str | Path, whose: str) -> None:
+    """Refuse token rows made with another tokenizer than the one in `model_dir` (the model
+    `whose` reads them): ids below the vocab size would pass and mean other words. Nothing to
+    compare (no manifest record, a model directory without a tokenizer) passes."""
+    from hyena.teachers import has_tokenizer, load_tokenizer
+
+    manifest = Path(tokens_dir) / MANIFEST
+    made_with = json.loads(manifest.read_text()).get("tokenizer", {}) if manifest.is_file() else {}
+    if not made_with.get("vocab_sha256") or not has_tokenizer(model_dir):
+        return
+    tokenizer = load_tokenizer(str(model_dir))
+    if made_with["vocab_sha256"] != vocab_sha256(tokenizer):
+        raise CorpusError(
+            f"the tokens in {tokens_dir} were made with another tokenizer ({made_with.get('name_or_path')}, "
+            f"{made_with.get('vocab_size')} tokens) than {whose} in {model_dir} ({len(tokenizer)} tokens): "
+            "rerun the tokenize stage with this teacher"
+        )
+
+
 def tokenizer_identity(tokenizer, source: str, eos_id: int) -> dict:
     """What identifies a tokenizer: class, path, vocab size, EOS, and a hash of the whole vocab."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    vocab_hash = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+    vocab_hash = vocab_sha256(tokenizer)
     return {
         "teacher_source": source,
         "name_or_path": str(tokenizer.name_or_path),
@@ -337,6 +362,7 @@ def build_token_dataset(p: TokenizeConfig, tokenizer, teacher_source: str, out_d
             f"tokenize.context {p.context} exceeds the teacher's maximum positions {max_positions} "
             f"({teacher_source}): lower tokenize.context"
         )
+    claim_output(out_dir, STAGE)  # a foreign directory is refused before the corpus is read
     source = _source_record(p)  # also fails early on a missing corpus
     eos_id = resolve_eos_id(tokenizer, p.eos_token)
     tokens, offsets, skipped = tokenize_documents(tokenizer, iter_documents(p), eos_id, p.batch_size)
@@ -356,7 +382,7 @@ def build_token_dataset(p: TokenizeConfig, tokenizer, teacher_source: str, out_d
         ),
         "splits": {},
     }
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, STAGE) as tmp:
         for split, docs in (("train", train_docs), ("val", val_docs)):
             rows, dropped = pack_documents(tokens, offsets, docs, p.context)
             if split == "train" and len(rows) == 0:

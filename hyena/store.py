@@ -38,15 +38,24 @@ from tqdm.auto import tqdm
 
 from hyena.config import Config, param
 from hyena.data import SPLITS, load_manifest, load_tokens
-from hyena.io import atomic_dir
+from hyena.io import (
+    MARKER,
+    CorruptInputError,
+    OutputConflictError,
+    atomic_dir,
+    output_owner,
+    remove_leftovers,
+)
 from hyena.teachers import capture, get_adapter, weights_hash
 
 FORMAT = "hyena-activations/1"
+STAGE = "dump-activations"  # the stage whose marker a store carries (hyena.io.atomic_dir)
 DTYPES = ("float16", "float32")
 CODECS = ("none", "zstd", "blosc")
 HEADROOM = 1.10  # refuse to start unless free disk >= 110% of the bytes still to write
 PROGRESS = "_progress"
 LOGIT_VALUES, LOGIT_IDS = "logits_topk_values", "logits_topk_ids"  # train split only, with dump.logits_topk
+REDUMP = "delete paths.activations and rerun the dump-activations stage"  # the fix for a damaged store
 
 
 def layer_name(k: int) -> str:
@@ -185,7 +194,7 @@ def _create_store(path: Path, attrs: dict, sizes: dict[str, int], seq_len: int, 
                   n_layers: int, p: DumpConfig) -> None:
     """Create every array (no chunk data yet) in a temporary dir, then move it into place."""
     dtype = np.dtype(p.dtype)
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, STAGE) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attrs)
         progress = root.create_group(PROGRESS)
         for split, n in sizes.items():
@@ -412,13 +421,47 @@ def _write_chunks(model: torch.nn.Module, plan: DumpPlan, group: zarr.Group, tod
             writer.join()
 
 
+def _is_store_output(out: Path) -> bool:
+    """Whether `out` is a directory a dump wrote: its marker, or (stores made before markers
+    existed) a root zarr.json of this store format."""
+    if output_owner(out) == STAGE:
+        return True
+    try:
+        return json.loads((out / "zarr.json").read_text())["attributes"]["format"] == FORMAT
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _remove_partial_files(out: Path) -> None:
+    """zarr writes each file as `NAME.<uuid>.partial` and renames it: a killed write leaves one."""
+    for f in out.rglob("*.partial"):
+        f.unlink(missing_ok=True)
+
+
+def check_store_path(out: str | Path) -> None:
+    """Refuse (one line) an `out` that exists and is not a store a dump wrote (or an empty dir)."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink():
+        raise OutputConflictError(f"refusing to write through the symbolic link {out}: set paths.activations "
+                                  "to the real directory")
+    if not out.is_dir() or (any(out.iterdir()) and not _is_store_output(out)):
+        raise OutputConflictError(f"refusing to replace {out}: it is not an activation store (no {MARKER} "
+                                  "marker); move it away or set paths.activations to another path")
+
+
 def _resumable_store(out: Path, fingerprint: str) -> ActivationStore | None:
-    """The existing store at `out` if it was made with the same fingerprint; otherwise remove it."""
+    """The existing store at `out` if it was made with the same fingerprint; otherwise remove it.
+    Anything at `out` that a dump did not write is refused, never removed."""
+    check_store_path(out)
+    remove_leftovers(out)
     if not out.exists():
         return None
     try:
         store = ActivationStore.open(out, allow_incomplete=True)
         if store.attrs.get("fingerprint") == fingerprint:
+            _remove_partial_files(out)
             return store
         reason = "it was made with other teacher weights, tokens or params"
     except Exception as err:  # noqa: BLE001 - anything unreadable is rebuilt
@@ -513,3 +556,26 @@ def verify_store(store: ActivationStore, progress_bar: bool = True) -> list[str]
                     if bad:
                         problems.append(f"{bad} non-finite values in {where}")
     return problems
+
+
+def check_chunks(arr: zarr.Array, what: str, fix: str, progress_bar: bool = False) -> None:
+    """Read every chunk of `arr` ((n, L, d), chunked along sequences, in a local store) once and
+    raise CorruptInputError naming the first chunk file that is missing (it would read as fill
+    values), undecodable (truncated) or holds non-finite values; `fix` says what to rerun."""
+    root = getattr(arr.store, "root", None)  # a local store: chunk files can be named
+    rows = arr.chunks[0]
+    n_chunks = -(-arr.shape[0] // rows)
+    for chunk in tqdm(range(n_chunks), desc=f"check {what}", unit="chunk", disable=not progress_bar, leave=False):
+        a, b = chunk * rows, min((chunk + 1) * rows, arr.shape[0])
+        f = Path(str(root)) / arr.path / arr.metadata.encode_chunk_key((chunk, 0, 0)) if root is not None else None
+        where = f"{f or 'chunk ' + str(chunk)} (sequences {a}..{b - 1} of {what})"
+        if f is not None and not f.is_file():
+            raise CorruptInputError(f"missing chunk file {where}: {fix}")
+        try:
+            x = arr[a:b]
+        except Exception as err:  # noqa: BLE001 - any decode failure means a damaged file
+            raise CorruptInputError(f"unreadable chunk file {where}, truncated or corrupt "
+                                    f"({type(err).__name__}: {err}): {fix}") from None
+        bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+        if bad:
+            raise CorruptInputError(f"{bad} non-finite values in chunk file {where}: {fix}")

@@ -300,6 +300,10 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config_only: b
         else:
             model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
+        if Path(where).is_dir() and not kwargs and "no file named" in str(err):
+            raise FileNotFoundError(
+                f"teacher directory {where} has a config but no weights: set teacher.random_init: true to use "
+                "random weights of that architecture, or give a directory with model.safetensors") from None
         if Path(where).exists() or str(err).startswith("unsupported teacher architecture"):
             raise
         raise _offline_hint(source, err) from err

@@ -28,8 +28,8 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
 
     from hyena.cards import ModelCard
     from hyena.evaluate.plots import plot_layer_mse
-    from hyena.io import atomic_dir, file_sha256
-    from hyena.store import ActivationStore
+    from hyena.io import atomic_dir, claim_output, file_sha256, reading_weights
+    from hyena.store import REDUMP, ActivationStore, check_chunks
     from hyena.student import HyenaStudentForCausalLM
     from hyena.teachers import copy_tokenizer
     from hyena.train.distill import DistillConfig
@@ -38,16 +38,20 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     d, p = params.get("distill", DistillConfig), params.paths
     if d.last != max(d.layers):
         raise StageError(f"params distill.last is {d.last!r} but the last layer in distill.layers is {max(d.layers)!r}")
+    claim_output(p.student("distilled"), "assemble")
     chain = json.loads((p.layer(d.last) / "chain.json").read_text())
-    student = HyenaStudentForCausalLM.from_pretrained(p.layer("00")).eval()
+    with reading_weights(p.layer("00"), "rerun the init-student stage"):
+        student = HyenaStudentForCausalLM.from_pretrained(p.layer("00")).eval()
     layers = student.decoder_layers()
     for key, sha in sorted(chain.items()):
         weights = p.layer(key) / "layer.safetensors"
         if file_sha256(weights) != sha:
             raise StageError(f"{weights} changed since layer {d.last} was distilled: run dvc repro")
         layers[int(key) - 1].load_state_dict(load_file(str(weights)))
-
     teacher = ActivationStore.open(p.activations)
+    for k in range(len(layers) + 1):
+        check_chunks(teacher.layer("val", k), f"val/layer_{k:02d}", REDUMP)
+
     n_val = teacher.n_sequences("val")
     sq = np.zeros(len(layers))
     count = 0
@@ -67,7 +71,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
         "distilled", params.recipe("tokenize", "dump", "distill"),
         {"distill": sum(m.get("train_tokens", 0) for m in stage.values())},
         {"distill_val_mse_last_layer": stage[last]["val_mse"], "free_running_val_mse_last_layer": free[last]})
-    with atomic_dir(p.student("distilled")) as tmp:
+    with atomic_dir(p.student("distilled"), "assemble") as tmp:
         student.save_pretrained(tmp)
         copy_tokenizer(p.layer("00"), tmp)
         card.write(tmp, student, str(p.student("distilled")))

@@ -37,8 +37,8 @@ def main(
 ) -> None:
     from safetensors.torch import save_file
 
-    from hyena.io import atomic_dir, file_sha256
-    from hyena.store import ActivationStore
+    from hyena.io import atomic_dir, claim_output, file_sha256, reading_weights
+    from hyena.store import REDUMP, ActivationStore, check_chunks
     from hyena.student import HyenaStudentForCausalLM
     from hyena.train.acts import open_outputs, write_outputs
     from hyena.train.dist import setup, teardown
@@ -49,18 +49,29 @@ def main(
     cfg = d.for_layer(layer)
     idx, prev = int(layer), d.prev(layer)
     env = setup(precision=cfg.precision)
+    if env.is_main:
+        claim_output(p.layer(layer), "distill")
     teacher_acts = ActivationStore.open(p.activations)
     if not 1 <= idx <= teacher_acts.n_layers:
         raise StageError(f"layer {layer} is outside the teacher's 1..{teacher_acts.n_layers} layers")
+    if cfg.batch_size > teacher_acts.n_sequences("train"):
+        raise StageError(f"distill.batch_size {cfg.batch_size} (layer {layer}) exceeds the "
+                         f"{teacher_acts.n_sequences('train')} dumped training sequences: lower it or raise dump.train_sequences")
     chain = json.loads((p.layer(prev) / "chain.json").read_text())
-    student = HyenaStudentForCausalLM.from_pretrained(p.layer("00")).to(env.device)
+    with reading_weights(p.layer("00"), "rerun the init-student stage"):
+        student = HyenaStudentForCausalLM.from_pretrained(p.layer("00")).to(env.device)
     student.requires_grad_(False)
     if cfg.input == "student" and prev != "00":
         inputs = open_outputs(p.layer(prev) / ACTS)
         train_in, val_in = inputs["train"], inputs["val"]
+        fix_in = f"rerun distill@{prev}"
     else:  # teacher-forced, or layer 1, whose input (the embedding output) the student shares
         train_in, val_in = teacher_acts.layer("train", int(prev)), teacher_acts.layer("val", int(prev))
+        fix_in = REDUMP
     train_out, val_out = teacher_acts.layer("train", idx), teacher_acts.layer("val", idx)
+    # a damaged input is named as such here, instead of surfacing later as a diverged loss
+    for arr, fix in ((train_in, fix_in), (val_in, fix_in), (train_out, REDUMP), (val_out, REDUMP)):
+        check_chunks(arr, arr.path, fix, progress_bar=env.is_main)
 
     if student.config.is_hyena(idx - 1):
         log = dvclive_logger(p.dvclive(f"distill_{layer}")) if env.is_main else None
@@ -69,7 +80,7 @@ def main(
         result = _kept(student, idx - 1, val_in, val_out, env)
     block = student.decoder_layers()[idx - 1]
     if env.is_main:
-        with atomic_dir(p.layer(layer)) as tmp:
+        with atomic_dir(p.layer(layer), "distill") as tmp:
             weights = tmp / "layer.safetensors"
             save_file({k: v.detach().cpu().contiguous() for k, v in block.state_dict().items()}, str(weights))
             # every earlier layer's hash: this output changes whenever any of them does

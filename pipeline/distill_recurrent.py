@@ -30,12 +30,14 @@ def _load_student(path: Path):
     from transformers import AutoModelForCausalLM
 
     import hyena.recurrence  # noqa: F401  (registers the student classes)
+    from hyena.io import reading_weights
     from hyena.student import HyenaStudentForCausalLM
 
     p = Path(path)
     if not (p / "config.json").is_file():
         raise StageError(f"{path} is not an HF model directory (no config.json): run the finetune stage")
-    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
+    with reading_weights(p, "rerun the finetune stage"):
+        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
     if type(model) is not HyenaStudentForCausalLM:
         raise StageError(f"{path} is a {type(model).__name__}, not a convolutional Hyena student")
     return model.eval().requires_grad_(False)
@@ -106,16 +108,21 @@ def _check(student, recurrent, reports: list[dict], val, cfg) -> dict:
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Fit every long filter of the student with a modal recurrence; write the recurrent student."""
     from hyena.cards import ModelCard
+    from hyena.data import check_tokenizer
     from hyena.evaluate.plots import plot_recurrent_fit
     from hyena.evaluate.streams import load_owt_val
-    from hyena.io import atomic_dir
+    from hyena.io import atomic_dir, claim_output
     from hyena.recurrence import RecurrentConfig, to_recurrent
     from hyena.teachers import copy_tokenizer
 
     params = Params.read(params_file)
     cfg, p = params.get("recurrent", RecurrentConfig), params.paths
-    src = p.student("finetuned")
+    if cfg.fit_len < cfg.context:
+        raise StageError(f"recurrent.fit_len {cfg.fit_len} is shorter than recurrent.context {cfg.context}: the check "
+                         "would run the modal filters beyond the taps they are fitted on; raise recurrent.fit_len")
+    src, out = p.student("finetuned"), claim_output(p.student("recurrent"), "distill-recurrent")
     student = _load_student(src)
+    check_tokenizer(p.tokens, src, "the student")
     max_len = student.config.hyena_config().max_len
     if cfg.fit_len > max_len:
         raise StageError(f"recurrent.fit_len {cfg.fit_len} exceeds the student's hyena.max_len {max_len}: lower recurrent.fit_len")
@@ -132,11 +139,10 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
                "state_bytes_per_sequence": sum(recurrent.mixer(i).state_bytes() for i in recurrent.hyena_layers()),
                "kept_attention": list(student.config.keep_attention),
                "layers": reports}
-    out = p.student("recurrent")
     card = ModelCard.of(src, student).derive("recurrent", params.recipe("recurrent"), metrics={
         k: metrics[k] for k in ("filter_rel_l2_mean", "mixer_output_rel_err_mean", "ppl_owt_student",
                                 "ppl_owt_recurrent", "ppl_rel_diff", "decode_check_rel_err") if metrics.get(k) is not None})
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "distill-recurrent") as tmp:
         recurrent.save_pretrained(tmp)
         copy_tokenizer(src, tmp)
         card.write(tmp, recurrent, str(out))

@@ -20,17 +20,21 @@ app = stage_app()
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Run the teacher over the token budget and store every layer's output in a Zarr store."""
-    from hyena.data import load_manifest
-    from hyena.store import DumpConfig, dump_activations
+    from hyena.data import check_tokenizer, load_manifest
+    from hyena.io import reading_weights
+    from hyena.store import DumpConfig, check_store_path, dump_activations
     from hyena.teachers import load_teacher, teacher_record
     from hyena.train.dist import setup, teardown
 
     params = Params.read(params_file)
     cfg, p = params.get("dump", DumpConfig), params.paths
     load_manifest(p.tokens)  # one line if the tokenize stage has not run
+    check_store_path(p.activations)  # before the teacher loads
     teacher = params.teacher_dir()
+    check_tokenizer(p.tokens, teacher, "the teacher")
     env = setup(device=cfg.device, precision="fp32")  # the cached targets are fp32 forward passes
-    model = load_teacher(str(teacher)).to(env.device)
+    with reading_weights(teacher, "rerun the teacher stage"):
+        model = load_teacher(str(teacher)).to(env.device)
     store = dump_activations(model, p.tokens, p.activations, cfg, teacher_record(teacher).get("source", str(teacher)),
                              rank=env.rank, world_size=env.world_size, barrier=env.barrier)
     teardown(env)

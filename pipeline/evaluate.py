@@ -73,13 +73,16 @@ def main(
     model: list[str] = typer.Option([], "--model", "-m", help="NAME=PATH to evaluate instead of eval.models (repeatable)"),
     out: Path = typer.Option(None, help="output directory (default: paths.eval)"),
     tasks: str = typer.Option(None, help="comma-separated task keys overriding eval.tasks; '' skips lm-eval"),
-    limit: int = typer.Option(None, min=0, help="examples per task overriding eval.limit (0 = all)"),
-    max_windows: int = typer.Option(None, min=0, help="perplexity windows overriding eval.max_windows (0 = all)"),
+    limit: int = typer.Option(None, help="examples per task overriding eval.limit (0 = all)"),
+    max_windows: int = typer.Option(None, help="perplexity windows overriding eval.max_windows (0 = all)"),
 ) -> None:
     """Evaluate models: token perplexity on eval.datasets (WikiText, OWT, yours), longer contexts, lm-eval zero-shot accuracy."""
     from hyena.evaluate.runner import EvalConfig, evaluate_models, write_outputs
     from hyena.teachers import teacher_record
 
+    for option, value in (("--limit", limit), ("--max-windows", max_windows)):
+        if value is not None and value < 0:
+            raise StageError(f"{option} must be >= 0 (0: all), got {value}")
     params = Params.read(params_file)
     cfg, p = params.get("eval", EvalConfig), params.paths
     if model:

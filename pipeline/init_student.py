@@ -18,22 +18,26 @@ app = stage_app()
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     from hyena.cards import ModelCard
-    from hyena.io import atomic_dir
+    from hyena.io import atomic_dir, claim_output, reading_weights
     from hyena.store import ActivationStore
     from hyena.student import StudentConfig, build_student
     from hyena.teachers import copy_tokenizer, load_teacher, teacher_record, weights_hash
 
     params = Params.read(params_file)
     cfg, p = params.get("student", StudentConfig), params.paths
+    out = claim_output(p.layer("00"), "init-student")
     acts = ActivationStore.open(p.activations)
+    if cfg.hyena.max_len < acts.seq_len:
+        raise StageError(f"student.hyena.max_len {cfg.hyena.max_len} is shorter than the {acts.seq_len}-token sequences "
+                         f"in {p.activations} (tokenize.context): raise student.hyena.max_len")
     tdir = params.teacher_dir()
-    teacher = load_teacher(str(tdir))
+    with reading_weights(tdir, "rerun the teacher stage"):
+        teacher = load_teacher(str(tdir))
     want = (acts.attrs.get("teacher") or {}).get("weights_hash")
     if want and want != weights_hash(teacher):
         raise StageError(f"the teacher in {tdir} differs from the one that filled {p.activations}: rerun dump-activations")
     student = build_student(teacher, cfg, teacher_source=teacher_record(tdir).get("source", str(tdir)))
-    out = p.layer("00")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "init-student") as tmp:
         student.save_pretrained(tmp)
         copy_tokenizer(tdir, tmp)
         write_metrics(tmp / "chain.json", {})  # hashes of distilled layers so far: none

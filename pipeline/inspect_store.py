@@ -70,7 +70,11 @@ def stats_table(store: ActivationStore, split: str, sample: int) -> Table:
     for col in ("layer", "mean", "std", "max |x|", "non-finite"):
         t.add_column(col, justify="right")
     for k in range(store.n_layers + 1):
-        s = layer_stats(store.layer(split, k), sample)
+        try:
+            s = layer_stats(store.layer(split, k), sample)
+        except Exception as err:  # noqa: BLE001 - a damaged chunk: say so here, --verify names it
+            t.add_row(layer_name(k), f"[red]unreadable ({type(err).__name__})[/red]", "", "", "")
+            continue
         t.add_row(layer_name(k), f"{s['mean']:+.4f}", f"{s['std']:.4f}", f"{s['max_abs']:.3f}", f"{s['non_finite']:.2%}")
     return t
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from hyena.io import file_sha256
 from pipeline.params import PathsConfig, StageError, dvclive_logger, split_timings, write_metrics
 
 
@@ -21,18 +22,62 @@ def load_split(tokens: str | Path, split: str, limit: int = 0):
     return arr[:limit] if limit > 0 else arr
 
 
-def fingerprint(*parts) -> str:
+def load_input_student(path: Path, tokens: str | Path, fix: str):
+    """The student a training stage starts from, checked: present, readable, and made for the
+    tokenizer of the token rows it will train on."""
+    from hyena.data import check_tokenizer
+    from hyena.io import reading_weights
+    from hyena.student import HyenaStudentForCausalLM
+
+    if not (Path(path) / "config.json").is_file():
+        raise StageError(f"input student not found: {path} has no config.json ({fix})")
+    check_tokenizer(tokens, path, "the student")
+    with reading_weights(path, fix):
+        return HyenaStudentForCausalLM.from_pretrained(path)
+
+
+def digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def code_version() -> str:
+    """A hash of the project's source (every .py file of the hyena and pipeline packages): a
+    checkpoint written by other code is not resumed. Broader than the files a stage runs, so an
+    unrelated edit also starts over; never narrower."""
+    import hyena
+    import pipeline
+
+    files = []
+    for package in (hyena, pipeline):
+        root = Path(package.__file__).resolve().parent
+        files += [(f"{root.name}/{f.relative_to(root)}", file_sha256(f)) for f in sorted(root.rglob("*.py"))]
+    return digest(files)
+
+
+def model_hash(directory: str | Path) -> str:
+    """A hash of an HF model directory's content: its config and every safetensors file."""
+    d = Path(directory)
+    files = [d / "config.json", *sorted(d.glob("*.safetensors"))]
+    return digest([(f.name, file_sha256(f)) for f in files if f.is_file()])
+
+
+def checkpoint_dir(p: PathsConfig, stage: str, out: Path) -> Path:
+    """Resumable state of `stage` writing `out`: one directory per output, never shared."""
+    return Path(p.checkpoints) / f"{stage}-{digest(str(Path(out).resolve()))[:12]}"
+
+
 def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer_from: Path,
-        teacher=None, teacher_topk=None, extra_metrics: dict | None = None, fp_parts=(), card=None) -> dict:
+        inputs: dict[str, str], teacher=None, teacher_topk=None, extra_metrics: dict | None = None,
+        card=None) -> dict:
     """Train `model` for `steps` optimiser steps, save it (HF format, atomic) with a model card
     extending `card` (default: the card of `tokenizer_from`, the directory the model came from),
-    and write metrics."""
+    and write metrics.
+
+    `inputs` names what the model was made from (e.g. the input model's hash): with the config,
+    the tokens, the code and the output path it decides whether a checkpoint may be resumed."""
     from hyena.cards import ModelCard
     from hyena.data import load_manifest
-    from hyena.io import atomic_dir
+    from hyena.io import atomic_dir, claim_output
     from hyena.teachers import copy_tokenizer
     from hyena.train.dist import setup, teardown
     from hyena.train.lm import DirCheckpoint, train_lm
@@ -42,11 +87,15 @@ def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer
     if len(val) == 0:
         raise StageError(f"no validation sequences in {p.tokens}: raise tokenize.val_fraction")
     env = setup(precision=cfg.precision)
-    fp = fingerprint(stage, asdict(cfg), steps, load_manifest(p.tokens).get("content_hash"), *fp_parts)
+    if env.is_main:
+        claim_output(out, stage)
+    fingerprint = {"config": digest(asdict(cfg), steps), "tokens": load_manifest(p.tokens).get("content_hash", ""),
+                   "code": code_version(), "output": str(Path(out).resolve()), **inputs}
     log = dvclive_logger(p.dvclive(stage)) if env.is_main else None
-    state_dir = Path(p.checkpoints) / stage
+    state_dir = checkpoint_dir(p, stage, out)
+    say = (lambda line: typer.echo(f"{stage}: {line}", err=True)) if env.is_main else (lambda line: None)
     result = train_lm(model, train, val, cfg, steps, env, teacher=teacher, teacher_topk=teacher_topk, log=log,
-                      checkpoint=DirCheckpoint(state_dir, model, fp))
+                      checkpoint=DirCheckpoint(state_dir, model, fingerprint, say=say))
     if env.is_main:
         model.cpu()
         metrics, timing = split_timings({**result, **(extra_metrics or {})})
@@ -54,7 +103,7 @@ def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer
                  and isinstance(v, (int, float)) and math.isfinite(v)}
         card = (card or ModelCard.of(tokenizer_from, model)).derive(
             Path(out).name, {stage: asdict(cfg)}, {stage: result["train_tokens"]}, known)
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, stage) as tmp:
             model.save_pretrained(tmp)
             copy_tokenizer(tokenizer_from, tmp)
             card.write(tmp, model, str(out))
@@ -69,7 +118,8 @@ def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer
     return result
 
 
-def steps_for_epochs(n_sequences: int, batch_size: int, epochs: float) -> int:
+def steps_for_epochs(n_sequences: int, batch_size: int, epochs: float, section: str) -> int:
     if n_sequences < batch_size:
-        raise StageError(f"batch_size {batch_size} exceeds the {n_sequences} training sequences")
+        raise StageError(f"{section}.batch_size {batch_size} exceeds the {n_sequences} training sequences: "
+                         "lower it, or tokenize more documents")
     return max(1, math.ceil(epochs * (n_sequences // batch_size)))

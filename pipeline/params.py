@@ -8,6 +8,7 @@ the same values through `${paths.*}`.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class PathsConfig(Config):
     tokens: str = param("data/tokens", "packed token rows + manifest (tokenize)")
     activations: str = param("data/activations.zarr", "teacher layer outputs, one Zarr array per layer (dump-activations)")
     students: str = param("data/students", "students: layer_XX (distill chain), distilled, finetuned, pretrained, recurrent")
-    checkpoints: str = param("data/checkpoints", "resumable training state of finetune and pretrain")
+    checkpoints: str = param("data/checkpoints", "resumable training state of finetune and pretrain, one directory per output")
     eval: str = param("data/eval", "evaluation report, metrics and plots")
     reports: str = param("reports", "metrics, plots, timings and DVCLive curves (tracked in git)")
 
@@ -154,6 +155,22 @@ def command(app: typer.Typer):
     return register
 
 
+def out_of_space(err: BaseException) -> bool:
+    """ENOSPC, however the writer reports it (Python's OSError, safetensors' Rust I/O error)."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err)
+
+
+def error_line(err: BaseException) -> str:
+    """The one line a user sees for an expected error."""
+    if out_of_space(err):
+        where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+        return f"no space left on device{where}: the output was not written; free disk space and rerun"
+    if isinstance(err, OSError) and err.strerror and err.filename:  # raised by the OS: say what and where
+        return f"{err.strerror}: {err.filename}"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def one_line_errors(fn):
     """Decorator for stage commands: expected errors become `error: ...` on stderr and exit 1."""
 
@@ -161,9 +178,13 @@ def one_line_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (StageError, ConfigError, FileNotFoundError, ValueError, RuntimeError, KeyError) as err:
-            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            typer.echo(f"error: {msg}", err=True)
+        except (StageError, ConfigError, OSError, ValueError, RuntimeError, KeyError) as err:
+            typer.echo(f"error: {error_line(err)}", err=True)
+            sys.exit(1)
+        except Exception as err:  # noqa: BLE001 - only a full disk is expected among the rest
+            if not out_of_space(err):
+                raise
+            typer.echo(f"error: {error_line(err)}", err=True)
             sys.exit(1)
 
     return wrapper

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 import typer
 
+from hyena.io import file_sha256
 from pipeline.lm_stage import load_split, run, steps_for_epochs
-from pipeline.params import PARAMS_OPTION, Params, command, stage_app
+from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app
 
 app = stage_app()
 
@@ -46,7 +47,7 @@ def equal_compute_tokens(model, distill, n_distill_seqs: int, seq_len: int,
             per_token.append(readout_flops_per_token(_count(mixer), attention_params, mixer.d_model))
             layer_tokens.append((2 if steps else 1) * n_distill_seqs * seq_len)
     n_lm = lm_params(model)
-    ft_steps = steps_for_epochs(n_finetune_seqs, finetune.batch_size, finetune.epochs)
+    ft_steps = steps_for_epochs(n_finetune_seqs, finetune.batch_size, finetune.epochs, "finetune")
     flops = {"distill": distill_flops(per_token, layer_tokens),
              "finetune": lm_flops(n_lm, ft_steps * finetune.batch_size * ft_len)}
     return tokens_for_flops(flops["distill"] + flops["finetune"], n_lm), flops
@@ -72,6 +73,7 @@ def _attention_params(config) -> int:
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     from hyena.cards import ModelCard
+    from hyena.data import check_tokenizer
     from hyena.store import ActivationStore
     from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
     from hyena.teachers import teacher_record
@@ -80,12 +82,16 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
 
     params = Params.read(params_file)
     cfg, p = params.get("pretrain", PretrainConfig), params.paths
+    if not (p.layer("00") / "config.json").is_file():
+        raise StageError(f"student config not found: {p.layer('00')}/config.json (run the init-student stage)")
+    check_tokenizer(p.tokens, params.teacher_dir(), "the teacher")
+    train = load_split(p.tokens, "train", cfg.max_sequences)
+    seq_len = train.shape[1]
+    steps_for_epochs(len(train), cfg.batch_size, 1, "pretrain")  # enough sequences for one batch
     config = HyenaStudentConfig.from_pretrained(p.layer("00"))
     config.init = "random"
     torch.manual_seed(cfg.seed)
     model = HyenaStudentForCausalLM(config)  # every weight random, embeddings included
-    train = load_split(p.tokens, "train", cfg.max_sequences)
-    seq_len = train.shape[1]
     if cfg.budget == "auto":
         acts = ActivationStore.open(p.activations)
         ft = params.get("finetune", FinetuneConfig)
@@ -100,8 +106,9 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
                f"({'equal compute: ' + ', '.join(f'{k} {v:.3g} FLOPs' for k, v in flops.items()) if flops else 'explicit'})")
     extra = {"budget_tokens": budget, **{f"flops_{k}": v for k, v in flops.items()}}
     card = ModelCard("pretrained", teacher_record(params.teacher_dir()), params.recipe("student", "tokenize"))
-    run("pretrain", model, cfg, steps, p, p.student("pretrained"), params.teacher_dir(), extra_metrics=extra,
-        fp_parts=(budget,), card=card)
+    inputs = {"student_config": file_sha256(p.layer("00") / "config.json"), "budget": str(budget)}  # weights: random
+    run("pretrain", model, cfg, steps, p, p.student("pretrained"), params.teacher_dir(), inputs=inputs,
+        extra_metrics=extra, card=card)
 
 
 if __name__ == "__main__":

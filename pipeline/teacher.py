@@ -19,12 +19,13 @@ app = stage_app()
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Load the teacher named in params and write it (fp32 safetensors, config, tokenizer, provenance)."""
-    from hyena.io import atomic_dir
+    from hyena.io import atomic_dir, claim_output
     from hyena.teachers import TeacherConfig, save_teacher
 
     params = Params.read(params_file)
     cfg, out = params.get("teacher", TeacherConfig), Path(params.paths.teacher)
-    with atomic_dir(out) as tmp:
+    claim_output(out, "teacher")
+    with atomic_dir(out, "teacher") as tmp:
         record = save_teacher(cfg, tmp)
     typer.echo(f"teacher {cfg.source} ({record['family']}, {record['n_layers']} layers, "
                f"weights {record['weights_hash']}) -> {out}")

@@ -14,12 +14,15 @@ app = stage_app()
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Tokenise the corpus with the teacher's tokenizer, split by document, pack, write token arrays."""
+    from transformers import AutoConfig
+
     from hyena.data import TokenizeConfig, build_token_dataset, resolve_corpus
-    from hyena.teachers import load_tokenizer, teacher_max_positions, teacher_record
+    from hyena.teachers import get_adapter, load_tokenizer, teacher_max_positions, teacher_record
 
     params = Params.read(params_file)
     cfg, p = params.get("tokenize", TokenizeConfig), params.paths
     teacher = params.teacher_dir()
+    get_adapter(AutoConfig.from_pretrained(str(teacher)))  # an unsupported family stops here, not at the dump
     resolve_corpus(cfg.corpus)  # a missing corpus fails before the tokenizer load
     max_positions = teacher_max_positions(str(teacher))
     if max_positions is not None and cfg.context > max_positions:

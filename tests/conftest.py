@@ -191,3 +191,64 @@ def reference_qkv(attn, config, u: torch.Tensor):
     v = attn.v_proj(u).view(B, L, -1, hd)
     k, v = (t.repeat_interleave(groups, dim=2).reshape(B, L, heads * hd) for t in (k, v))
     return q.reshape(B, L, heads * hd), k, v, attn.o_proj.weight, attn.o_proj.bias
+
+
+# ---- a small pipeline run, built in-process once per session ------------------------------------
+
+
+def small_project_params(root: Path, teacher_src: Path, corpus: Path) -> dict:
+    """Params of a complete pipeline on a 2-layer, d=64 GPT-NeoX teacher with random weights and a
+    few 32-token sequences: every stage runs in about a second."""
+    data = root / "data"
+    return {
+        "paths": {"teacher": str(data / "teacher"), "tokens": str(data / "tokens"),
+                  "activations": str(data / "activations.zarr"), "students": str(data / "students"),
+                  "checkpoints": str(data / "checkpoints"), "eval": str(data / "eval"), "reports": str(root / "reports")},
+        "teacher": {"source": str(teacher_src), "random_init": True},
+        "tokenize": {"corpus": str(corpus), "max_documents": 40, "context": 32, "val_fraction": 0.1},
+        "dump": {"train_sequences": 8, "val_sequences": 4, "batch_size": 4, "chunk_sequences": 4},
+        "student": {"hyena": {"max_len": 64}},
+        "distill": {"batch_size": 4, "epochs": 1, "layers": {"01": {"prev": "00"}, "02": {"prev": "01"}}, "last": "02"},
+        "finetune": {"batch_size": 4, "max_sequences": 8, "epochs": 1.0, "val_sequences": 4},
+        "pretrain": {"batch_size": 4, "max_sequences": 8, "budget": 256, "val_sequences": 4},
+        "recurrent": {"fit_len": 64, "context": 32, "max_windows": 1, "fit": {"order": 4, "steps": 0},
+                      "calib": {"sequences": 0}, "decode_check_tokens": 4, "error_sequences": 1},
+        "eval": {"models": {"finetuned": "finetuned"}, "context": 32, "max_windows": 1, "datasets": {"owt": {"source": "tokenize:val"}},
+                 "long_contexts": [], "long_context_datasets": ["owt"], "tasks": [], "reference": ""},
+    }
+
+
+SMALL_STAGES = [["teacher"], ["tokenize"], ["dump-activations"], ["init-student"], ["distill", "--layer", "01"],
+                ["distill", "--layer", "02"], ["assemble"], ["finetune"], ["distill-recurrent"]]
+
+
+def run_stage(params: Path, *args: str):
+    """One `hyena-distill` stage in this process; returns the CliRunner result."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    return CliRunner().invoke(app, [*args, "--params", str(params)])
+
+
+@pytest.fixture(scope="session")
+def small_project(tmp_path_factory, pythia_dir, owt_jsonl) -> Path:
+    """A project directory (params.yaml, data/, reports/) after every stage up to
+    distill-recurrent. Tests must not modify it: copy what they change."""
+    import json
+    import shutil
+
+    import yaml
+
+    root = tmp_path_factory.mktemp("small_project")
+    teacher_src = root / "tiny-neox"  # a config-only teacher source (random_init) with Pythia's tokenizer
+    tiny_neox_config(layers=2, d=64).save_pretrained(teacher_src)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(pythia_dir / name, teacher_src / name)
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(small_project_params(root, teacher_src, owt_jsonl), sort_keys=False))
+    for args in SMALL_STAGES:
+        result = run_stage(params, *args)
+        assert result.exit_code == 0, f"{args}: {result.output}\n{result.exception!r}"
+    assert json.loads((root / "reports/metrics/finetune.json").read_text())["steps"] == 2
+    return root

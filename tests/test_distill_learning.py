@@ -133,9 +133,9 @@ def test_least_squares_readout_is_the_best_output_projection_for_the_mixers_feat
     """distill.readout: least_squares solves out_proj in closed form: on the rows it was fitted on,
     no output projection does better (perturbing it only raises the error), it beats a mixer that
     predicts the mean, and with epochs 0 it is the whole distillation."""
+    from conftest import tiny_llama_config
     from transformers import AutoModelForCausalLM
 
-    from conftest import tiny_llama_config
     from hyena.teachers import attention_output
     from hyena.train.distill import MixerOnly, fit_readout
 

@@ -138,6 +138,8 @@ def test_crash_midway_then_resume_gives_identical_store(tmp_path, pythia_store, 
         ActivationStore.open(out)
     partial = ActivationStore.open(out, allow_incomplete=True)
     assert partial.chunks_done("train") == 2 and not partial.complete
+    # what a kill inside zarr's own write leaves: the resumed store must not keep it
+    (out / "train/layer_01/c/1/0/0.3f9a1c.partial").write_bytes(b"half a chunk")
 
     resumed: list[tuple[str, int]] = []
     dump_activations(pythia_random, pythia_tokens, out, PARAMS, str(pythia_dir), progress_bar=False,

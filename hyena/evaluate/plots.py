@@ -28,6 +28,7 @@ def plot_ppl(results: dict, path: str | Path) -> None:
     datasets = dataset_names(s)
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(datasets) * max(1, len(models)) / 2, 4))
     width = 0.8 / max(1, len(models))
+    plotted = False
     for i, (name, m) in enumerate(models.items()):
         xs, ys = [], []
         for j, ds in enumerate(datasets):
@@ -37,8 +38,10 @@ def plot_ppl(results: dict, path: str | Path) -> None:
                 ys.append(v)
         bars = ax.bar(xs, ys, width, label=name)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        plotted = plotted or bool(ys)
     ax.set_xticks(range(len(datasets)), [label(d) for d in datasets])
-    ax.set_yscale("log")
+    if plotted:  # a log axis without a single positive value cannot be drawn
+        ax.set_yscale("log")
     ax.set_ylabel(f"token perplexity (context {s['context']})")
     ax.set_title("Perplexity per model")
     ax.legend(fontsize=8)
@@ -53,21 +56,25 @@ def plot_ppl_vs_context(results: dict, path: str | Path) -> None:
     contexts = sorted({s["context"], *s.get("long_contexts", [])})
     fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(5 * max(1, len(datasets)), 4), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=False):
+        plotted = False
         for name, m in models.items():
             pts = [(c, ppl_value(m, ds, c)) for c in contexts]
             pts = [(c, v) for c, v in pts if v is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+                plotted = True
         teacher_len = (models.get("teacher") or {}).get("max_positions")
         if teacher_len:
             ax.axvline(teacher_len, ls="--", c="grey", lw=1, label="teacher max positions")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if plotted:  # a log axis without a single positive value cannot be drawn
+            ax.set_yscale("log")
         ax.set_xticks(contexts, [str(c) for c in contexts])
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel("token perplexity")
         ax.set_title(label(ds))
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     _save(fig, path)
 
 

@@ -8,6 +8,7 @@ are loaded one at a time and freed, so memory holds one model at once.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from hyena.config import Config, param
 from hyena.evaluate import harness, perplexity, streams
 from hyena.evaluate.report import flat_metrics, load_reference, render_report
 from hyena.evaluate.streams import DatasetSource
-from hyena.io import atomic_write_json, atomic_write_text
+from hyena.io import atomic_write_json, atomic_write_text, reading_weights
 from hyena.runtime import resolve_device
 
 DEFAULT_TASKS = list(harness.TASKS)
@@ -96,7 +97,8 @@ def load_model(source: str, device: str | torch.device = "cpu"):
     elif p.is_dir():
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"model directory {p} has no config.json (not an HF-format model dir)")
-        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
+        with reading_weights(p):
+            model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
     elif p.exists():
         raise FileNotFoundError(f"model path {source} is a file: give an HF-format directory, a .gguf file or a hub id")
     else:
@@ -141,6 +143,32 @@ def max_positions(model) -> int | None:
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
 
+def declared_limits(source: str) -> tuple[int | None, int | None]:
+    """(max positions, modal fit_len) that a local model directory's config.json declares, read
+    without loading the model; (None, None) for other sources."""
+    import json
+
+    try:
+        cfg = json.loads((Path(source) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    positions = (cfg.get("hyena") or {}).get("max_len") or cfg.get("max_position_embeddings") or cfg.get("n_positions")
+    return positions, (cfg.get("modal") or {}).get("fit_len")
+
+
+def check_context(cfg: EvalConfig) -> None:
+    """Refuse, before any model runs, an eval.context that a model cannot take: Table 1 would have
+    no number for it (longer extra contexts are only marked n/a in the report)."""
+    for name, source in cfg.models.items():
+        positions, fit_len = declared_limits(source)
+        if positions and cfg.context > positions:
+            raise ValueError(f"eval.context {cfg.context} exceeds the {positions} positions of model {name} ({source}): "
+                             "lower eval.context, or build that student with a larger student.hyena.max_len")
+        if fit_len and cfg.context > fit_len:
+            raise ValueError(f"eval.context {cfg.context} exceeds the {fit_len} filter taps model {name} ({source}) was "
+                             "fitted on: lower eval.context or raise recurrent.fit_len")
+
+
 def _na_reason(err: BaseException) -> str:
     msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return f"{type(err).__name__}: {msg}"[:160]
@@ -149,6 +177,7 @@ def _na_reason(err: BaseException) -> str:
 def model_perplexities(model, token_streams: dict[str, object], cfg: EvalConfig, device: str, name: str) -> dict:
     """{dataset: {str(context): PerplexityResult dict | {"na": reason}}} at cfg.context and the long contexts."""
     out: dict[str, dict] = {}
+    fit_len = (getattr(model.config, "modal", None) or {}).get("fit_len")  # a recurrent student's fitted taps
     plan = [(ds, cfg.context, cfg.max_windows) for ds in cfg.datasets]
     plan += [(ds, c, cfg.long_max_windows) for ds in cfg.long_context_datasets for c in cfg.long_contexts if c != cfg.context]
     for ds, ctx, max_windows in plan:
@@ -158,6 +187,8 @@ def model_perplexities(model, token_streams: dict[str, object], cfg: EvalConfig,
             entry = {"na": tokens}
         elif len(tokens) < ctx:
             entry = {"na": f"needs {ctx} tokens, the data has {len(tokens)}"}
+        elif fit_len and ctx > fit_len:
+            entry = {"na": f"its modal filters were fitted on {fit_len} taps (recurrent.fit_len)"}
         else:
             try:
                 entry = perplexity.stream_perplexity(
@@ -199,6 +230,7 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
     `cfg.tokenizer`."""
     device = str(resolve_device(cfg.device))
     # Check inputs that do not depend on a model before spending time on one.
+    check_context(cfg)
     shared, texts, sources = _dataset_inputs(cfg, tokens_dir)
     if cfg.tasks and cfg.task_source == "local":
         with harness.prepared_tasks(cfg.task_data_dir, cfg.tasks):
@@ -214,6 +246,9 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
         model = load_model(path, device)
         tokenizer, tok_source = load_model_tokenizer(path, model, fallbacks)
         token_streams: dict[str, object] = dict(shared)
+        if shared and not same_tokenizer(tokens_dir, tokenizer):
+            for ds in shared:  # the tokenize stage's rows: made with the teacher's tokenizer
+                token_streams[ds] = f"the tokenize stage's rows ({tokens_dir}) were made with another tokenizer than this model's"
         for ds, text in texts.items():
             if (ds, tok_source) not in tokenized:
                 tokenized[ds, tok_source] = streams.tokenize_stream(tokenizer, text)
@@ -243,19 +278,44 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
     return results
 
 
+def same_tokenizer(tokens_dir: str | Path, tokenizer) -> bool:
+    """Whether the tokenize stage's rows in `tokens_dir` were made with `tokenizer` (True when the
+    manifest does not say)."""
+    from hyena.data import load_manifest, vocab_sha256
+
+    try:
+        recorded = load_manifest(tokens_dir).get("tokenizer", {}).get("vocab_sha256")
+    except FileNotFoundError:
+        return True  # a bare val.npy: nothing recorded to compare
+    return not recorded or recorded == vocab_sha256(tokenizer)
+
+
 def write_outputs(results: dict, out_dir: str | Path, reference: str = "") -> dict[str, Path]:
-    """metrics.json (flat, for DVC), results.json (everything), report.md, ppl.png, ppl_vs_context.png."""
+    """metrics.json (flat, for DVC), results.json (everything), report.md, ppl.png, ppl_vs_context.png.
+
+    All five are made in a temporary directory first and moved into place only when every one of
+    them was written: a failure leaves the previous set (or nothing) behind, never a mix."""
+    import shutil
+
     from hyena.evaluate.plots import plot_ppl, plot_ppl_vs_context
+    from hyena.io import remove_leftovers
 
     out_dir = Path(out_dir)
     ref = load_reference(reference) if reference else None
-    paths = {k: out_dir / v for k, v in {
-        "metrics": "metrics.json", "results": "results.json", "report": "report.md",
-        "ppl_plot": "ppl.png", "context_plot": "ppl_vs_context.png"}.items()}
-    report = render_report(results, ref)  # render before writing anything: a failure leaves no partial set
-    atomic_write_json(paths["results"], results)
-    atomic_write_text(paths["report"], report)
-    plot_ppl(results, paths["ppl_plot"])
-    plot_ppl_vs_context(results, paths["context_plot"])
-    atomic_write_json(paths["metrics"], flat_metrics(results))  # last: marks a complete run
-    return paths
+    names = {"metrics": "metrics.json", "results": "results.json", "report": "report.md",
+             "ppl_plot": "ppl.png", "context_plot": "ppl_vs_context.png"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out_dir / "eval-outputs")  # what a killed run left
+    tmp = out_dir / f".eval-outputs.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        atomic_write_json(tmp / names["results"], results)
+        atomic_write_text(tmp / names["report"], render_report(results, ref))
+        plot_ppl(results, tmp / names["ppl_plot"])
+        plot_ppl_vs_context(results, tmp / names["context_plot"])
+        atomic_write_json(tmp / names["metrics"], flat_metrics(results))
+        for key in ("results", "report", "ppl_plot", "context_plot", "metrics"):  # metrics last: a complete run
+            os.replace(tmp / names[key], out_dir / names[key])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {k: out_dir / v for k, v in names.items()}

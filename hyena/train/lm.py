@@ -2,17 +2,20 @@
 
 loss = CE(student) + kl_weight * T^2 * KL(teacher_T || student_T)   (KL optional, 0 by default)
 
-Resumable: every `checkpoint_every` steps the model, optimiser and step go to a checkpoint
-directory (safetensors for weights, `torch.load(weights_only=True)` for the optimiser: nothing is
-unpickled); a rerun with the same fingerprint continues from there.
+Resumable: every `checkpoint_every` steps the model, optimiser, step and run state (the validation
+loss before training, every logged metric) go to a checkpoint directory (safetensors for weights,
+`torch.load(weights_only=True)` for the optimiser: nothing is unpickled); a rerun whose fingerprint
+(input model, config, tokens, code) is the same continues from there, any other starts over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +33,7 @@ from hyena.train.loop import LogFn, run_steps
 from hyena.train.optim import OptimConfig
 
 VAL_BATCH = 4  # validation sequences per forward
+FULL_DISK = 1 << 20  # free bytes below which a failed checkpoint write is taken for a full disk
 
 
 @dataclass
@@ -114,31 +118,92 @@ def lm_loss(model: nn.Module, tokens, env: DistEnv, batch_size: int = VAL_BATCH)
 
 
 class DirCheckpoint:
-    """Model + optimiser + step in `directory`, valid only for the same `fingerprint`."""
+    """Model + optimiser + step + run state in `directory`, resumed only by the same computation.
 
-    def __init__(self, directory: str | Path, model: nn.Module, fingerprint: str):
-        self.dir, self.model, self.fingerprint = Path(directory), model, fingerprint
+    `fingerprint` maps named parts (e.g. input model hash, config, tokens, code version) to
+    strings. A checkpoint made with other parts is never resumed: `resumable()` says which parts
+    differ, removes it and returns 0. `state` is saved with every checkpoint and restored by
+    `resumable()` (the trainer keeps its validation loss before training and its metric log there).
+    """
+
+    def __init__(self, directory: str | Path, model: nn.Module, fingerprint: dict[str, str],
+                 say: Callable[[str], None] = print):
+        self.dir, self.model, self.fingerprint, self.say = Path(directory), model, dict(fingerprint), say
+        self.state: dict = {}
+        self._step: int | None = None  # decided once, on the first call of resumable()
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads((self.dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def resumable(self) -> int:
+        """The step a valid checkpoint resumes from, with `state` restored; 0 (and no checkpoint
+        left behind) when there is none or it belongs to another computation."""
+        if self._step is None:
+            self._step = self._inspect()
+        return self._step
+
+    def _inspect(self) -> int:
+        old = self.dir.with_name(self.dir.name + ".old")
+        if not self.dir.exists() and old.is_dir():
+            old.rename(self.dir)  # killed between the two renames of `save`: the old one is complete
+        saved = self._read()
+        if saved is None:
+            if self.dir.exists():
+                shutil.rmtree(self.dir, ignore_errors=True)  # without its state file it is not usable
+            return 0
+        theirs = saved.get("fingerprint")
+        if theirs != self.fingerprint:
+            theirs = theirs if isinstance(theirs, dict) else {}
+            changed = sorted(k for k in {*self.fingerprint, *theirs} if self.fingerprint.get(k) != theirs.get(k))
+            self.say(f"not resuming the checkpoint in {self.dir} (step {saved.get('step')}): it was made with "
+                     f"another {', '.join(changed)}; starting over")
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return 0
+        self.state = saved.get("state", {})
+        return int(saved["step"])
 
     def save(self, opt: torch.optim.Optimizer, step: int) -> None:
         tmp = self.dir.with_name(self.dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_model(self.model, str(tmp / "model.safetensors"))
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint}))
-        shutil.rmtree(self.dir, ignore_errors=True)
-        tmp.rename(self.dir)
+        try:
+            save_model(self.model, str(tmp / "model.safetensors"))
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint,
+                                                        "state": self.state}))
+        except Exception as err:
+            # safetensors names ENOSPC; torch.save says only "unexpected pos": look at the disk
+            full = "No space left on device" in str(err) or shutil.disk_usage(tmp).free < FULL_DISK
+            shutil.rmtree(tmp, ignore_errors=True)
+            if full:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self.dir)) from err
+            raise
+        if self.dir.exists():
+            old = self.dir.with_name(self.dir.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            self.dir.rename(old)
+            tmp.rename(self.dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(self.dir)
 
     def load(self, opt: torch.optim.Optimizer) -> int:
-        meta = self.dir / "state.json"
-        if not meta.is_file():
-            return 0
-        state = json.loads(meta.read_text())
-        if state.get("fingerprint") != self.fingerprint:
-            return 0  # params or inputs changed: start over
-        load_model(self.model, str(self.dir / "model.safetensors"))
-        opt.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True))
-        return int(state["step"])
+        start = self.resumable()
+        if start:
+            load_model(self.model, str(self.dir / "model.safetensors"))
+            opt.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True))
+        return start
+
+
+def _recording(log: LogFn, history: list) -> LogFn:
+    def record(metrics: dict, step: int) -> None:
+        history.append([step, metrics])
+        log(metrics, step)
+
+    return record
 
 
 def set_trainable(model: nn.Module, what: str) -> None:
@@ -185,8 +250,16 @@ def train_lm(
     local = env.local_slice(cfg.batch_size)
     local_n = local.stop - local.start
     micro = cfg.micro_batch_size or local_n
-    resuming = checkpoint is not None and (checkpoint.dir / "state.json").is_file()
-    val_before = math.nan if resuming else lm_loss(model, val_tokens, env)
+    resumed_at = checkpoint.resumable() if checkpoint is not None else 0
+    run_state = checkpoint.state if resumed_at else {}
+    val_before = run_state["val_loss_before"] if resumed_at else lm_loss(model, val_tokens, env)
+    history: list = run_state.get("log", [])  # [step, metrics] of every logged step
+    if checkpoint is not None:
+        checkpoint.state.update(val_loss_before=val_before, log=history)
+    if log is not None:
+        for logged_step, metrics in history:  # the resumed run's curve starts where the run began
+            log(metrics, logged_step)
+        log = _recording(log, history)
 
     def step(rows: np.ndarray) -> float:
         rows = rows[local]
