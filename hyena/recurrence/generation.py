@@ -2,7 +2,7 @@
 
 Each kind decodes with the cheapest exact method it has:
 - transformer teacher: its KV cache (O(L) per token);
-- convolutional Hyena student: no cache, every step re-runs the whole sequence (O(L log L));
+- convolutional Hyena student: its MixerCache of past filter inputs (O(L) per token);
 - recurrent student: FFT prefill, then the modal recurrence (O(1) per token).
 """
 
@@ -48,9 +48,7 @@ def model_kind(model) -> str:
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sampling: Sampling) -> tuple[torch.Tensor, float]:
     """HF generate() with the right cache for the model kind; returns (new token ids (B, T), seconds)."""
-    kind = model_kind(model)
-    kwargs = {"max_new_tokens": max_new_tokens, "attention_mask": torch.ones_like(input_ids),
-              "use_cache": kind != "student"}
+    kwargs = {"max_new_tokens": max_new_tokens, "attention_mask": torch.ones_like(input_ids), "use_cache": True}
     if sampling.greedy:
         kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
     else:

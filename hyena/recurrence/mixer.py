@@ -15,9 +15,8 @@ The short depthwise conv keeps its last k-1 projected inputs (the FIR state). De
 costs O(d (N + k)) per long filter plus the projections, independent of the context length;
 the state per sequence is (order-1) * d * N complex numbers + (order+1) * d * (k-1) reals.
 
-`HyenaRecurrentCache` (a transformers `Cache`) holds one `HyenaLayerState` per decoder layer; the
-decoder layer hands it to its mixer under the name its family uses (`TeacherAdapter.cache_kwarg`:
-`cache`, or `layer_past` for GPT-NeoX).
+A `MixerCache` (hyena/cache.py) holds one `HyenaLayerState` per modal decoder layer; the decoder
+layer hands it to its mixer under the name its family uses (`cache`, or `layer_past` for GPT-NeoX).
 """
 
 from __future__ import annotations
@@ -25,77 +24,34 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers.cache_utils import Cache, CacheLayerMixin
 
+from hyena.cache import HyenaLayerState, MixerCache, layer_state
 from hyena.operator import HyenaConfig, HyenaOperator, fft_causal_conv
 from hyena.recurrence.modal import TIME_BLOCK, ModalFilter, modal_powers
 
 
-class HyenaLayerState(CacheLayerMixin):
-    """One layer's recurrent state: FIR state (B, W, k-1) and modal state (B, order-1, d, N) complex."""
-
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
-    supports_early_init = False
-
-    def __init__(self):
-        super().__init__()
-        self.fir: torch.Tensor | None = None
-        self.modal: torch.Tensor | None = None
-        self.seen = 0  # tokens absorbed so far
-
-    def lazy_initialization(self, key_states, value_states) -> None:
-        raise TypeError("a Hyena layer keeps a recurrent state, not keys/values")
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        raise TypeError("a Hyena layer keeps a recurrent state, not keys/values")
-
-    def get_seq_length(self) -> int:
-        return self.seen
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.seen + query_length, 0  # the mixers ignore masks; sizes keep HF's bookkeeping sane
-
-    def get_max_length(self) -> int:
-        return -1  # no limit: the state does not grow
-
-    def reset(self) -> None:
-        self.fir, self.modal, self.seen = None, None, 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        if self.fir is not None:
-            self.fir = self.fir.index_select(0, beam_idx.to(self.fir.device))
-            self.modal = self.modal.index_select(0, beam_idx.to(self.modal.device))
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.fir, self.modal) if t is not None)
-
-
-class HyenaRecurrentCache(Cache):
-    """Recurrent states of all decoder layers; pass as `cache` to a recurrent student."""
+class HyenaRecurrentCache(MixerCache):
+    """Recurrent states of `n_layers` decoder layers that are all modal mixers (a `MixerCache`)."""
 
     def __init__(self, n_layers: int):
-        super().__init__(layers=[HyenaLayerState() for _ in range(n_layers)])
-
-    def nbytes(self) -> int:
-        """Bytes held (all layers, all sequences of the batch)."""
-        return sum(layer.nbytes() for layer in self.layers)
+        super().__init__([HyenaLayerState() for _ in range(n_layers)])
 
 
 class RecurrentHyenaMixer(nn.Module):
     """A Hyena operator whose long filters are modal (p, R, D): same projections and short conv.
 
     forward(hidden_states, *args, **kwargs) accepts the HF attention call and returns (y, None).
-    With a `HyenaRecurrentCache` in kwargs (under `cache_kwarg`) it continues that
+    With a cache in kwargs (under `cache` or `layer_past`) it continues that
     layer's state (prefill or chunk by FFT, single tokens by the recurrence); without one it is a
     stateless causal mixer, exactly the convolution with the modal filters.
     """
 
+    cache_kind = "modal"  # the MixerCache layer state this mixer keeps (hyena/cache.py)
+
     def __init__(self, d_model: int, cfg: HyenaConfig, modal_order: int, layer_idx: int = 0,
-                 min_decay: float = 1e-6, cache_kwarg: str = "cache"):
+                 min_decay: float = 1e-6):
         super().__init__()
-        self.cfg, self.d_model, self.layer_idx, self.cache_kwarg = cfg, d_model, layer_idx, cache_kwarg
+        self.cfg, self.d_model, self.layer_idx = cfg, d_model, layer_idx
         width = d_model * (cfg.order + 1)
         self.in_proj = nn.Linear(d_model, width)
         self.out_proj = nn.Linear(d_model, d_model)
@@ -137,8 +93,9 @@ class RecurrentHyenaMixer(nn.Module):
 
     # ---- the three paths ---------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
-        cache = kwargs.get(self.cache_kwarg)
-        state = cache.layers[self.layer_idx] if isinstance(cache, HyenaRecurrentCache) else None
+        state = layer_state(kwargs, self.layer_idx)
+        if state is not None and not isinstance(state, HyenaLayerState):
+            raise TypeError(f"decoder layer {self.layer_idx} is a modal Hyena mixer but its cache layer is a {type(state).__name__}")
         if state is not None and state.seen > 0 and hidden_states.shape[1] == 1:
             return self.step(hidden_states[:, 0], state)[:, None], None
         return self.chunk(hidden_states, state), None
