@@ -313,6 +313,18 @@ def causal_depthwise_conv(z: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return _CausalDepthwiseConv.apply(z.contiguous(), weight, bias)
 
 
+def project_channel_major(linear: nn.Linear, u: torch.Tensor) -> torch.Tensor:
+    """linear(u) written channel-major: (B, L, d_in) -> (B, d_out, L), by one batched matmul that
+    reads u and writes the result through BLAS transposes instead of copies."""
+    w, b = linear.weight, linear.bias
+    if torch.is_autocast_enabled(u.device.type):  # let F.linear pick the autocast dtype
+        return linear(u).mT.contiguous()
+    w_b = w.expand(u.shape[0], *w.shape)  # (B, d_out, d_in), no copy
+    if b is None:
+        return torch.bmm(w_b, u.mT)
+    return torch.baddbmm(b[:, None], w_b, u.mT)  # (B, d_out, L)
+
+
 # ----------------------------------------------------------------------------------------------
 # Implicit long filter
 # ----------------------------------------------------------------------------------------------
@@ -477,13 +489,7 @@ class HyenaOperator(nn.Module):
 
     def project_in(self, u: torch.Tensor) -> torch.Tensor:
         """W_in u + b_in, written channel-major: (B, L, d) -> (B, (N+1) d, L)."""
-        w, b = self.in_proj.weight, self.in_proj.bias
-        if torch.is_autocast_enabled(u.device.type):  # let F.linear pick the autocast dtype
-            return self.in_proj(u).mT.contiguous()
-        w_b = w.expand(u.shape[0], *w.shape)  # (B, (N+1) d, d), no copy
-        if b is None:
-            return torch.bmm(w_b, u.mT)
-        return torch.baddbmm(b[:, None], w_b, u.mT)  # (B, (N+1) d, L)
+        return project_channel_major(self.in_proj, u)
 
     def gates(self, u: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Projections after the short conv: ([x_0, ..., x_{N-1}], v), each (B, d, L)."""
