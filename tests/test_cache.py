@@ -141,3 +141,24 @@ def test_cached_decoding_refuses_padding_and_generate_falls_back():
     finally:
         handle.remove()
     assert fed == [6, 7, 8]
+
+
+@torch.no_grad()
+def test_decode_layout_keeps_values_and_tokens_and_restores_on_exit(tmp_path):
+    from hyena.recurrence.generation import Sampling, decode_layout, generate
+
+    _, student = tiny_student("llama", seed=11)
+    ids = torch.randint(3, VOCAB, (1, 10), generator=torch.Generator().manual_seed(12))
+    want_logits = student(input_ids=ids).logits
+    want_tokens = greedy_by_full_forward(student, ids, 6)[:, 10:]
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    with decode_layout(student):
+        w = student.mixer(0).in_proj.weight
+        assert not w.is_contiguous() and w.mT.is_contiguous()  # stored as (in, out) rows
+        assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+        assert student.get_output_embeddings().weight is student.get_input_embeddings().weight  # still tied
+        assert rel(student(input_ids=ids).logits, want_logits) < 1e-6
+    assert all(p.is_contiguous() for p in student.parameters())
+    assert torch.equal(generate(student, ids, 6, Sampling(greedy=True))[0], want_tokens)  # the helper uses it
+    student.save_pretrained(tmp_path)  # needs the standard layout back
+    assert rel(type(student).from_pretrained(tmp_path)(input_ids=ids).logits, want_logits) < 1e-6
