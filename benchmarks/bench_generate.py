@@ -135,29 +135,56 @@ def read_bandwidth(gib: float = 1.0) -> float:
 
 
 @torch.no_grad()
-def gemv_layouts(model: nn.Module, repeats: int = 5) -> tuple[float, float]:
-    """Seconds for one x @ W^T with every Linear weight of `model`, stock (out, in) rows vs
-    `decode_layout`'s (in, out) rows (copies; the model is not touched)."""
-    ws = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
-    stock = [w.contiguous() for w in ws]
-    moved = [w.t().contiguous().t() for w in stock]
-    xs = {w.shape[1]: torch.randn(1, w.shape[1]) for w in ws}
+def gemv_layouts(model: nn.Module, repeats: int = 5) -> dict[str, float]:
+    """Seconds for one x @ W^T with every Linear weight of `model` (copies; the model is not
+    touched): fp32 and bf16, stock (out, in) rows and `decode_layout`'s (in, out) rows."""
+    ws = [m.weight.detach().contiguous() for m in model.modules() if isinstance(m, nn.Linear)]
+    sets = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        stock = [w.to(dtype) for w in ws]
+        sets[f"{str(dtype)[6:]} stock"] = stock
+        sets[f"{str(dtype)[6:]} decode_layout"] = [w.t().contiguous().t() for w in stock]
+    xs = {(w.shape[1], w.dtype): torch.randn(1, w.shape[1], dtype=w.dtype) for ws_ in sets.values() for w in ws_}
 
     def best(weights):
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             for w in weights:
-                torch.nn.functional.linear(xs[w.shape[1]], w)
+                torch.nn.functional.linear(xs[(w.shape[1], w.dtype)], w)
             times.append(time.perf_counter() - t0)
         return min(times)
 
-    best(stock), best(moved)  # warm-up
-    a, b = [], []
-    for _ in range(3):  # interleaved, so that a change of load hits both
-        a.append(best(stock))
-        b.append(best(moved))
-    return min(a), min(b)
+    out = {k: float("inf") for k in sets}
+    for _ in range(3):  # interleaved, so that a change of load hits every variant
+        for k, weights in sets.items():
+            out[k] = min(out[k], best(weights))
+    return out
+
+
+@torch.no_grad()
+def step_breakdown(name: str, model: nn.Module, L: int, steps: int = 8) -> dict[str, float]:
+    """Where one decode step's time goes at prompt L (median seconds): a whole generate() step,
+    the model's forward of one token with its cache, and the Linear layers alone on one row."""
+    ids = torch.randint(3, 49000, (1, L), generator=torch.Generator().manual_seed(0))
+    gen = run_generate(model, L, steps + 1)["decode_s"]
+    cache = None if name == "teacher" else model.new_cache()
+    out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+    cache, tok = out.cache if cache is None else cache, torch.full((1, 1), 7)
+    times = []
+    for _ in range(steps):
+        t0 = CLOCK()
+        model(input_ids=tok, cache=cache, use_cache=True, logits_to_keep=1)
+        times.append(CLOCK() - t0)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    xs = {m.in_features: torch.randn(1, m.in_features) for m in linears}
+    lin = []
+    for _ in range(steps):
+        t0 = CLOCK()
+        for m in linears:
+            m(xs[m.in_features])
+        lin.append(CLOCK() - t0)
+    return {"generate": gen, "forward": sorted(times)[steps // 2], "linears": sorted(lin)[steps // 2]}
 
 
 def main() -> None:
@@ -169,6 +196,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall clock")
     ap.add_argument("--stock-layout", action="store_true", help="also time every model at the shortest prompt without decode_layout")
+    ap.add_argument("--breakdown", action="store_true", help="split one decode step at the shortest prompt into generate() / forward / matmuls")
     ap.add_argument("--no-cache-student-at", type=int, nargs="*", default=[],
                     help="also time the student re-running the whole prefix each step (use_cache=False) at these prompts (2 tokens)")
     args = ap.parse_args()
@@ -184,9 +212,10 @@ def main() -> None:
           f"torch {torch.__version__}; load average {load0[0]:.1f}")
     print(f"read bandwidth {bw / 1e9:.1f} GB/s (sum of a 1 GiB array, same process)")
     weights = {k: decode_weight_bytes(m) for k, m in models.items()}
-    stock, moved = gemv_layouts(next(iter(models.values())))
-    print(f"one x @ W^T per Linear weight of the {next(iter(models))}: stock layout {stock * 1e3:.1f} ms, "
-          f"decode_layout {moved * 1e3:.1f} ms ({stock / moved:.2f}x)")
+    gemv = gemv_layouts(next(iter(models.values())))
+    print(f"one x @ W^T per Linear weight of the {next(iter(models))} (ms): " +
+          ", ".join(f"{k} {v * 1e3:.1f}" for k, v in gemv.items()) +
+          f"; decode_layout gains {gemv['float32 stock'] / gemv['float32 decode_layout']:.2f}x in fp32")
     for k in models:
         print(f"{k}: {weights[k] / 1e6:.0f} MB of decode matrices -> floor {weights[k] / bw * 1e3:.1f} ms/token + its state reads")
     rows = []
@@ -201,6 +230,14 @@ def main() -> None:
     for m in models.values():
         layouts.enter_context(decode_layout(m))
         m.generate(torch.full((1, 8), 5), max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
+    if args.breakdown:
+        L = min(args.prompts)
+        for k, m in models.items():
+            b = step_breakdown(k, m, L)
+            print(f"  {k} L={L} one decode step (ms): generate() {b['generate'] * 1e3:.1f}, model forward "
+                  f"{b['forward'] * 1e3:.1f}, its Linear layers alone {b['linears'] * 1e3:.1f} -> generate() "
+                  f"overhead {(b['generate'] - b['forward']) * 1e3:.1f}, non-matmul work "
+                  f"{(b['forward'] - b['linears']) * 1e3:.1f}", flush=True)
     tokens = {}
     for L in args.prompts:
         for k, m in models.items():
