@@ -1,27 +1,31 @@
 """Hyena operator vs causal attention on CPU: time and peak memory, side by side in one run.
 
-Both mixers include their projections and have Pythia-70M's width: d = 512.
-  * attention: qkv Linear(d, 3d) -> torch scaled_dot_product_attention(is_causal=True), 8 heads
-    of 64 -> out Linear(d, d).
+Both mixers have SmolLM2-135M's width and heads: d = 576, 9 query heads of 64, 3 KV heads.
+  * attention: transformers' own LlamaAttention (q/k/v/o projections, rotary, SDPA with
+    is_causal, grouped-query), the rotary cos/sin table built once outside the timed call (the
+    model builds it once for all layers).
   * Hyena: hyena.operator.HyenaOperator(d, HyenaConfig(order=2, max_len=max L)), default filter.
+  * hyena_baseline (with --baseline DIR): the same operator from another tree (e.g. the commit
+    before a change), so that a change is measured against attention in the same run.
 
-Modes (batch 1, fp32):
-  * fwd      eval, no grad. Hyena twice: "cached" (filter and its FFT reused, as at inference)
-             and "uncached" (filter regenerated every call).
+Cells (fp32):
+  * training shapes: batch --train-batch (8) at L = --train-length (1024), fwd and fwd+bwd;
+  * long context: batch 1 at --lengths, fwd (and fwd+bwd up to --max-bwd-length).
+  * fwd      eval, no grad; Hyena "cached" (filter and its FFT reused, as at inference) and
+             "uncached" (filter regenerated every call, at batch 1 only).
   * fwd+bwd  train mode, loss = output.sum(), backward to the input and every parameter.
 
-Every (mixer, mode, L) runs in a fresh subprocess, so that
+Every cell runs in a fresh subprocess, so that
   * peak memory = ru_maxrss after the first call minus ru_maxrss after building the module and
     its input: the extra resident memory (activations, workspaces, gradients) the call needed.
-    Large tensors come from mmap and go back to the OS when freed, so this tracks the live peak.
   * a config that runs too long is killed at --timeout and reported as skipped, not crashed.
 Wall and process CPU time are both recorded (CPU time is less disturbed by other processes on a
-shared machine). Time = the fastest of the timed calls after one warm-up call (the fastest is the least disturbed
-by other processes on a shared machine); when the warm-up alone exceeds --single-above seconds it
-is the only measurement (n=1). Ratios are attention time / Hyena time, so > 1 means Hyena wins.
+shared machine). Time = the fastest of the timed calls after one warm-up call; when the warm-up
+alone exceeds --single-above seconds it is the only measurement (n=1). Ratios are attention time
+/ Hyena time, so > 1 means Hyena wins.
 
-    python benchmarks/bench_operator.py            # L = 1K .. 64K, writes BENCHMARKS.md
-    python benchmarks/bench_operator.py --quick    # L = 256 .. 2K, prints only
+    python benchmarks/bench_operator.py [--baseline DIR]   # writes BENCHMARKS.md
+    python benchmarks/bench_operator.py --quick            # small shapes, prints only
 """
 
 from __future__ import annotations
@@ -38,58 +42,65 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Hyena operator vs attention"
-FULL_LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
-QUICK_LENGTHS = [256, 512, 1024, 2048]
-D_MODEL, HEADS = 512, 8
-JOBS = [("attention", "fwd"), ("hyena", "fwd"), ("hyena_uncached", "fwd"),
-        ("attention", "fwdbwd"), ("hyena", "fwdbwd")]
+FULL_LENGTHS = [1024, 4096, 16384, 65536]
+QUICK_LENGTHS = [256, 1024]
+D_MODEL, HEADS, KV_HEADS = 576, 9, 3
 
 
 # ----------------------------------------------------------------------------------------------
-# worker: one (mixer, mode, L) in this process
+# worker: one (mixer, mode, L, batch) in this process
 # ----------------------------------------------------------------------------------------------
 
 
-def build_attention(d: int, heads: int):
+def build_attention(max_len: int):
+    """SmolLM2's attention block and a call that feeds it (rotary table precomputed)."""
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
 
-    class CausalSelfAttention(nn.Module):
+    cfg = LlamaConfig(hidden_size=D_MODEL, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                      max_position_embeddings=max_len, intermediate_size=1536, num_hidden_layers=1)
+    cfg._attn_implementation = "sdpa"
+    attn, rotary = LlamaAttention(cfg, layer_idx=0), LlamaRotaryEmbedding(cfg)
+
+    class Block(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.attn = attn
+            self.rope: tuple | None = None
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, d)
-            B, L, _ = x.shape
-            q, k, v = self.qkv(x).view(B, L, 3, heads, d // heads).permute(2, 0, 3, 1, 4)  # (B, H, L, dh)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, dh)
-            return self.out(y.transpose(1, 2).reshape(B, L, d))
+        def forward(self, x):  # (B, L, d)
+            if self.rope is None or self.rope[0].shape[1] != x.shape[1]:
+                with torch.no_grad():
+                    pos = torch.arange(x.shape[1])[None]
+                    self.rope = rotary(x, position_ids=pos)
+            return self.attn(x, position_embeddings=self.rope, attention_mask=None)[0]
 
-    return CausalSelfAttention()
+    return Block()
 
 
 def maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def worker(mixer: str, mode: str, L: int, max_len: int, repeats: int, single_above: float) -> dict:
+def worker(mixer: str, mode: str, L: int, batch: int, max_len: int, repeats: int, single_above: float) -> dict:
     import torch
 
     from hyena.operator import HyenaConfig, HyenaOperator
 
     torch.manual_seed(0)
     if mixer == "attention":
-        model = build_attention(D_MODEL, HEADS)
+        model = build_attention(max_len)
     else:
         model = HyenaOperator(D_MODEL, HyenaConfig(order=2, max_len=max_len))
-    u = torch.randn(1, L, D_MODEL)  # (B, L, d)
+    u = torch.randn(batch, L, D_MODEL)  # (B, L, d)
 
     if mode == "fwd":
         model.eval()
+        model(u[:, :8]).sum()  # builds the rotary table / nothing for Hyena (its filter is per L)
 
         def call():
-            if mixer == "hyena_uncached":
+            if mixer.endswith("uncached"):
                 model.filter_fn.clear_cache()
             with torch.no_grad():
                 model(u)
@@ -119,13 +130,28 @@ def worker(mixer: str, mode: str, L: int, max_len: int, repeats: int, single_abo
 # ----------------------------------------------------------------------------------------------
 
 
-def run_job(mixer: str, mode: str, L: int, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", mixer, mode, str(L), "--max-len", str(max(args.lengths)),
-           "--repeats", str(args.repeats), "--single-above", str(args.single_above),
+def cells(args) -> list[tuple[str, str, int, int]]:
+    """(mixer, mode, L, batch) to run, training shapes first."""
+    hyenas = ["hyena"] + (["hyena_baseline"] if args.baseline else [])
+    out = [(m, mode, args.train_length, args.train_batch)
+           for mode in ("fwd", "fwdbwd") for m in ["attention", *hyenas]]
+    for L in args.lengths:
+        out += [(m, "fwd", L, 1) for m in ["attention", *hyenas, "hyena_uncached"]]
+        if L <= args.max_bwd_length:
+            out += [(m, "fwdbwd", L, 1) for m in ["attention", *hyenas]]
+    return out
+
+
+def run_job(mixer: str, mode: str, L: int, batch: int, args) -> dict:
+    tree = args.baseline if mixer == "hyena_baseline" else ROOT
+    name = "hyena" if mixer == "hyena_baseline" else mixer
+    max_len = max([*args.lengths, args.train_length])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, mode, str(L), str(batch),
+           "--max-len", str(max_len), "--repeats", str(args.repeats), "--single-above", str(args.single_above),
            "--threads", str(args.threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(tree))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=tree)
     except subprocess.TimeoutExpired:
         return {"skipped": f"timeout > {args.timeout:.0f} s"}
     if proc.returncode != 0:
@@ -145,7 +171,7 @@ def fmt_time(r: dict | None) -> str:
 def fmt_ratio(a: dict | None, h: dict | None) -> str:
     if not a or not h or "skipped" in a or "skipped" in h:
         return "-"
-    return f"{a['time_s'] / h['time_s']:.1f}x ({a['cpu_s'] / h['cpu_s']:.1f}x)"
+    return f"{a['time_s'] / h['time_s']:.2f}x ({a['cpu_s'] / h['cpu_s']:.2f}x)"
 
 
 def fmt_mem(r: dict | None) -> str:
@@ -155,43 +181,39 @@ def fmt_mem(r: dict | None) -> str:
 
 
 def render(results: dict, args, started: str, load: tuple, seconds: float) -> str:
-    lines = [
-        "| L | fwd attn (s) | fwd Hyena cached (s) | fwd Hyena uncached (s) | fwd attn/Hyena cached | fwd attn/Hyena uncached | fwd+bwd attn (s) | fwd+bwd Hyena (s) | fwd+bwd attn/Hyena |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for L in args.lengths:
-        r = results[L]
-        a, h, hu = r.get(("attention", "fwd")), r.get(("hyena", "fwd")), r.get(("hyena_uncached", "fwd"))
-        ab, hb = r.get(("attention", "fwdbwd")), r.get(("hyena", "fwdbwd"))
-        lines.append(f"| {L} | {fmt_time(a)} | {fmt_time(h)} | {fmt_time(hu)} | {fmt_ratio(a, h)} | "
-                     f"{fmt_ratio(a, hu)} | {fmt_time(ab)} | {fmt_time(hb)} | {fmt_ratio(ab, hb)} |")
-    lines += ["", "Peak extra resident memory per call (MiB; ru_maxrss after the first call minus "
-              "before it, fresh process per cell):", "",
-              "| L | fwd attn | fwd Hyena cached | fwd Hyena uncached | fwd+bwd attn | fwd+bwd Hyena |",
-              "|---:|---:|---:|---:|---:|---:|"]
-    for L in args.lengths:
-        r = results[L]
-        cells = [fmt_mem(r.get(job)) for job in JOBS]
-        lines.append(f"| {L} | " + " | ".join(cells) + " |")
     import torch
 
+    base = bool(args.baseline)
+    head = "| B | L | mode | attention (s) | Hyena (s) | attention / Hyena |"
+    head += " Hyena before (s) | attention / Hyena before |" if base else ""
+    head += " Hyena uncached (s) | attention / uncached | peak MiB attn / Hyena |"
+    lines = [head, "|" + "|".join(["---:"] * (head.count("|") - 1)) + "|"]
+    keys = sorted({(b, L, mode) for (_, mode, L, b) in results}, key=lambda k: (-k[0], k[1], k[2]))
+    for b, L, mode in keys:
+        a, h = results.get(("attention", mode, L, b)), results.get(("hyena", mode, L, b))
+        hb, hu = results.get(("hyena_baseline", mode, L, b)), results.get(("hyena_uncached", mode, L, b))
+        row = f"| {b} | {L} | {'fwd' if mode == 'fwd' else 'fwd+bwd'} | {fmt_time(a)} | {fmt_time(h)} | {fmt_ratio(a, h)} |"
+        if base:
+            row += f" {fmt_time(hb)} | {fmt_ratio(a, hb)} |"
+        row += f" {fmt_time(hu)} | {fmt_ratio(a, hu)} | {fmt_mem(a)} / {fmt_mem(h)} |"
+        lines.append(row)
     machine = (f"{args.threads}-thread CPU ({platform.processor() or platform.machine()}, "
-               f"{os.cpu_count()} cores visible), no GPU, fp32, batch 1, d={D_MODEL}, {HEADS} heads, "
+               f"{os.cpu_count()} cores visible), no GPU, fp32, d={D_MODEL}, {HEADS} heads / {KV_HEADS} KV heads, "
                f"torch {torch.__version__}")
-    head = [
+    cmd = "python benchmarks/bench_operator.py" + (" --quick" if args.quick else "") + \
+        (" --baseline DIR" if base else "")
+    text = [
         SECTION, "",
-        f"Command: `python benchmarks/bench_operator.py{' --quick' if args.quick else ''}` "
-        f"({started}, {seconds / 60:.1f} min). Machine: {machine}. "
+        f"Command: `{cmd}` ({started}, {seconds / 60:.1f} min). Machine: {machine}. "
         f"Load average at start / end: {load[0]:.1f} / {load[1]:.1f} (the machine is shared; "
         "times are the fastest of several calls, see the script's docstring).", "",
-        "Both mixers include their projections: attention = qkv Linear + "
-        "`scaled_dot_product_attention(is_causal=True)` + out Linear; Hyena = order 2, one implicit "
-        "long filter, FFT convolution. Ratios are attention time / Hyena time (> 1: Hyena faster): "
-        "wall clock, and in parentheses process CPU time, which other processes on a shared machine "
-        "disturb less.",
-        "",
+        "Attention = transformers' LlamaAttention (SmolLM2's shapes: q/k/v/o, rotary, SDPA causal, "
+        "grouped-query); Hyena = order 2, one implicit long filter, FFT convolution. Ratios are "
+        "attention time / Hyena time (> 1: Hyena faster): wall clock, and in parentheses process CPU "
+        "time, which other processes on a shared machine disturb less. Peak MiB: extra resident "
+        "memory of the call (fresh process per cell).", "",
     ]
-    return "\n".join(head + lines) + "\n"
+    return "\n".join(text + lines) + "\n"
 
 
 def write_section(path: Path, text: str) -> None:
@@ -211,16 +233,20 @@ def write_section(path: Path, text: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small L only (256..2K); prints, writes nothing")
-    p.add_argument("--lengths", type=int, nargs="+", help="override the sequence lengths")
+    p.add_argument("--quick", action="store_true", help="small shapes only; prints, writes nothing")
+    p.add_argument("--lengths", type=int, nargs="+", help="batch-1 sequence lengths (default 1K 4K 16K 64K)")
+    p.add_argument("--train-length", type=int, default=1024, help="L of the training-shape cells")
+    p.add_argument("--train-batch", type=int, default=8, help="batch of the training-shape cells")
+    p.add_argument("--max-bwd-length", type=int, default=16384, help="longest batch-1 fwd+bwd cell")
+    p.add_argument("--baseline", type=Path, help="another tree whose HyenaOperator also runs (e.g. before a change)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up")
     p.add_argument("--single-above", type=float, default=10.0,
                    help="if the warm-up takes longer (s), it is the only measurement")
-    p.add_argument("--timeout", type=float, default=900.0, help="per-config limit (s); then 'skipped'")
+    p.add_argument("--timeout", type=float, default=900.0, help="per-cell limit (s); then 'skipped'")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown file to update")
     p.add_argument("--no-write", action="store_true", help="print the table only")
-    p.add_argument("--worker", nargs=3, metavar=("MIXER", "MODE", "L"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=4, metavar=("MIXER", "MODE", "L", "B"), help=argparse.SUPPRESS)
     p.add_argument("--max-len", type=int, default=65536, help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -228,22 +254,26 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        mixer, mode, L = args.worker
-        print(json.dumps(worker(mixer, mode, int(L), args.max_len, args.repeats, args.single_above)))
+        mixer, mode, L, batch = args.worker
+        print(json.dumps(worker(mixer, mode, int(L), int(batch), args.max_len, args.repeats, args.single_above)))
         return
 
     args.lengths = args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
+    if args.quick:
+        args.train_length, args.train_batch = 256, 2
+    if args.baseline:
+        args.baseline = args.baseline.resolve()
     started = time.strftime("%Y-%m-%d %H:%M")
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     results: dict = {}
     from tqdm import tqdm
 
-    bar = tqdm([(L, job) for L in args.lengths for job in JOBS], desc="configs")
-    for L, (mixer, mode) in bar:
-        bar.set_postfix_str(f"L={L} {mixer} {mode}")
-        r = run_job(mixer, mode, L, args)
-        results.setdefault(L, {})[(mixer, mode)] = r
-        tqdm.write(f"L={L:>6} {mixer:>15} {mode:>6}: {json.dumps(r)}")
+    bar = tqdm(cells(args), desc="cells")
+    for mixer, mode, L, batch in bar:
+        bar.set_postfix_str(f"B={batch} L={L} {mixer} {mode}")
+        r = run_job(mixer, mode, L, batch, args)
+        results[(mixer, mode, L, batch)] = r
+        tqdm.write(f"B={batch} L={L:>6} {mixer:>15} {mode:>6}: {json.dumps(r)}")
     text = render(results, args, started, (load0, os.getloadavg()[0]), time.perf_counter() - t0)
     print("\n" + text)
     if not (args.quick or args.no_write):

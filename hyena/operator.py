@@ -136,6 +136,144 @@ def fft_causal_conv(u: torch.Tensor, h: torch.Tensor, bias: torch.Tensor | None 
     return causal_conv_from_spectrum(u, h_f, n, bias)
 
 
+def _take(h: torch.Tensor, L: int) -> torch.Tensor:
+    return h if h.shape[-1] == L else h[..., :L]
+
+
+class _GatedLongConv(torch.autograd.Function):
+    """The chain between the short conv and the output projection, with a written-out backward:
+
+        v_0 = v;  v_{o+1} = h_o * (g_o v_o) + b_o (g_o v_o)  (g_o = x_{N-1-o});   y = x_0 v_{N-1}
+
+    Autograd through the same ops pads, copies, zero-fills and pins the whole (B, d, n) inverse
+    FFT of every conv output; this keeps the real conv outputs v_1..v_{N-1} and, when the filter
+    needs a gradient, the input spectra W_o. Per filter, one FFT pair forward and two FFTs
+    backward (plus one of size d):
+
+        inputs:  dw = irfft(rfft(dv) conj(H))[:L]               (correlation with h)
+        filter:  dh = irfft(sum_b rfft(dv) conj(W))[:L],  db = dh[0]  (b is a delta filter)
+
+    Zero-padding to n >= 2L-1 keeps both correlations free of wrap-around, as in the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, h, bias, v, *x):  # h (F, d, L), bias (F, d), v and each x_i (B, d, L)
+        L = v.shape[-1]
+        n = fft_size(L)
+        need_h = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        with torch.autocast(device_type=v.device.type, enabled=False):
+            H = _spectrum(h, bias, n, fft_dtype(v.dtype))  # (F, d, n/2+1)
+            outs, spectra = _chain(v, x, H, n, keep=True, keep_spectra=need_h)
+        ctx.n, ctx.h_dtype, ctx.bias_dtype, ctx.need_h = n, h.dtype, bias.dtype, need_h
+        ctx.save_for_backward(H, v, *outs[:-1], *spectra, *x)
+        return outs[-1]
+
+    @staticmethod
+    def backward(ctx, grad):  # grad (B, d, L)
+        H, v, *rest = ctx.saved_tensors
+        n, F_, need_h = ctx.n, H.shape[0], ctx.need_h
+        conv_outs, rest = rest[:F_], rest[F_:]  # v_1 .. v_{N-1}
+        spectra, x = (rest[:F_], rest[F_:]) if need_h else ((), rest)  # W_o; x_0 .. x_{N-1}
+        L, fdt = v.shape[-1], fft_dtype(v.dtype)
+        grad_x: list[torch.Tensor | None] = [None] * len(x)
+        grad_h = torch.empty(H.shape[:-1] + (L,), dtype=fdt, device=v.device) if need_h else None
+        with torch.autocast(device_type=v.device.type, enabled=False):
+            grad_x[0] = grad * conv_outs[-1]
+            dv = grad * x[0]
+            for o in reversed(range(F_)):
+                gate = x[len(x) - 1 - o]
+                v_o = v if o == 0 else conv_outs[o - 1]
+                DV = torch.fft.rfft(dv.to(fdt), n=n)  # (B, d, n/2+1)
+                if need_h:  # einsum sums over the batch without materialising conj(W)
+                    cross = torch.einsum("bdf,bdf->df", DV, spectra[o].conj())
+                    grad_h[o] = torch.fft.irfft(cross, n=n)[..., :L]  # (d, L)
+                dw = torch.fft.irfft(DV.mul_(H[o].conj()), n=n)[..., :L].to(v.dtype)  # (B, d, L)
+                grad_x[len(x) - 1 - o] = dw * v_o
+                dv = dw * gate
+        if not need_h:
+            return None, None, dv, *grad_x
+        grad_bias = grad_h[..., 0].to(ctx.bias_dtype)
+        return grad_h.to(ctx.h_dtype), grad_bias, dv, *grad_x
+
+
+def _spectrum(h: torch.Tensor, bias: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """rfft(h, n) + b: (F, d, n/2+1), the pass-through folded in as a delta filter."""
+    return torch.fft.rfft(h.to(dtype), n=n) + bias.to(dtype)[..., None]
+
+
+def _chain(v: torch.Tensor, x: tuple[torch.Tensor, ...], H: torch.Tensor, n: int, keep: bool = False,
+           keep_spectra: bool = False, inputs: list | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """([v_1, ..., v_{N-1}, y], [W_0, ...]) of the gated chain given the spectra H (F, d, n/2+1):
+    conv outputs and y (B, d, L) and, with keep_spectra, each conv's input spectrum
+    (B, d, n/2+1). Products run in v's dtype, FFTs in H's (at least fp32). keep: make the conv
+    outputs contiguous (kept for the backward, a view would pin the whole (B, d, n) irfft).
+    inputs: a list that receives each conv's input w_o = v_o g_o (B, d, L).
+
+    Without keep (inference) each w_o is written straight into its zero-padded FFT input and y
+    into the last inverse FFT's buffer (y is then a (B, d, L) view with row stride n): at long L
+    every fresh buffer costs page faults, and this saves three of them per filter."""
+    L, dtype, fdt = v.shape[-1], v.dtype, H.real.dtype
+    outs, spectra = [], []
+    for o in range(H.shape[0]):
+        gate = x[len(x) - 1 - o]
+        if keep:
+            w = v * gate  # (B, d, L)
+            W = torch.fft.rfft(w.to(fdt), n=n)  # (B, d, n/2+1)
+        else:
+            padded = v.new_empty(*v.shape[:-1], n, dtype=fdt)
+            padded[..., L:].zero_()
+            w = torch.mul(v, gate, out=padded[..., :L]) if dtype == fdt else (v * gate)
+            if dtype != fdt:
+                padded[..., :L].copy_(w)
+            W = torch.fft.rfft(padded)
+            del padded
+        if inputs is not None:
+            inputs.append(w)
+        del w
+        if keep_spectra:
+            spectra.append(W)
+            W = W * H[o]
+        else:
+            W.mul_(H[o])
+        v = torch.fft.irfft(W, n=n)[..., :L]  # (B, d, L), a view of (B, d, n)
+        del W
+        outs.append(v.to(dtype).contiguous() if keep else v)
+    if keep or v.dtype != dtype:
+        outs.append(v.to(dtype) * x[0])
+    else:
+        outs.append(v.mul_(x[0]))  # in the inverse FFT's own buffer
+    return outs, spectra
+
+
+def gated_long_conv(x: list[torch.Tensor], v: torch.Tensor, h: torch.Tensor, bias: torch.Tensor,
+                    H: torch.Tensor | None = None) -> torch.Tensor:
+    """x_0 * (h_{N-1} * (x_1 * ... (h_1 * (x_{N-1} * v)))) with each long conv causal, by FFT, and
+    its pass-through bias: the operator between its short conv and output projection.
+
+    x: N gates and v, each (B, d, L); h: (N-1, d, L' >= L) filters; bias (N-1, d). H: their
+    spectra `rfft(h[..., :L], fft_size(L)) + bias` when already known (inference caches them;
+    used only when no gradient is needed). Returns (B, d, L) in v's dtype; FFTs in >= fp32.
+    """
+    L = v.shape[-1]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (v, h, bias, *x)):
+        return _GatedLongConv.apply(_take(h, L), bias, v, *x)
+    n = fft_size(L)
+    with torch.autocast(device_type=v.device.type, enabled=False):
+        if H is None:
+            H = _spectrum(_take(h, L), bias, n, fft_dtype(v.dtype))
+        return _chain(v, tuple(x), H, n)[0][-1]
+
+
+@torch.no_grad()
+def gated_long_conv_inputs(x: list[torch.Tensor], v: torch.Tensor, H: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`gated_long_conv` at inference that also returns what each long filter convolved:
+    ([w_0, ..., w_{N-2}] each (B, d, L), y (B, d, L)); H as there (here required)."""
+    inputs: list[torch.Tensor] = []
+    with torch.autocast(device_type=v.device.type, enabled=False):
+        outs, _ = _chain(v, tuple(x), H, fft_size(v.shape[-1]), inputs=inputs)
+    return inputs, outs[-1]
+
+
 # ----------------------------------------------------------------------------------------------
 # Short causal depthwise convolution
 # ----------------------------------------------------------------------------------------------
@@ -172,10 +310,11 @@ class _CausalDepthwiseConv(torch.autograd.Function):
             grad_z = grad * weight[:, K - 1, None]
             for j in range(1, min(K, L)):
                 grad_z[..., : L - j].addcmul_(grad[..., j:], weight[:, K - 1 - j, None])
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1]:  # per-row dot products: half the time of mul-then-sum
             grad_w = torch.zeros_like(weight)
             for j in range(0, min(K, L)):
-                grad_w[:, K - 1 - j] = (grad[..., j:] * z[..., : L - j]).sum(dim=(0, 2))
+                dots = torch.matmul(grad[..., j:, None].mT, z[..., : L - j, None])  # (B, C, 1, 1)
+                grad_w[:, K - 1 - j] = dots.sum(0).view(-1)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(dim=(0, 2))
         return grad_z, grad_w, grad_b
@@ -189,6 +328,18 @@ def causal_depthwise_conv(z: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
         weight = weight.to(z.dtype)
     bias = None if conv.bias is None else conv.bias.to(z.dtype)
     return _CausalDepthwiseConv.apply(z.contiguous(), weight, bias)
+
+
+def project_channel_major(linear: nn.Linear, u: torch.Tensor) -> torch.Tensor:
+    """linear(u) written channel-major: (B, L, d_in) -> (B, d_out, L), by one batched matmul that
+    reads u and writes the result through BLAS transposes instead of copies."""
+    w, b = linear.weight, linear.bias
+    if torch.is_autocast_enabled(u.device.type):  # let F.linear pick the autocast dtype
+        return linear(u).mT.contiguous()
+    w_b = w.expand(u.shape[0], *w.shape)  # (B, d_out, d_in), no copy
+    if b is None:
+        return torch.bmm(w_b, u.mT)
+    return torch.baddbmm(b[:, None], w_b, u.mT)  # (B, d_out, L)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,13 +506,7 @@ class HyenaOperator(nn.Module):
 
     def project_in(self, u: torch.Tensor) -> torch.Tensor:
         """W_in u + b_in, written channel-major: (B, L, d) -> (B, (N+1) d, L)."""
-        w, b = self.in_proj.weight, self.in_proj.bias
-        if torch.is_autocast_enabled(u.device.type):  # let F.linear pick the autocast dtype
-            return self.in_proj(u).mT.contiguous()
-        w_b = w.expand(u.shape[0], *w.shape)  # (B, (N+1) d, d), no copy
-        if b is None:
-            return torch.bmm(w_b, u.mT)
-        return torch.baddbmm(b[:, None], w_b, u.mT)  # (B, (N+1) d, L)
+        return project_channel_major(self.in_proj, u)
 
     def gates(self, u: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Projections after the short conv: ([x_0, ..., x_{N-1}], v), each (B, d, L)."""
@@ -374,12 +519,10 @@ class HyenaOperator(nn.Module):
         L = u.shape[1]  # u: (B, L, d)
         self.filter_fn._check_len(L)
         x, v = self.gates(u)  # each (B, d, L)
-        n = fft_size(L)
-        # H_i = rfft(h_i + b_i delta): the pass-through term rides along in the FFT
-        H = self.filter_fn.response(L, n, fft_dtype(u.dtype))  # (N-1, d, n/2+1), complex
-        for o, x_i in enumerate(reversed(x[1:])):
-            v = causal_conv_from_spectrum(v * x_i, H[o], n)  # (B, d, L)
-        return v * x[0]  # (B, d, L)
+        filt = self.filter_fn
+        # inference or frozen filters: the cached filters and spectra (H = rfft(h) + b)
+        H = filt.response(L, fft_size(L), fft_dtype(u.dtype)) if filt._cacheable() else None
+        return gated_long_conv(x, v, filt(L), filt.bias, H)  # (B, d, L)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.features(u).mT)  # (B, L, d)

@@ -7,9 +7,11 @@ writes safetensors plus a config recording the teacher and the Hyena settings, a
 `register()` (done at import) `AutoConfig` / `AutoModelForCausalLM` load it without
 `trust_remote_code`.
 
-Generation runs WITHOUT a key/value cache: every step re-runs the full sequence (a stateless long
-convolution fed one new token at a time would silently compute y_t from that token alone). The
-recurrent student (`hyena.recurrence`) decodes with a real state instead.
+Generation carries a `MixerCache` (hyena/cache.py): each mixer keeps its short conv's last taps
+and its long filters' past inputs, so a new token costs one dot product per channel and layer
+(O(L d)) instead of a forward pass over the whole prefix. The recurrent student
+(`hyena.recurrence`) keeps a modal state instead (O(1) per token). Padded batches and
+`use_cache=False` re-run the whole sequence every step.
 
 `build_student(teacher, cfg)` copies every non-attention weight from the teacher. With
 `init: teacher_attention` the Hyena projections start from the attention's (see
@@ -31,8 +33,11 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers import initialization as hf_init
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from hyena.cache import HyenaConvState, MixerCache, conv_forward, layer_state
 from hyena.config import Config, param
 from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, Sin
 from hyena.runtime import first_output
@@ -72,8 +77,16 @@ class HyenaMixer(HyenaOperator):
     `HyenaStudentForCausalLM.forward` rotates left-padded rows before they reach the mixers.
     """
 
+    cache_kind = "hyena"  # the MixerCache layer state this mixer keeps (hyena/cache.py)
+    layer_idx: int | None = None  # bound by the model's new_cache()
+
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
-        return super().forward(hidden_states), None  # (B, L, d), no attention weights
+        state = layer_state(kwargs, self.layer_idx)
+        if state is None:
+            return super().forward(hidden_states), None  # (B, L, d), no attention weights
+        if not isinstance(state, HyenaConvState):
+            raise TypeError(f"decoder layer {self.layer_idx} is a Hyena mixer but its cache layer is a {type(state).__name__}")
+        return conv_forward(self, hidden_states, state), None
 
     @torch.no_grad()
     def reset_hyena_parameters(self) -> None:
@@ -114,7 +127,7 @@ class HyenaStudentConfig(PretrainedConfig):
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
-    use_cache: bool = False  # no KV cache: generation re-runs the full sequence
+    use_cache: bool = True  # generation carries a MixerCache (hyena/cache.py)
 
     def __post_init__(self, **kwargs):
         if self.init not in INITS:
@@ -181,7 +194,7 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
             if config.is_hyena(i):
                 self.adapter.set_attention(layer, HyenaMixer(teacher_arch.hidden_size, hcfg))
         self.post_init()
-        self.generation_config.use_cache = False
+        self.generation_config.use_cache = True
 
     # --- transformers plumbing -------------------------------------------------------------
 
@@ -199,7 +212,7 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # never let generate() build a KV cache for the mixers
+        return False  # generate() must not build a KV cache: prepare_inputs_for_generation makes a MixerCache
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -213,32 +226,80 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.backbone.set_output_embeddings(value)
 
+    def new_cache(self) -> MixerCache:
+        """An empty decoding cache: one state per decoder layer, of the kind its mixer keeps (a
+        Hyena mixer's `cache_kind`; a kept attention block gets a KV cache). Binds each mixer to
+        its layer index."""
+        kinds = []
+        for i, layer in enumerate(self.decoder_layers()):
+            mixer = self.adapter.attention(layer)
+            kind = getattr(mixer, "cache_kind", "attention")
+            if kind != "attention":
+                mixer.layer_idx = i
+            kinds.append(kind)
+        return MixerCache.for_kinds(kinds)
+
     def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
-                cache=None, use_cache=None, **kwargs):
+                cache=None, use_cache=None, logits_to_keep=0, **kwargs):
         """Delegates to the backbone (logits, and the shifted CE loss when `labels` are given).
 
-        Left padding is handled exactly: the mixers see no mask, so each row is rotated to put
-        its real tokens first (pads after them cannot leak into a causal model without
-        positions), run, and rotated back. `cache` / `use_cache` are accepted for API
-        compatibility and ignored."""
+        Without a cache (and without `use_cache=True`) it runs the whole sequence statelessly.
+        Left padding is then handled exactly: the mixers see no mask, so each row is rotated to
+        put its real tokens first (pads after them cannot leak into a causal model without
+        positions), run, and rotated back.
+
+        With a cache (or `use_cache=True`, which starts one) the tokens continue the sequence the
+        cache holds, and the output carries the cache as `cache`. `logits_to_keep` (int: the last
+        N positions, 0 all) spares the vocabulary projection of positions nobody reads."""
         kwargs.pop("position_ids", None)  # positions are meaningless to the mixers
-        shift = _leading_pads(attention_mask)
-        if shift is not None:
-            input_ids, inputs_embeds, labels, attention_mask = (
-                _rotate(t, -shift) for t in (input_ids, inputs_embeds, labels, attention_mask)
-            )
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                            inputs_embeds=inputs_embeds, use_cache=False, **kwargs)
-        if shift is not None:
-            out.logits = _rotate(out.logits, shift)
+        if cache is None and not use_cache:
+            shift = _leading_pads(attention_mask)
+            if shift is not None:
+                input_ids, inputs_embeds, labels, attention_mask = (
+                    _rotate(t, -shift) for t in (input_ids, inputs_embeds, labels, attention_mask)
+                )
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                inputs_embeds=inputs_embeds, use_cache=False,
+                                logits_to_keep=0 if shift is not None else logits_to_keep, **kwargs)
+            if shift is not None:
+                out.logits = slice_logits_to_keep(_rotate(out.logits, shift), logits_to_keep)
+            return out
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("cached decoding does not support padded batches: pass prompts without "
+                             "padding (one at a time, or all of the same length), or use_cache=False")
+        cache = cache if isinstance(cache, MixerCache) else self.new_cache()
+        if cache.only_mixers() and labels is None and inputs_embeds is None and not _wants_extra_outputs(kwargs):
+            return self._decode(input_ids, cache, logits_to_keep)
+        out = self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
+                            cache=cache, use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
+        out.cache = cache
         return out
 
-    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None,
-                                      inputs_embeds=None, **kwargs):
-        """Every step feeds the WHOLE sequence so far (no cache)."""
-        inputs = {"input_ids": input_ids, "use_cache": False}
-        if attention_mask is not None:
-            inputs["attention_mask"] = attention_mask
+    def _decode(self, input_ids: torch.Tensor, cache: MixerCache, logits_to_keep) -> CausalLMOutputWithPast:
+        """The backbone's forward without what the mixers ignore (masks, rotary tables, output
+        capture): embedding, the decoder layers with the cache, final norm, the LM head on the
+        positions kept. Only for models whose every layer is a Hyena mixer."""
+        name = self.adapter.cache_kwarg
+        h = self.embed(input_ids)  # (B, T, d)
+        for layer in self.decoder_layers():
+            h = first_output(layer(h, **{name: cache}))
+        h = _final_norm(self.adapter.base(self.backbone))(slice_logits_to_keep(h, logits_to_keep))
+        return CausalLMOutputWithPast(logits=self.backbone.get_output_embeddings()(h), cache=cache)
+
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, inputs_embeds=None,
+                                      use_cache=None, logits_to_keep=None, **kwargs):
+        """Feed only the tokens the cache has not absorbed yet (the whole prompt at first). Padded
+        batches and `use_cache=False` feed the whole sequence every step, without a cache."""
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if use_cache is False or padded:
+            inputs = {"input_ids": input_ids, "use_cache": False}
+            if attention_mask is not None:
+                inputs["attention_mask"] = attention_mask
+        else:
+            cache = cache if isinstance(cache, MixerCache) else self.new_cache()
+            inputs = {"input_ids": input_ids[:, cache.get_seq_length():], "cache": cache, "use_cache": True}
+        if logits_to_keep is not None:
+            inputs["logits_to_keep"] = logits_to_keep
         return inputs
 
     # --- helpers for the trainers --------------------------------------------------------
@@ -271,6 +332,18 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         window = sliding_window(self.backbone, self.adapter.attention(layer))  # Mistral, Qwen2/3 layers
         return first_output(layer(hidden_states, attention_mask=causal_mask(self.backbone, hidden_states, window),
                                   **position_inputs(self.backbone, hidden_states)))
+
+
+def _wants_extra_outputs(kwargs: dict) -> bool:
+    return bool(kwargs.get("output_hidden_states") or kwargs.get("output_attentions"))
+
+
+def _final_norm(base: nn.Module) -> nn.Module:
+    """The norm a family's base model applies after its last decoder layer."""
+    for name in ("norm", "final_layer_norm"):  # Llama family, GPT-NeoX
+        if isinstance(getattr(base, name, None), nn.Module):
+            return getattr(base, name)
+    raise ValueError(f"no final norm found on {type(base).__name__}: name it in hyena/student.py:_final_norm")
 
 
 def _leading_pads(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -32,7 +32,9 @@ def smollm_setup(smollm_teacher, smollm_tokenizer, owt_jsonl):
 
 
 def _distill(student, i, inputs, acts, epochs=8):
-    cfg = DistillConfig(lr=3e-3, batch_size=4, epochs=epochs, warmup_frac=0.05)
+    # lr 1e-3 (the paper's): at 3e-3 the noise-like sine-14 filters train so erratically that the
+    # final MSE swung from 2.7x to 11x lower with float-rounding-level changes to the gradients
+    cfg = DistillConfig(lr=1e-3, batch_size=4, epochs=epochs, warmup_frac=0.05)
     layer = student.decoder_layers()[i]
     fn = trainable_fn(layer, student.mixer(i), student.adapter.input_norm(layer), cfg)
     return distill_layer(fn, inputs[:N_TRAIN], acts[i + 1][:N_TRAIN], inputs[N_TRAIN:], acts[i + 1][N_TRAIN:], cfg, DistEnv())
@@ -44,7 +46,7 @@ def test_distilling_layer_1_lowers_its_validation_mse(smollm_setup):
     res = _distill(student, 0, acts[0], acts)
     ratio = res["val_mse_before"] / res["val_mse"]
     print(f"layer 1 val MSE {res['val_mse_before']:.4g} -> {res['val_mse']:.4g} ({ratio:.1f}x lower)")
-    assert res["val_mse"] < res["val_mse_before"] / 4, res  # measured: 2.258 -> 0.3665 (6.2x)
+    assert res["val_mse"] < res["val_mse_before"] / 4, res  # measured: 2.258 -> 0.305 (7.4x)
     assert res["train_tokens"] == 8 * N_TRAIN * SEQ
 
 

@@ -62,6 +62,25 @@ def test_fit_adam_refinement_does_not_worsen_and_poles_stay_inside():
     assert r1["refined_channels"] == 8 and bool((m.poles().abs() < 1).all())
 
 
+@pytest.mark.parametrize("start,T", [(0, 1), (0, 37), (5, 300), (20000, 1000)])
+def test_blocked_modal_sums_match_materialised_powers(start, T):
+    """modal_response / modal_absorb never build the (C, N, T) powers; they match sums over them."""
+    from hyena.recurrence.modal import modal_absorb, modal_powers, modal_response
+
+    g = torch.Generator().manual_seed(T)
+    C, M, N = 6, 3, 4
+    decay = torch.rand(C, N, generator=g) * 1e-3 + 1e-5  # slow poles: still large at t = start + T
+    theta = torch.rand(C, N, generator=g) * math.pi
+    coef = torch.complex(torch.randn(C, M, N, generator=g), torch.randn(C, M, N, generator=g))
+    V = modal_powers(decay, theta, start, T, torch.complex128)  # (C, N, T)
+    want = torch.einsum("cmn,cnt->cmt", coef.to(torch.complex128), V).real
+    assert rel(modal_response(coef, decay, theta, start, T).double(), want) < 1e-5
+    w = torch.randn(C, M, T, generator=g, dtype=torch.float64)
+    back = modal_powers(decay, theta, 0, T, torch.complex128).flip(-1)  # p^(T-1-t)
+    want_state = torch.einsum("cmt,cnt->cmn", w.to(torch.complex128), back)
+    assert rel(modal_absorb(w, decay, theta).to(torch.complex128), want_state) < 1e-5
+
+
 def test_poles_strictly_inside_unit_circle_in_fp32():
     m = ModalFilter((3,), 2)
     with torch.no_grad():

@@ -2,12 +2,17 @@
 
 Each kind decodes with the cheapest exact method it has:
 - transformer teacher: its KV cache (O(L) per token);
-- convolutional Hyena student: no cache, every step re-runs the whole sequence (O(L log L));
+- convolutional Hyena student: its MixerCache of past filter inputs (O(L) per token);
 - recurrent student: FFT prefill, then the modal recurrence (O(1) per token).
+
+At batch 1 a decode step is a matrix-vector product with every weight, so its time is set by
+how fast those weights stream from memory; `decode_layout` stores them the way this CPU's BLAS
+streams fastest (BENCHMARKS.md, "Generation").
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -33,6 +38,30 @@ class Sampling:
             raise ValueError(f"--top-k must be >= 0 (got {self.top_k})")
 
 
+@contextlib.contextmanager
+def decode_layout(model: torch.nn.Module):
+    """Within the block every Linear weight W (out, in) is the transposed view of a contiguous
+    (in, out) array: same values, shape and dtype, other strides. On CPU, MKL's x @ W^T for one
+    row x streams a contiguous W^T faster than a contiguous W (measured on these EPYC cores:
+    BENCHMARKS.md, "Generation"); large-batch matmuls run the same either way. The standard layout
+    comes back on exit (save_pretrained needs it). Tied weights follow (one Parameter); other
+    devices are left alone."""
+    moved = []
+    with torch.no_grad():
+        for module in model.modules():
+            w = getattr(module, "weight", None) if isinstance(module, torch.nn.Linear) else None
+            if w is not None and w.device.type == "cpu" and w.dim() == 2 and w.is_contiguous() \
+                    and min(w.shape) > 1 and all(w is not m for m in moved):
+                w.data = w.data.t().contiguous().t()
+                moved.append(w)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for w in moved:
+                w.data = w.data.contiguous()
+
+
 def model_kind(model) -> str:
     """"recurrent" | "student" | "transformer"."""
     from hyena.recurrence.model import HyenaRecurrentForCausalLM
@@ -47,10 +76,9 @@ def model_kind(model) -> str:
 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sampling: Sampling) -> tuple[torch.Tensor, float]:
-    """HF generate() with the right cache for the model kind; returns (new token ids (B, T), seconds)."""
-    kind = model_kind(model)
-    kwargs = {"max_new_tokens": max_new_tokens, "attention_mask": torch.ones_like(input_ids),
-              "use_cache": kind != "student"}
+    """HF generate() with the cache of the model's kind, in `decode_layout`; returns (new token
+    ids (B, T), seconds, the layout changes included)."""
+    kwargs = {"max_new_tokens": max_new_tokens, "attention_mask": torch.ones_like(input_ids), "use_cache": True}
     if sampling.greedy:
         kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
     else:
@@ -62,5 +90,6 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sampling: Samp
         eos = model.generation_config.eos_token_id
         kwargs["pad_token_id"] = eos[0] if isinstance(eos, list) else (eos if eos is not None else 0)
     t0 = time.perf_counter()
-    out = model.generate(input_ids, **kwargs)
+    with decode_layout(model):
+        out = model.generate(input_ids, **kwargs)
     return out[:, input_ids.shape[1]:], time.perf_counter() - t0

@@ -15,9 +15,8 @@ The short depthwise conv keeps its last k-1 projected inputs (the FIR state). De
 costs O(d (N + k)) per long filter plus the projections, independent of the context length;
 the state per sequence is (order-1) * d * N complex numbers + (order+1) * d * (k-1) reals.
 
-`HyenaRecurrentCache` (a transformers `Cache`) holds one `HyenaLayerState` per decoder layer; the
-decoder layer hands it to its mixer under the name its family uses (`TeacherAdapter.cache_kwarg`:
-`cache`, or `layer_past` for GPT-NeoX).
+A `MixerCache` (hyena/cache.py) holds one `HyenaLayerState` per modal decoder layer; the decoder
+layer hands it to its mixer under the name its family uses (`cache`, or `layer_past` for GPT-NeoX).
 """
 
 from __future__ import annotations
@@ -25,84 +24,40 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers.cache_utils import Cache, CacheLayerMixin
 
-from hyena.operator import HyenaConfig, HyenaOperator, fft_causal_conv
-from hyena.recurrence.modal import TIME_BLOCK, ModalFilter, modal_powers
-
-
-class HyenaLayerState(CacheLayerMixin):
-    """One layer's recurrent state: FIR state (B, W, k-1) and modal state (B, order-1, d, N) complex."""
-
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
-    supports_early_init = False
-
-    def __init__(self):
-        super().__init__()
-        self.fir: torch.Tensor | None = None
-        self.modal: torch.Tensor | None = None
-        self.seen = 0  # tokens absorbed so far
-
-    def lazy_initialization(self, key_states, value_states) -> None:
-        raise TypeError("a Hyena layer keeps a recurrent state, not keys/values")
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        raise TypeError("a Hyena layer keeps a recurrent state, not keys/values")
-
-    def get_seq_length(self) -> int:
-        return self.seen
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.seen + query_length, 0  # the mixers ignore masks; sizes keep HF's bookkeeping sane
-
-    def get_max_length(self) -> int:
-        return -1  # no limit: the state does not grow
-
-    def reset(self) -> None:
-        self.fir, self.modal, self.seen = None, None, 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        if self.fir is not None:
-            self.fir = self.fir.index_select(0, beam_idx.to(self.fir.device))
-            self.modal = self.modal.index_select(0, beam_idx.to(self.modal.device))
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.fir, self.modal) if t is not None)
+from hyena.cache import HyenaLayerState, MixerCache, layer_state
+from hyena.operator import (
+    HyenaConfig,
+    HyenaOperator,
+    causal_depthwise_conv,
+    fft_causal_conv,
+    project_channel_major,
+)
+from hyena.recurrence.modal import ModalFilter, modal_absorb, modal_powers, modal_response
 
 
-class HyenaRecurrentCache(Cache):
-    """Per-layer decoding state of a recurrent student; pass as `cache`. `layers` is an int (every
-    layer Hyena) or one kind per layer: "hyena" (a HyenaLayerState) or "attention" (a KV
-    `DynamicLayer`, for the layers a hybrid student kept)."""
+class HyenaRecurrentCache(MixerCache):
+    """Recurrent states of `n_layers` decoder layers that are all modal mixers (a `MixerCache`)."""
 
-    def __init__(self, layers: int | list[str]):
-        from transformers.cache_utils import DynamicLayer
-
-        kinds = ["hyena"] * layers if isinstance(layers, int) else list(layers)
-        super().__init__(layers=[HyenaLayerState() if k == "hyena" else DynamicLayer() for k in kinds])
-
-    def nbytes(self) -> int:
-        """Bytes held (all layers, all sequences of the batch)."""
-        return sum(layer.nbytes() if isinstance(layer, HyenaLayerState)
-                   else sum(t.nbytes for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
-                   for layer in self.layers)
+    def __init__(self, n_layers: int):
+        super().__init__([HyenaLayerState() for _ in range(n_layers)])
 
 
 class RecurrentHyenaMixer(nn.Module):
     """A Hyena operator whose long filters are modal (p, R, D): same projections and short conv.
 
     forward(hidden_states, *args, **kwargs) accepts the HF attention call and returns (y, None).
-    With a `HyenaRecurrentCache` in kwargs (under `cache_kwarg`) it continues that
+    With a cache in kwargs (under `cache` or `layer_past`) it continues that
     layer's state (prefill or chunk by FFT, single tokens by the recurrence); without one it is a
     stateless causal mixer, exactly the convolution with the modal filters.
     """
 
+    cache_kind = "modal"  # the MixerCache layer state this mixer keeps (hyena/cache.py)
+
     def __init__(self, d_model: int, cfg: HyenaConfig, modal_order: int, layer_idx: int = 0,
-                 min_decay: float = 1e-6, cache_kwarg: str = "cache"):
+                 min_decay: float = 1e-6):
         super().__init__()
-        self.cfg, self.d_model, self.layer_idx, self.cache_kwarg = cfg, d_model, layer_idx, cache_kwarg
+        self.cfg, self.d_model, self.layer_idx = cfg, d_model, layer_idx
         width = d_model * (cfg.order + 1)
         self.in_proj = nn.Linear(d_model, width)
         self.out_proj = nn.Linear(d_model, d_model)
@@ -128,42 +83,47 @@ class RecurrentHyenaMixer(nn.Module):
         return tuple(p._version for p in self.modal.parameters()) + (self.modal.D.device,)
 
     def tail_kernel(self, L: int) -> torch.Tensor:
-        """Modal kernel (order-1, d, L) with k[0] = 0 (D is applied as the pass-through)."""
+        """Modal kernel (order-1, d, L) with k[0] = 0 (D is applied as the pass-through). At
+        inference the longest kernel built so far is kept and shorter ones are its prefixes."""
         if torch.is_grad_enabled():
             return self.modal.tail_kernel(L)
-        key = (L, *self._version())
-        if self._kernel is None or self._kernel[0] != key:
+        key = self._version()
+        if self._kernel is None or self._kernel[0] != key or self._kernel[1].shape[-1] < L:
             self._kernel = (key, self.modal.tail_kernel(L))
-        return self._kernel[1]
+        return self._kernel[1][..., :L]
 
     def _decode_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Poles p and Re(R) / -Im(R) side by side, (F, d, N) complex and (F, d, N, 2) real."""
         key = self._version()
         if torch.is_grad_enabled() or self._consts is None or self._consts[0] != key:
-            self._consts = (key, (self.modal.poles(), self.modal.residues()))  # (F, d, N) each
+            R = self.modal.residues()
+            self._consts = (key, (self.modal.poles(), torch.stack([R.real, -R.imag], dim=-1)))
         return self._consts[1]
 
     # ---- the three paths ---------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
-        cache = kwargs.get(self.cache_kwarg)
-        state = cache.layers[self.layer_idx] if isinstance(cache, HyenaRecurrentCache) else None
+        state = layer_state(kwargs, self.layer_idx)
+        if state is not None and not isinstance(state, HyenaLayerState):
+            raise TypeError(f"decoder layer {self.layer_idx} is a modal Hyena mixer but its cache layer is a {type(state).__name__}")
         if state is not None and state.seen > 0 and hidden_states.shape[1] == 1:
             return self.step(hidden_states[:, 0], state)[:, None], None
         return self.chunk(hidden_states, state), None
 
-    def _short_conv(self, z: torch.Tensor, state: HyenaLayerState | None) -> torch.Tensor:
-        """Causal depthwise conv of z (B, W, T) continuing the FIR state; updates it."""
-        B, W, _ = z.shape
+    def _short_conv(self, p: torch.Tensor, state: HyenaLayerState | None) -> torch.Tensor:
+        """Causal depthwise conv of the projected inputs p (B, W, T) continuing the FIR state; updates it."""
         k = self.short_filter.kernel_size[0]
-        prev = state.fir if state is not None and state.fir is not None else z.new_zeros(B, W, k - 1)
-        zc = torch.cat([prev, z], dim=-1)  # (B, W, k-1+T)
-        if state is not None:
-            state.fir = zc[..., zc.shape[-1] - (k - 1):].clone()  # clone: do not pin the whole chunk
-        return F.conv1d(zc, self.short_filter.weight, self.short_filter.bias, groups=W)  # (B, W, T)
+        if state is None or state.fir is None:  # nothing before: the operator's stateless short conv
+            if state is not None:
+                state.fir = F.pad(p[..., max(0, p.shape[-1] - (k - 1)):], (max(0, k - 1 - p.shape[-1]), 0)).clone()
+            return causal_depthwise_conv(p, self.short_filter)
+        window = torch.cat([state.fir, p], dim=-1)  # (B, W, k-1+T)
+        state.fir = window[..., window.shape[-1] - (k - 1):].clone()  # clone: do not pin the whole chunk
+        return F.conv1d(window, self.short_filter.weight, self.short_filter.bias, groups=window.shape[1])
 
     def chunk(self, u: torch.Tensor, state: HyenaLayerState | None = None) -> torch.Tensor:
         """T tokens at once (B, T, d) -> (B, T, d): FFT convolution plus the carried-in state."""
         B, T, d = u.shape
-        z = self._short_conv(self.in_proj(u).transpose(1, 2), state)  # (B, W, T)
+        z = self._short_conv(project_channel_major(self.in_proj, u), state)  # (B, W, T)
         *x, v = z.split(d, dim=1)  # each (B, d, T)
         kern = self.tail_kernel(T)  # (F, d, T)
         D = self.modal.D  # (F, d)
@@ -180,53 +140,41 @@ class RecurrentHyenaMixer(nn.Module):
         if state is not None:
             state.modal = torch.stack(new_states, dim=1)  # (B, F, d, N)
             state.seen += T
-        return self.out_proj((v * x[0]).transpose(1, 2))  # (B, T, d)
+        return self.out_proj((v * x[0]).mT)  # (B, T, d)
 
     def _state_response(self, o: int, s: torch.Tensor, T: int) -> torch.Tensor:
         """Re(sum_n R_n p_n^t s_n) for t < T: the carried-in state's effect, (B, d, T)."""
         m = self.modal
-        Rs = (m.residues()[o][None] * s).transpose(0, 1)  # (d, B, N)
-        out = []
-        for a in range(0, T, TIME_BLOCK):
-            V = modal_powers(m.decay()[o], m.theta[o], a, min(T, a + TIME_BLOCK) - a)  # (d, N, t)
-            out.append(torch.bmm(Rs, V).real)  # (d, B, t)
-        return torch.cat(out, dim=-1).transpose(0, 1)
+        coef = (m.residues()[o][None] * s).transpose(0, 1)  # (d, B, N)
+        return modal_response(coef, m.decay()[o], m.theta[o], 0, T).transpose(0, 1)
 
     def _absorb(self, o: int, s: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor:
-        """State after the chunk: p^T s + sum_j p^(T-1-j) w_j, (B, d, N) complex64, in time blocks."""
+        """State after the chunk: p^T s + sum_j p^(T-1-j) w_j, (B, d, N) complex64."""
         m = self.modal
-        T = w.shape[-1]
         decay, theta = m.decay()[o], m.theta[o]
-        wc = w.to(torch.float32).transpose(0, 1).to(torch.complex64)  # (d, B, T)
-        new = None
-        for a in range(0, T, TIME_BLOCK):
-            b = min(T, a + TIME_BLOCK)
-            V = modal_powers(decay, theta, T - b, b - a).flip(-1)  # p^(T-1-j), j in [a, b): (d, N, t)
-            part = torch.bmm(wc[..., a:b], V.transpose(1, 2))  # (d, B, N)
-            new = part if new is None else new + part
-        new = new.transpose(0, 1)  # (B, d, N)
+        new = modal_absorb(w.transpose(0, 1), decay, theta).transpose(0, 1)  # (B, d, N)
         if s is not None:
-            new = new + modal_powers(decay, theta, T, 1)[..., 0] * s
+            new = new + modal_powers(decay, theta, w.shape[-1], 1)[..., 0] * s
         return new
 
     def step(self, u: torch.Tensor, state: HyenaLayerState) -> torch.Tensor:
-        """One token (B, d) -> (B, d): O(d (N + k)) per long filter beyond the projections."""
+        """One token (B, d) -> (B, d): O(d (N + k)) per long filter beyond the projections; the
+        modal state is updated in place."""
         d = self.d_model
         z = self.in_proj(u)  # (B, W)
         win = torch.cat([state.fir, z[..., None]], dim=-1)  # (B, W, k)
         state.fir = win[..., 1:]
         z = (win * self.short_filter.weight[:, 0, :]).sum(-1) + self.short_filter.bias  # (B, W)
         *x, v = z.split(d, dim=-1)  # each (B, d)
-        p, R = self._decode_constants()  # (F, d, N)
+        p, R = self._decode_constants()  # (F, d, N) complex, (F, d, N, 2) real
         D = self.modal.D
         s = state.modal  # (B, F, d, N)
-        new_states = []
         for o, x_i in enumerate(reversed(x[1:])):
             w = v * x_i  # (B, d)
             s_o = s[:, o]
-            v = D[o] * w + (R[o] * s_o).real.sum(-1)  # output uses the state BEFORE this token
-            new_states.append(p[o] * s_o + w[..., None])
-        state.modal = torch.stack(new_states, dim=1)
+            # Re(sum_n R_n s_n), from the state BEFORE this token
+            v = torch.addcmul((torch.view_as_real(s_o) * R[o]).sum((-1, -2)), D[o], w)
+            s_o.mul_(p[o]).add_(w[..., None])
         state.seen += 1
         return self.out_proj(v * x[0])
 

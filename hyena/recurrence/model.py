@@ -7,9 +7,9 @@ implicit FFN). Its config (model_type "hyena_recurrent_student") is the student'
 round-trip it as a regular HF directory (after `import hyena.recurrence`, which registers it).
 
 Without a cache (`use_cache=False`, e.g. perplexity evaluation) a forward pass is the FFT
-convolution with the modal filters. With `use_cache=True` the model carries a
-`HyenaRecurrentCache` and `generate()` feeds only the new tokens: prefill by FFT, then one
-recurrent step per token.
+convolution with the modal filters. With `use_cache=True` the model carries a `MixerCache` of
+modal states (`new_cache()`, inherited from the student) and `generate()` feeds only the new
+tokens: prefill by FFT, then one recurrent step per token.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from hyena.recurrence.calibrate import (
     output_weighted_residues,
     refine_on_outputs,
 )
-from hyena.recurrence.mixer import HyenaRecurrentCache, RecurrentHyenaMixer
+from hyena.recurrence.mixer import RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFitConfig, filter_errors, fit_modal, relative_l2
 from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
 
@@ -76,38 +76,9 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
         for i, layer in enumerate(self.decoder_layers()):
             if not config.is_hyena(i):
                 continue  # a kept attention layer decodes with its KV cache
-            mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay(),
-                                        cache_kwarg=self.adapter.cache_kwarg)
+            mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay())
             self.adapter.set_attention(layer, mixer.to(self.dtype))
         self.generation_config.use_cache = True
-
-    def new_cache(self) -> HyenaRecurrentCache:
-        return HyenaRecurrentCache(["hyena" if self.config.is_hyena(i) else "attention"
-                                    for i in range(len(self.decoder_layers()))])
-
-    def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None,
-                cache=None, use_cache=None, **kwargs):
-        """Stateless (FFT with modal filters) unless a cache is given or `use_cache=True`; then the
-        cache's state is continued and returned as `cache`."""
-        if cache is None and not use_cache:
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                                   inputs_embeds=inputs_embeds, **kwargs)
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("recurrent decoding does not support padded batches: pass prompts "
-                             "without padding (one at a time, or all of the same length)")
-        cache = cache if isinstance(cache, HyenaRecurrentCache) else self.new_cache()
-        kwargs.pop("position_ids", None)
-        return self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
-                             cache=cache, use_cache=True, **kwargs)
-
-    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None,
-                                      inputs_embeds=None, use_cache=None, **kwargs):
-        """Feed only the tokens the cache has not absorbed yet (the whole prompt at first)."""
-        if use_cache is False:  # generate(use_cache=False): re-run the full sequence each step
-            return {"input_ids": input_ids, "use_cache": False}
-        cache = cache if isinstance(cache, HyenaRecurrentCache) else self.new_cache()
-        return {"input_ids": input_ids[:, cache.get_seq_length():], "cache": cache,
-                "use_cache": True, "attention_mask": attention_mask}
 
 
 def register() -> None:
