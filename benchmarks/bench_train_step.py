@@ -19,6 +19,7 @@ warm-up step first).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -59,7 +60,12 @@ def worker(kind: str, steps: int) -> dict:
 
         def run(n_steps):
             cfg = DistillConfig(batch_size=B, epochs=1, log_every=1000)
-            return distill_layer(layer, mixer, x[:B * n_steps], y[:B * n_steps], *val, cfg, env)
+            if "fn" not in inspect.signature(distill_layer).parameters:  # a baseline tree from before trainable_fn
+                return distill_layer(layer, mixer, x[:B * n_steps], y[:B * n_steps], *val, cfg, env)
+            from hyena.train.distill import trainable_fn
+
+            fn = trainable_fn(layer, mixer, student.adapter.input_norm(layer), cfg)
+            return distill_layer(fn, x[:B * n_steps], y[:B * n_steps], *val, cfg, env)
     else:
         from hyena.train.lm import FinetuneConfig, train_lm
 

@@ -221,7 +221,7 @@ def distill(p: dict, args, budget: Budget) -> dict:
     from hyena.operator import HyenaConfig
     from hyena.student import StudentConfig, build_student
     from hyena.train.dist import setup
-    from hyena.train.distill import DistillConfig, distill_layer
+    from hyena.train.distill import DistillConfig, distill_layer, trainable_fn
     from hyena.train.lm import FinetuneConfig, train_lm
 
     L = p["context"]
@@ -245,9 +245,13 @@ def distill(p: dict, args, budget: Budget) -> dict:
     out = {"weights": weights, "device": str(env.device), "amp": str(env.amp_dtype), "context": L, "batch": B}
     x = rng.standard_normal((B * p["distill_steps"], L, d)).astype(np.float32)
     cfg = DistillConfig(batch_size=B, epochs=1, log_every=10**6)
-    layer, mix = student.decoder_layers()[i], student.mixer(i)
-    distill_layer(layer, mix, x[:B], x[:B], x[:1], x[:1], cfg, env)  # warm-up
-    r = distill_layer(layer, mix, x, x, x[:1], x[:1], cfg, env)
+    layer = student.decoder_layers()[i]
+
+    def fn():  # distill_layer freezes what it trained: unfreeze for each run
+        return trainable_fn(layer, student.mixer(i), student.adapter.input_norm(layer), cfg)
+
+    distill_layer(fn(), x[:B], x[:B], x[:1], x[:1], cfg, env)  # warm-up
+    r = distill_layer(fn(), x, x, x[:1], x[:1], cfg, env)
     out["distill_tokens_per_s"] = round(r["train_tokens"] / r["seconds"], 1)
     if budget.left() > 30:
         tokens = rng.integers(0, student.config.vocab_size, (B * (p["lm_steps"] + 1), L)).astype(np.int32)

@@ -268,7 +268,8 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("cached decoding does not support padded batches: pass prompts without "
                              "padding (one at a time, or all of the same length), or use_cache=False")
         cache = cache if isinstance(cache, MixerCache) else self.new_cache()
-        if cache.only_mixers() and labels is None and inputs_embeds is None and not _wants_extra_outputs(kwargs):
+        # learned absolute positions (GPT-2) need the backbone's position bookkeeping
+        if cache.only_mixers() and self.adapter.position_attr is None and labels is None and inputs_embeds is None and not _wants_extra_outputs(kwargs):
             return self._decode(input_ids, cache, logits_to_keep)
         out = self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
                             cache=cache, use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
@@ -278,12 +279,13 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
     def _decode(self, input_ids: torch.Tensor, cache: MixerCache, logits_to_keep) -> CausalLMOutputWithPast:
         """The backbone's forward without what the mixers ignore (masks, rotary tables, output
         capture): embedding, the decoder layers with the cache, final norm, the LM head on the
-        positions kept. Only for models whose every layer is a Hyena mixer."""
+        positions kept. Only for models whose every layer is a Hyena mixer and that have no learned
+        absolute positions."""
         name = self.adapter.cache_kwarg
         h = self.embed(input_ids)  # (B, T, d)
         for layer in self.decoder_layers():
             h = first_output(layer(h, **{name: cache}))
-        h = _final_norm(self.adapter.base(self.backbone))(slice_logits_to_keep(h, logits_to_keep))
+        h = self.adapter.final_norm(self.backbone)(slice_logits_to_keep(h, logits_to_keep))
         return CausalLMOutputWithPast(logits=self.backbone.get_output_embeddings()(h), cache=cache)
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, inputs_embeds=None,
@@ -336,14 +338,6 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
 
 def _wants_extra_outputs(kwargs: dict) -> bool:
     return bool(kwargs.get("output_hidden_states") or kwargs.get("output_attentions"))
-
-
-def _final_norm(base: nn.Module) -> nn.Module:
-    """The norm a family's base model applies after its last decoder layer."""
-    for name in ("norm", "final_layer_norm"):  # Llama family, GPT-NeoX
-        if isinstance(getattr(base, name, None), nn.Module):
-            return getattr(base, name)
-    raise ValueError(f"no final norm found on {type(base).__name__}: name it in hyena/student.py:_final_norm")
 
 
 def _leading_pads(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -45,6 +45,7 @@ class TeacherAdapter:
     cache_kwarg: str = "cache"  # name under which a decoder layer hands the cache to its attention
     position_attr: str | None = None  # attribute of the base model: learned absolute position embeddings
     dropout_attr: str | None = None  # attribute of the base model: dropout on the embedding output
+    final_norm_attr: str = "norm"  # attribute of the base model: the norm after the last decoder layer
 
     def base(self, model: nn.Module) -> nn.Module:
         return getattr(model, self.base_attr)
@@ -57,6 +58,9 @@ class TeacherAdapter:
 
     def embedding(self, model: nn.Module) -> nn.Module:
         return getattr(self.base(model), self.embed_attr)
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return getattr(self.base(model), self.final_norm_attr)
 
     def attention(self, layer: nn.Module) -> nn.Module:
         return getattr(layer, self.attn_attr)
@@ -85,7 +89,7 @@ def _llama_like(family: str) -> TeacherAdapter:
 
 ADAPTERS: dict[str, TeacherAdapter] = {
     "gpt_neox": TeacherAdapter("gpt_neox", "gpt_neox", "embed_in", "attention", cache_kwarg="layer_past",
-                               dropout_attr="emb_dropout"),
+                               dropout_attr="emb_dropout", final_norm_attr="final_layer_norm"),
     "llama": _llama_like("llama"),
     "mistral": _llama_like("mistral"),
     "qwen2": _llama_like("qwen2"),
@@ -93,7 +97,7 @@ ADAPTERS: dict[str, TeacherAdapter] = {
     # GPT-2: transformer.h[i].attn behind ln_1; learned absolute positions (wpe), which the
     # student keeps: they are part of layer 1's input, not of the attention
     "gpt2": TeacherAdapter("gpt2", "transformer", "wte", "attn", norm_attr="ln_1", layers_attr="h",
-                           position_attr="wpe", dropout_attr="drop"),
+                           position_attr="wpe", dropout_attr="drop", final_norm_attr="ln_f"),
 }
 
 

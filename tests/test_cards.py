@@ -80,7 +80,9 @@ def test_the_card_loading_recipe_runs(tmp_path, tiny_llama, pythia_tokenizer, ca
                      "card", "exec"), scope)
     assert type(scope["model"]).__name__ == "HyenaStudentForCausalLM"
     with torch.no_grad():
-        assert torch.equal(scope["model"](input_ids=scope["ids"]).logits, student(input_ids=scope["ids"]).logits)
+        # same weights; the loaded model's generate() left filter spectra cached, so equal to rounding
+        torch.testing.assert_close(scope["model"](input_ids=scope["ids"]).logits, student(input_ids=scope["ids"]).logits,
+                                   rtol=1e-5, atol=1e-5)
     assert scope["lm"].backend == "causal"
     assert not any("neither marked as CausalLM" in r.getMessage() for r in caplog.records)
 
