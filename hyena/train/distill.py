@@ -22,6 +22,7 @@ loss; `val_mse_after_first` (positions >= 1) is always reported to show what the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -217,8 +218,11 @@ def distill_layer(
     train_inputs = load_all(train_inputs, RAM_BYTES // 2)
     train_targets = load_all(train_targets, RAM_BYTES // 2)
     fn = fn.to(env.device)
+    solve_seconds = 0.0
     if readout is not None:
+        t0 = time.perf_counter()
         readout()
+        solve_seconds += time.perf_counter() - t0
     before = layer_mse(fn.eval(), val_inputs, val_targets, env, VAL_BATCH)
 
     model = wrap(fn, env)
@@ -242,7 +246,9 @@ def distill_layer(
         {"train_loss_final": None, "seconds": 0.0}
     fn.eval()
     if readout is not None and total:
+        t0 = time.perf_counter()
         readout()
+        solve_seconds += time.perf_counter() - t0
     after = layer_mse(fn, val_inputs, val_targets, env, VAL_BATCH)
     fn.requires_grad_(False)
     return {
@@ -250,7 +256,7 @@ def distill_layer(
         "val_nmse_before": before["nmse"], "val_nmse": after["nmse"],
         "val_mse_after_first_before": before["mse_after_first"], "val_mse_after_first": after["mse_after_first"],
         "train_mse_final": run["train_loss_final"], "steps": total,
-        "train_tokens": total * cfg.batch_size * seq_len, "seconds": run["seconds"],
+        "train_tokens": total * cfg.batch_size * seq_len, "seconds": run["seconds"] + solve_seconds,  # training: gradient steps and readout solves
     }
 
 
