@@ -73,8 +73,9 @@ def main(
     for arr, fix in ((train_in, fix_in), (val_in, fix_in), (train_out, REDUMP), (val_out, REDUMP)):
         check_chunks(arr, arr.path, fix, progress_bar=env.is_main)
 
+    # every layer's stage writes its DVCLive dir (a dvc.yaml output), a kept layer's stays empty
+    log = dvclive_logger(p.dvclive(f"distill_{layer}")) if env.is_main else None
     if student.config.is_hyena(idx - 1):
-        log = dvclive_logger(p.dvclive(f"distill_{layer}")) if env.is_main else None
         result = _distill(student, idx - 1, cfg, env, params, (train_in, train_out), (val_in, val_out), log)
     else:
         result = _kept(student, idx - 1, val_in, val_out, env)

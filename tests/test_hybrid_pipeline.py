@@ -1,0 +1,38 @@
+"""A hybrid student through the stages: the kept layer's distill stage passes the teacher's layer
+through (and still writes every output dvc.yaml declares), later stages keep its attention."""
+
+import json
+import shutil
+
+import yaml
+from conftest import SMALL_STAGES, run_stage, small_project_params, tiny_neox_config
+
+
+def test_kept_attention_layer_through_every_stage(tmp_path, pythia_dir, owt_jsonl):
+    teacher_src = tmp_path / "tiny-neox"
+    tiny_neox_config(layers=2, d=64).save_pretrained(teacher_src)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(pythia_dir / name, teacher_src / name)
+    cfg = small_project_params(tmp_path, teacher_src, owt_jsonl)
+    cfg["student"]["keep_attention"] = [1]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for args in SMALL_STAGES:
+        result = run_stage(params, *args)
+        assert result.exit_code == 0, f"{args}: {result.output}\n{result.exception!r}"
+
+    kept = json.loads((tmp_path / "reports/metrics/distill/layer_01.json").read_text())
+    trained = json.loads((tmp_path / "reports/metrics/distill/layer_02.json").read_text())
+    assert kept["kept_attention"] and kept["steps"] == 0
+    assert kept["val_layer_mse"] < 1e-8  # layer 1 reads the teacher's embedding output: it is the teacher's layer
+    assert "kept_attention" not in trained and trained["steps"] > 0
+    # DVC requires every declared output, the kept layer's DVCLive directory included
+    assert (tmp_path / "reports/dvclive/distill_01").is_dir()
+
+    from hyena.recurrence.mixer import RecurrentHyenaMixer
+    from hyena.recurrence.model import HyenaRecurrentForCausalLM
+
+    recurrent = HyenaRecurrentForCausalLM.from_pretrained(tmp_path / "data/students/recurrent")
+    assert recurrent.config.keep_attention == [1]
+    assert not isinstance(recurrent.mixer(0), RecurrentHyenaMixer)
+    assert isinstance(recurrent.mixer(1), RecurrentHyenaMixer)
