@@ -268,8 +268,7 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError("cached decoding does not support padded batches: pass prompts without "
                              "padding (one at a time, or all of the same length), or use_cache=False")
         cache = cache if isinstance(cache, MixerCache) else self.new_cache()
-        # learned absolute positions (GPT-2) need the backbone's position bookkeeping
-        if cache.only_mixers() and self.adapter.position_attr is None and labels is None and inputs_embeds is None and not _wants_extra_outputs(kwargs):
+        if cache.only_mixers() and labels is None and inputs_embeds is None and not _wants_extra_outputs(kwargs):
             return self._decode(input_ids, cache, logits_to_keep)
         out = self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
                             cache=cache, use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
@@ -279,10 +278,9 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
     def _decode(self, input_ids: torch.Tensor, cache: MixerCache, logits_to_keep) -> CausalLMOutputWithPast:
         """The backbone's forward without what the mixers ignore (masks, rotary tables, output
         capture): embedding, the decoder layers with the cache, final norm, the LM head on the
-        positions kept. Only for models whose every layer is a Hyena mixer and that have no learned
-        absolute positions."""
+        positions kept. Only for models whose every layer is a Hyena mixer."""
         name = self.adapter.cache_kwarg
-        h = self.embed(input_ids)  # (B, T, d)
+        h = self.adapter.embed(self.backbone, input_ids, start=cache.get_seq_length())  # (B, T, d)
         for layer in self.decoder_layers():
             h = first_output(layer(h, **{name: cache}))
         h = self.adapter.final_norm(self.backbone)(slice_logits_to_keep(h, logits_to_keep))
