@@ -17,6 +17,13 @@ mean time of the tokens after it. The machine's read bandwidth is measured in th
 
     python benchmarks/bench_generate.py [--prompts 128 1024 4096 16384] [--new-tokens 16] [--threads 2]
     python benchmarks/bench_generate.py --prompts 65536 --models teacher recurrent
+    python benchmarks/bench_generate.py --prompts 128 --models teacher recurrent --synthetic-at 65536
+
+`--synthetic-at L` times one decode step (a forward call with the cache) at context L without
+the prefill: the teacher's KV cache holds L positions of random keys and values, the recurrent
+student's state comes from a short real prompt (its step does not depend on L). A decode step's
+work does not depend on what the cache holds, and the teacher's real 64K prefill would take about
+45 minutes on this CPU.
 """
 
 from __future__ import annotations
@@ -187,6 +194,29 @@ def step_breakdown(name: str, model: nn.Module, L: int, steps: int = 8) -> dict[
     return {"generate": gen, "forward": sorted(times)[steps // 2], "linears": sorted(lin)[steps // 2]}
 
 
+@torch.no_grad()
+def synthetic_step(name: str, model: nn.Module, L: int, steps: int = 8) -> float:
+    """Median seconds of one decode step (forward of one token with the cache) at context L, the
+    cache filled without a prefill (see the module docstring)."""
+    ids = torch.randint(3, 49000, (1, 16), generator=torch.Generator().manual_seed(0))
+    if name == "teacher":
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+        g = torch.Generator().manual_seed(1)
+        for layer in cache.layers:  # (B, kv heads, L, head dim) random keys and values
+            layer.keys = torch.randn(layer.keys.shape[:2] + (L, layer.keys.shape[-1]), generator=g)
+            layer.values = torch.randn(layer.keys.shape, generator=g)
+    else:
+        cache = model.new_cache()
+        model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+    tok, times = torch.full((1, 1), 7), []
+    for _ in range(steps + 1):
+        t0 = CLOCK()
+        model(input_ids=tok, cache=cache, use_cache=True, logits_to_keep=1)
+        times.append(CLOCK() - t0)
+    del cache
+    return sorted(times[1:])[steps // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, nargs="+", default=[128, 1024, 4096, 16384])
@@ -199,12 +229,14 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="split one decode step at the shortest prompt into generate() / forward / matmuls")
     ap.add_argument("--no-cache-student-at", type=int, nargs="*", default=[],
                     help="also time the student re-running the whole prefix each step (use_cache=False) at these prompts (2 tokens)")
+    ap.add_argument("--synthetic-at", type=int, nargs="*", default=[],
+                    help="also time one decode step of the teacher and the recurrent student at these contexts without a prefill")
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()
-    max_len = max(args.prompts) + args.new_tokens + 1
+    max_len = max(args.prompts + args.synthetic_at) + args.new_tokens + 1
     models = build_models(args.models, max_len)
     bw = read_bandwidth()
     print(f"SmolLM2-135M shape, random weights, fp32, batch 1, greedy, {args.new_tokens} new tokens, "
@@ -259,6 +291,14 @@ def main() -> None:
             print(f"  student without cache L={L}: {(t[-1] - t[1]) / (len(t) - 2):.2f} s/token", flush=True)
             rows.append(("student, no cache (re-runs the prefix)", L,
                          {"prefill_s": t[1] - t[0], "decode_s": (t[-1] - t[1]) / (len(t) - 2), "state_bytes": 0}, weights["student"]))
+    synthetic = {}
+    for L in args.synthetic_at:
+        for k in ("teacher", "recurrent"):
+            if k in models:
+                synthetic[(k, L)] = synthetic_step(k, models[k], L)
+                print(f"  {k} one decode step at context {L} (synthetic cache): {synthetic[(k, L)] * 1e3:.1f} ms", flush=True)
+        if ("teacher", L) in synthetic and ("recurrent", L) in synthetic:
+            print(f"  context {L}: recurrent step {synthetic[('teacher', L)] / synthetic[('recurrent', L)]:.2f}x faster than the teacher's")
     print()
     print("| model | prompt | prefill s | decode tok/s | ms/token | floor ms/token | vs floor | vs teacher tok/s | state MiB/sequence |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -39,6 +39,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from hyena.cache import HyenaConvState, MixerCache, conv_forward, layer_state
 from hyena.config import Config, param
+from hyena.decode_step import fusable, layer_step
 from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, Sin
 from hyena.runtime import first_output
 from hyena.teachers import TeacherAdapter, causal_mask, get_adapter, position_inputs, sliding_window
@@ -279,10 +280,13 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         """The backbone's forward without what the mixers ignore (masks, rotary tables, output
         capture): embedding, the decoder layers with the cache, final norm, the LM head on the
         positions kept. Only for models whose every layer is a Hyena mixer."""
-        name = self.adapter.cache_kwarg
+        kwargs = {self.adapter.cache_kwarg: cache}
         h = self.adapter.embed(self.backbone, input_ids, start=cache.get_seq_length())  # (B, T, d)
         for layer in self.decoder_layers():
-            h = first_output(layer(h, **{name: cache}))
+            if h.shape[1] == 1 and fusable(layer):  # one new token in decode_layout: fewer kernels
+                h = layer_step(layer, self.adapter.attention(layer), h, kwargs)
+            else:
+                h = first_output(layer(h, **kwargs))
         h = self.adapter.final_norm(self.backbone)(slice_logits_to_keep(h, logits_to_keep))
         return CausalLMOutputWithPast(logits=self.backbone.get_output_embeddings()(h), cache=cache)
 

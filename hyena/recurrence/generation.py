@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hyena.decode_step import pack_gate_up, unpack_gate_up
+
 
 @dataclass
 class Sampling:
@@ -43,10 +45,11 @@ def decode_layout(model: torch.nn.Module):
     """Within the block every Linear weight W (out, in) is the transposed view of a contiguous
     (in, out) array: same values, shape and dtype, other strides. On CPU, MKL's x @ W^T for one
     row x streams a contiguous W^T faster than a contiguous W (measured on these EPYC cores:
-    BENCHMARKS.md, "Generation"); large-batch matmuls run the same either way. The standard layout
-    comes back on exit (save_pretrained needs it). Tied weights follow (one Parameter); other
-    devices are left alone."""
-    moved = []
+    BENCHMARKS.md, "Generation"); large-batch matmuls run the same either way. A gated MLP's gate
+    and up projections become two views of one such array (`hyena.decode_step.pack_gate_up`), which
+    the students' decode step reads with one GEMV. The standard layout comes back on exit
+    (save_pretrained needs it). Tied weights follow (one Parameter); other devices are left alone."""
+    moved, packed = [], [m for m in model.modules() if pack_gate_up(m)]
     with torch.no_grad():
         for module in model.modules():
             w = getattr(module, "weight", None) if isinstance(module, torch.nn.Linear) else None
@@ -60,6 +63,8 @@ def decode_layout(model: torch.nn.Module):
         with torch.no_grad():
             for w in moved:
                 w.data = w.data.contiguous()
+            for m in packed:
+                unpack_gate_up(m)
 
 
 def model_kind(model) -> str:
