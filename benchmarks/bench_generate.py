@@ -5,7 +5,9 @@ RANDOM weights: speed does not depend on their values), fp32, batch 1, greedy, o
 
 - teacher:   the transformer with its KV cache;
 - student:   the convolutional Hyena student with its MixerCache (past filter inputs, O(L) a token);
-- recurrent: the Laughing Hyena student (modal order 16, random stable poles), O(1) a token.
+- recurrent: the Laughing Hyena student (modal order 16, random stable poles), O(1) a token;
+- hybrid:    the recurrent student keeping the teacher's attention (and its KV cache) in 7 of
+             the 30 layers (HYBRID_KEEP, the layers reports/recipes.md's hybrid keeps).
 
 Every model runs inside `hyena.recurrence.generation.decode_layout` (as the project's generate
 command does); `--stock-layout` adds rows at the shortest prompt without it. Each cell is one
@@ -36,6 +38,7 @@ import time
 import torch
 import torch.nn as nn
 from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers.cache_utils import DynamicLayer
 
 from hyena.operator import HyenaConfig
 from hyena.recurrence.generation import decode_layout
@@ -51,6 +54,9 @@ def smollm2_config(max_positions: int) -> LlamaConfig:
                        tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
 
 
+HYBRID_KEEP = [1, 2, 3, 4, 12, 14, 24]
+
+
 def build_models(kinds: list[str], max_len: int, order: int = 16) -> dict[str, nn.Module]:
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(smollm2_config(max_len)).eval()
@@ -60,6 +66,9 @@ def build_models(kinds: list[str], max_len: int, order: int = 16) -> dict[str, n
         models["student"] = student
         if "recurrent" in kinds:
             models["recurrent"] = recurrent_like(student, order)
+    if "hybrid" in kinds:
+        hybrid = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=max_len), keep_attention=HYBRID_KEEP))
+        models["hybrid"] = recurrent_like(hybrid, order)
     return {k: m.requires_grad_(False) for k, m in models.items() if k in kinds}
 
 
@@ -72,7 +81,7 @@ def recurrent_like(student, order: int) -> HyenaRecurrentForCausalLM:
     model.load_state_dict(student.state_dict(), strict=False)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for i in range(len(model.decoder_layers())):
+        for i in model.hyena_layers():
             m = model.mixer(i).modal
             for p, (lo, hi) in ((m.log_decay, (-9, -3)), (m.theta, (0, 3.14))):
                 p.copy_(torch.rand(p.shape, generator=g) * (hi - lo) + lo)
@@ -175,7 +184,7 @@ def step_breakdown(name: str, model: nn.Module, L: int, steps: int = 8) -> dict[
     the model's forward of one token with its cache, and the Linear layers alone on one row."""
     ids = torch.randint(3, 49000, (1, L), generator=torch.Generator().manual_seed(0))
     gen = run_generate(model, L, steps + 1)["decode_s"]
-    cache = None if name == "teacher" else model.new_cache()
+    cache = None if name == "teacher" else model.new_cache()  # a hybrid's holds KV caches too
     out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
     cache, tok = out.cache if cache is None else cache, torch.full((1, 1), 7)
     times = []
@@ -201,13 +210,16 @@ def synthetic_step(name: str, model: nn.Module, L: int, steps: int = 8) -> float
     ids = torch.randint(3, 49000, (1, 16), generator=torch.Generator().manual_seed(0))
     if name == "teacher":
         cache = model(input_ids=ids, use_cache=True).past_key_values
-        g = torch.Generator().manual_seed(1)
-        for layer in cache.layers:  # (B, kv heads, L, head dim) random keys and values
-            layer.keys = torch.randn(layer.keys.shape[:2] + (L, layer.keys.shape[-1]), generator=g)
-            layer.values = torch.randn(layer.keys.shape, generator=g)
     else:
         cache = model.new_cache()
         model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+    g = torch.Generator().manual_seed(1)
+    for layer in cache.layers:
+        if isinstance(layer, DynamicLayer):  # (B, kv heads, L, head dim) random keys and values
+            layer.keys = torch.randn(layer.keys.shape[:2] + (L, layer.keys.shape[-1]), generator=g)
+            layer.values = torch.randn(layer.keys.shape, generator=g)
+        else:  # a Hyena layer's state: the same work at any position
+            layer.seen = L
     tok, times = torch.full((1, 1), 7), []
     for _ in range(steps + 1):
         t0 = CLOCK()
@@ -221,7 +233,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, nargs="+", default=[128, 1024, 4096, 16384])
     ap.add_argument("--models", nargs="+", default=["teacher", "student", "recurrent"],
-                    choices=["teacher", "student", "recurrent"])
+                    choices=["teacher", "student", "recurrent", "hybrid"])
     ap.add_argument("--new-tokens", type=int, default=16, help="tokens generated per cell (decode = mean of the last n-1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall clock")
@@ -293,12 +305,13 @@ def main() -> None:
                          {"prefill_s": t[1] - t[0], "decode_s": (t[-1] - t[1]) / (len(t) - 2), "state_bytes": 0}, weights["student"]))
     synthetic = {}
     for L in args.synthetic_at:
-        for k in ("teacher", "recurrent"):
+        for k in ("teacher", "recurrent", "hybrid"):
             if k in models:
                 synthetic[(k, L)] = synthetic_step(k, models[k], L)
                 print(f"  {k} one decode step at context {L} (synthetic cache): {synthetic[(k, L)] * 1e3:.1f} ms", flush=True)
-        if ("teacher", L) in synthetic and ("recurrent", L) in synthetic:
-            print(f"  context {L}: recurrent step {synthetic[('teacher', L)] / synthetic[('recurrent', L)]:.2f}x faster than the teacher's")
+        for k in ("recurrent", "hybrid"):
+            if ("teacher", L) in synthetic and (k, L) in synthetic:
+                print(f"  context {L}: {k} step {synthetic[('teacher', L)] / synthetic[(k, L)]:.2f}x faster than the teacher's")
     print()
     print("| model | prompt | prefill s | decode tok/s | ms/token | floor ms/token | vs floor | vs teacher tok/s | state MiB/sequence |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -308,10 +321,11 @@ def main() -> None:
         vs = f"{teacher[L]['decode_s'] / r['decode_s']:.2f}x" if L in teacher and k != "teacher" else "-"
         print(f"| {k} | {L} | {r['prefill_s']:.2f} | {1 / r['decode_s']:.1f} | {r['decode_s'] * 1e3:.1f} | "
               f"{floor * 1e3:.1f} | {r['decode_s'] / floor:.2f}x | {vs} | {r['state_bytes'] / 2**20:.2f} |")
-    if "teacher" in models and "recurrent" in models:
-        print("\nprefill recurrent / teacher: " + ", ".join(
-            f"{L}: {teacher[L]['prefill_s'] / r['prefill_s']:.2f}x faster" for k, L, r, _ in rows
-            if k == "recurrent" and L in teacher))
+    for kind in ("recurrent", "hybrid"):
+        if "teacher" in models and kind in models:
+            print(f"\nprefill {kind} / teacher: " + ", ".join(
+                f"{L}: {teacher[L]['prefill_s'] / r['prefill_s']:.2f}x faster" for k, L, r, _ in rows
+                if k == kind and L in teacher))
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
