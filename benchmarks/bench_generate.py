@@ -22,8 +22,9 @@ mean time of the tokens after it. The machine's read bandwidth is measured in th
     python benchmarks/bench_generate.py --prompts 128 --models teacher recurrent --synthetic-at 65536
 
 `--synthetic-at L` times one decode step (a forward call with the cache) at context L without
-the prefill: the teacher's KV cache holds L positions of random keys and values, the recurrent
-student's state comes from a short real prompt (its step does not depend on L). A decode step's
+the prefill: every KV cache (the teacher's, a hybrid's kept layers) holds L positions of random
+keys and values; a Hyena layer's state comes from a short real prompt (its step does not depend
+on L). A decode step's
 work does not depend on what the cache holds, and the teacher's real 64K prefill would take about
 45 minutes on this CPU.
 """
@@ -242,7 +243,7 @@ def main() -> None:
     ap.add_argument("--no-cache-student-at", type=int, nargs="*", default=[],
                     help="also time the student re-running the whole prefix each step (use_cache=False) at these prompts (2 tokens)")
     ap.add_argument("--synthetic-at", type=int, nargs="*", default=[],
-                    help="also time one decode step of the teacher and the recurrent student at these contexts without a prefill")
+                    help="also time one decode step of the teacher, recurrent and hybrid students at these contexts without a prefill")
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.cpu_time else time.perf_counter
