@@ -281,7 +281,7 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         capture): embedding, the decoder layers with the cache, final norm, the LM head on the
         positions kept. Only for models whose every layer is a Hyena mixer."""
         kwargs = {self.adapter.cache_kwarg: cache}
-        h = self.adapter.embed(self.backbone, input_ids, start=cache.get_seq_length())  # (B, T, d)
+        h = self.embed(input_ids, start=cache.get_seq_length())  # (B, T, d)
         for layer in self.decoder_layers():
             if h.shape[1] == 1 and fusable(layer):  # one new token in decode_layout: fewer kernels
                 h = layer_step(layer, self.adapter.attention(layer), h, kwargs)
@@ -320,10 +320,10 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         """The 0-based indices of the layers with a Hyena mixer."""
         return [i for i in range(len(self.decoder_layers())) if self.config.is_hyena(i)]
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """What decoder layer 1 receives for input_ids (B, L) -> (B, L, d); entry 0 of
-        capture_layer_outputs (embedding dropout applies in training mode, as in the backbone)."""
-        return self.adapter.embed(self.backbone, input_ids)  # (B, L, d), position embeddings included
+    def embed(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """What decoder layer 1 receives for input_ids (B, L) at positions start.. -> (B, L, d); entry
+        0 of capture_layer_outputs (embedding dropout applies in training mode, as in the backbone)."""
+        return self.adapter.embed(self.backbone, input_ids, start)  # (B, L, d), position embeddings included
 
     def run_layer(self, i: int, hidden_states: torch.Tensor) -> torch.Tensor:
         """Output of decoder layer i (0-based) for its input (B, L, d) at positions 0..L-1.
