@@ -179,20 +179,33 @@ def gemv_layouts(model: nn.Module, repeats: int = 5) -> dict[str, float]:
     return out
 
 
+def prefilled_cache(name: str, model: nn.Module, ids: torch.Tensor):
+    """The model's decode cache after a prefill of ids (1, L): the teacher's DynamicCache, a
+    student's MixerCache (a hybrid's holds KV layers too)."""
+    if name == "teacher":
+        return model(input_ids=ids, use_cache=True).past_key_values
+    cache = model.new_cache()
+    model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
+def median_step(model: nn.Module, cache, steps: int) -> float:
+    """Median seconds of `steps` one-token forward calls with the cache (after one untimed call)."""
+    tok, times = torch.full((1, 1), 7), []
+    for _ in range(steps + 1):
+        t0 = CLOCK()
+        model(input_ids=tok, cache=cache, use_cache=True, logits_to_keep=1)
+        times.append(CLOCK() - t0)
+    return sorted(times[1:])[steps // 2]
+
+
 @torch.no_grad()
 def step_breakdown(name: str, model: nn.Module, L: int, steps: int = 8) -> dict[str, float]:
     """Where one decode step's time goes at prompt L (median seconds): a whole generate() step,
     the model's forward of one token with its cache, and the Linear layers alone on one row."""
     ids = torch.randint(3, 49000, (1, L), generator=torch.Generator().manual_seed(0))
     gen = run_generate(model, L, steps + 1)["decode_s"]
-    cache = None if name == "teacher" else model.new_cache()  # a hybrid's holds KV caches too
-    out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-    cache, tok = out.cache if cache is None else cache, torch.full((1, 1), 7)
-    times = []
-    for _ in range(steps):
-        t0 = CLOCK()
-        model(input_ids=tok, cache=cache, use_cache=True, logits_to_keep=1)
-        times.append(CLOCK() - t0)
+    forward = median_step(model, prefilled_cache(name, model, ids), steps)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     xs = {m.in_features: torch.randn(1, m.in_features) for m in linears}
     lin = []
@@ -201,19 +214,14 @@ def step_breakdown(name: str, model: nn.Module, L: int, steps: int = 8) -> dict[
         for m in linears:
             m(xs[m.in_features])
         lin.append(CLOCK() - t0)
-    return {"generate": gen, "forward": sorted(times)[steps // 2], "linears": sorted(lin)[steps // 2]}
+    return {"generate": gen, "forward": forward, "linears": sorted(lin)[steps // 2]}
 
 
 @torch.no_grad()
 def synthetic_step(name: str, model: nn.Module, L: int, steps: int = 8) -> float:
-    """Median seconds of one decode step (forward of one token with the cache) at context L, the
-    cache filled without a prefill (see the module docstring)."""
-    ids = torch.randint(3, 49000, (1, 16), generator=torch.Generator().manual_seed(0))
-    if name == "teacher":
-        cache = model(input_ids=ids, use_cache=True).past_key_values
-    else:
-        cache = model.new_cache()
-        model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+    """Median seconds of one decode step at context L, the cache filled without a prefill (see
+    the module docstring)."""
+    cache = prefilled_cache(name, model, torch.randint(3, 49000, (1, 16), generator=torch.Generator().manual_seed(0)))
     g = torch.Generator().manual_seed(1)
     for layer in cache.layers:
         if isinstance(layer, DynamicLayer):  # (B, kv heads, L, head dim) random keys and values
@@ -221,13 +229,7 @@ def synthetic_step(name: str, model: nn.Module, L: int, steps: int = 8) -> float
             layer.values = torch.randn(layer.keys.shape, generator=g)
         else:  # a Hyena layer's state: the same work at any position
             layer.seen = L
-    tok, times = torch.full((1, 1), 7), []
-    for _ in range(steps + 1):
-        t0 = CLOCK()
-        model(input_ids=tok, cache=cache, use_cache=True, logits_to_keep=1)
-        times.append(CLOCK() - t0)
-    del cache
-    return sorted(times[1:])[steps // 2]
+    return median_step(model, cache, steps)
 
 
 def main() -> None:
