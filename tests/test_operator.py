@@ -242,6 +242,25 @@ def test_param_groups_isolate_filter_params():
     assert sorted(listed) == sorted(trainable)  # each trainable parameter exactly once
 
 
+def test_param_groups_readout_lr_moves_only_the_output_projection():
+    model = nn.Sequential(make_op(order=2), nn.Linear(D, D))  # a mixer next to an unrelated layer
+    mixer = model[0]
+    assert "readout" not in {g["name"] for g in param_groups(model, lr=1e-3, weight_decay=0.1)}
+    groups = {g["name"]: g for g in param_groups(model, lr=1e-3, weight_decay=0.1, readout_lr=1e-6)}
+    assert {id(p) for p in groups["readout"]["params"]} == {id(p) for p in mixer.out_proj.parameters()}
+    assert groups["readout"]["lr"] == 1e-6 and groups["readout"]["weight_decay"] == 0.0
+    listed = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(listed) == sorted(id(p) for p in model.parameters())  # each parameter exactly once
+    # one AdamW step: the readout moves ~1e-6 per entry, the in-projection and the other layer ~1e-3
+    opt = torch.optim.AdamW(list(groups.values()))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model(torch.randn(2, 16, D)).square().mean().backward()
+    opt.step()
+    moved = {n: (p - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    assert moved["0.out_proj.weight"] < 2e-6 < 5e-4 < moved["0.in_proj.weight"]
+    assert moved["1.weight"] > 5e-4
+
+
 # ---------------------------------------------------------------------------------------------
 # inference cache
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from hyena.config import Config, param
+from hyena.operator import HyenaOperator
 from hyena.train.schedule import warmup_decay
 
 
@@ -38,15 +39,22 @@ class OptimConfig(Config):
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, filter_lr: float | None = None,
-                 filter_weight_decay: float = 0.0) -> list[dict]:
+                 filter_weight_decay: float = 0.0, readout_lr: float | None = None) -> list[dict]:
     """AdamW groups: implicit-filter parameters get their own lr and no weight decay (as the
     reference Hyena trains them); other matrices decay; biases, norms and embeddings' 1-D
-    parameters do not. Frozen parameters are left out."""
-    filt, decay, no_decay = [], [], []
+    parameters do not. With `readout_lr`, the Hyena mixers' output projections form a group of
+    their own at that lr and without decay (a least-squares readout is already the MSE optimum:
+    it should move slowly, and decay would pull it off). Frozen parameters are left out."""
+    readout = set()
+    if readout_lr is not None:
+        readout = {id(p) for m in model.modules() if isinstance(m, HyenaOperator) for p in m.out_proj.parameters()}
+    filt, decay, no_decay, read = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if ".filter_fn." in f".{name}":
+        if id(p) in readout:
+            read.append(p)
+        elif ".filter_fn." in f".{name}":
             filt.append(p)
         elif p.ndim >= 2:
             decay.append(p)
@@ -57,13 +65,15 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, filter_lr: fl
         {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "no_decay"},
         {"params": filt, "lr": filter_lr if filter_lr is not None else lr,
          "weight_decay": filter_weight_decay, "name": "filter"},
+        {"params": read, "lr": readout_lr, "weight_decay": 0.0, "name": "readout"},
     ]
     return [g for g in groups if g["params"]]
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
     """(AdamW over `param_groups`, LambdaLR with the paper's warm-up + cosine-to-floor schedule)."""
-    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.filter_lr)
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.filter_lr,
+                          readout_lr=getattr(cfg, "readout_lr", None))  # a fine-tune knob only
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
