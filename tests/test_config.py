@@ -54,6 +54,20 @@ def test_paper_preset_is_the_code_defaults():
     assert list(d.layers) == ["01", "02", "03", "04", "05", "06"] and d.last == "06"
 
 
+def test_paper_cpu_preset_is_the_papers_recipe_on_the_cpu_smoke_data():
+    """The paper's method on the main command's teacher and data: same recipe knobs as the paper
+    preset, same data knobs as cpu-smoke."""
+    paper, cpu, smoke = configs("paper-pythia70m"), configs("paper-cpu"), configs("cpu-smoke")
+    recipe = {"distill": ("input", "target", "readout"), "finetune": ("train", "ce_weight", "kl_weight"),
+              "student": ("init", "keep_attention", "out_scale")}
+    for sec, keys in recipe.items():
+        for key in keys:
+            assert getattr(cpu[sec], key) == getattr(paper[sec], key), f"{sec}.{key}"
+    assert cpu["distill"].epochs > 0 and cpu["finetune"].kl_weight == 0
+    for sec in ("teacher", "tokenize", "dump", "eval"):
+        assert cpu[sec] == smoke[sec], sec
+
+
 def test_finetune_and_pretrain_carry_only_their_own_knobs():
     ft = {f.name for f in dataclasses.fields(FinetuneConfig)}
     pt = {f.name for f in dataclasses.fields(PretrainConfig)}
