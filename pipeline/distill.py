@@ -73,7 +73,8 @@ def main(
     for arr, fix in ((train_in, fix_in), (val_in, fix_in), (train_out, REDUMP), (val_out, REDUMP)):
         check_chunks(arr, arr.path, fix, progress_bar=env.is_main)
 
-    # every layer's stage writes its DVCLive dir (a dvc.yaml output), a kept layer's stays empty
+    # every layer's stage writes its DVCLive dir (a dvc.yaml output): curves when it takes steps,
+    # and always a summary (below)
     log = dvclive_logger(p.dvclive(f"distill_{layer}")) if env.is_main else None
     if student.config.is_hyena(idx - 1):
         result = _distill(student, idx - 1, cfg, env, params, (train_in, train_out), (val_in, val_out), log)
@@ -95,6 +96,10 @@ def main(
                 shapes = {"train": tuple(train_in.shape), "val": tuple(val_in.shape)}
                 write_outputs(tmp / ACTS, shapes, fill, attrs={"layer": idx, "input": cfg.input})
         metrics, timing = split_timings({"layer": idx, "input": cfg.input, "target": cfg.target, **result})
+        # never an empty directory (epochs 0, a kept layer): git does not keep one, so a fresh clone
+        # or a queued experiment would find this output missing and rerun every distill stage
+        log.live.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        log.live.make_summary()
         write_metrics(p.metrics(f"distill/layer_{layer}"), metrics)
         write_metrics(p.timing(f"distill_{layer}"), timing)
         what = "kept the teacher's attention" if result.get("kept_attention") else f"{result['steps']} steps"
