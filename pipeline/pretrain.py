@@ -48,9 +48,14 @@ def equal_compute_tokens(model, distill, n_distill_seqs: int, seq_len: int,
             layer_tokens.append((2 if steps else 1) * n_distill_seqs * seq_len)
     n_lm = lm_params(model)
     ft_steps = steps_for_epochs(n_finetune_seqs, finetune.batch_size, finetune.epochs, "finetune")
-    flops = {"distill": distill_flops(per_token, layer_tokens),
-             "finetune": lm_flops(n_lm, ft_steps * finetune.batch_size * ft_len)}
-    return tokens_for_flops(flops["distill"] + flops["finetune"], n_lm), flops
+    ft_tokens = ft_steps * finetune.batch_size * ft_len
+    flops = {"distill": distill_flops(per_token, layer_tokens), "finetune": lm_flops(n_lm, ft_tokens)}
+    if finetune.kl_weight > 0 and finetune.kl_source == "online":
+        # the teacher's forward pass every step (2N a token) is the recipe's compute too; cached
+        # top-k logits come from the dump's forward pass, a sunk cost like the activations
+        n_teacher = n_lm + sum(attention_params - _count(model.mixer(i)) for i in model.hyena_layers())
+        flops["finetune_teacher"] = 2.0 * n_teacher * ft_tokens
+    return tokens_for_flops(sum(flops.values()), n_lm), flops
 
 
 def _count(module) -> int:

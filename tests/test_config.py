@@ -133,3 +133,12 @@ def test_dvc_yaml_code_deps_cover_every_imported_project_file(shared):
         pytest.skip(f"{tool} not available")
     proc = subprocess.run([sys.executable, str(tool), str(ROOT)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_distill_stage_declares_every_knob_that_changes_its_result():
+    """Each distill@XX stage lists the distill knobs one by one (not the section: then a per-layer
+    override of layer 4 would rerun layer 1 too). Every knob but the chain and logging must be there,
+    or changing it (distill.target, say) would leave every layer stale."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["distill"]["do"]
+    knobs = {f.name for f in dataclasses.fields(DistillConfig)} - {"layers", "last", "log_every"}
+    assert set(stage["params"]) == {f"distill.{k}" for k in knobs} | {"distill.layers.${key}"}

@@ -76,6 +76,7 @@ def test_equal_compute_budget_counts_what_each_recipe_trains(pair):
     """The from-scratch baseline's budget: a kept attention layer costs nothing, attention transfer
     costs the mixer's 6N plus the teacher attention's 2N forward, layer-output MSE the layer's 6N."""
     from hyena.train.distill import DistillConfig
+    from hyena.train.budget import lm_params
     from pipeline.pretrain import _attention_params, _count, equal_compute_tokens
 
     teacher, student, _ = pair
@@ -97,3 +98,50 @@ def test_equal_compute_budget_counts_what_each_recipe_trains(pair):
     assert flops["hybrid"] == 6 * tokens * _count(hybrid.decoder_layers()[0])  # layer 2 kept: free
     d = student.mixer(0).d_model  # a readout alone: one pass of features and target over the rows, and the Gram
     assert flops["readout"] == 8 * 32 * sum(2 * _count(m) + 2 * attn + 4 * (d + 1) ** 2 for m in mixers)
+    # an online teacher's forward pass is charged to the recipe (2N of the teacher a token); cached logits are not
+    online = FinetuneConfig(batch_size=4, epochs=1.0, kl_weight=1.0, kl_source="online")
+    cached = FinetuneConfig(batch_size=4, epochs=1.0, kl_weight=1.0, kl_source="cached")
+    d = DistillConfig(batch_size=4, epochs=0, layers={"01": {"prev": "00"}}, last="01")
+    with_teacher = equal_compute_tokens(student, d, 8, 32, online, 8, 32, attn)
+    without = equal_compute_tokens(student, d, 8, 32, cached, 8, 32, attn)
+    assert "finetune_teacher" not in without[1]
+    assert with_teacher[1]["finetune_teacher"] == 2 * lm_params(teacher) * 2 * 4 * 32  # 2 steps of 4 x 32
+    assert with_teacher[0] > without[0]
+
+
+class _Reads:
+    """Wraps a config and records every field read from it (and from its per-layer configs)."""
+
+    def __init__(self, cfg, section: str, seen: set):
+        self._cfg, self._section, self._seen = cfg, section, seen
+
+    def __getattr__(self, name):
+        value = getattr(self._cfg, name)
+        if name == "for_layer":
+            return lambda key: _Reads(value(key), self._section, self._seen)
+        self._seen.add(f"{self._section}.{name}")
+        return value
+
+
+@pytest.mark.parametrize("recipe", [
+    dict(target="mixer_output", readout="least_squares", epochs=0, kl_source="online"),
+    dict(target="layer_output", readout="none", epochs=1, kl_source="cached"),
+])
+def test_pretrain_stage_declares_every_param_its_budget_reads(pair, recipe):
+    """dvc.yaml's pretrain params must hold every distill / finetune knob the equal-compute budget
+    reads, or changing that knob would leave a stale from-scratch baseline."""
+    import yaml
+    from conftest import ROOT
+
+    from hyena.train.distill import DistillConfig
+    from pipeline.pretrain import _attention_params, equal_compute_tokens
+
+    _, student, _ = pair
+    d = DistillConfig(batch_size=4, epochs=recipe["epochs"], target=recipe["target"], readout=recipe["readout"],
+                      layers={"01": {"prev": "00"}, "02": {"prev": "01"}}, last="02")
+    ft = FinetuneConfig(batch_size=4, epochs=1.0, kl_weight=1.0, kl_source=recipe["kl_source"])
+    seen: set = set()
+    equal_compute_tokens(student, _Reads(d, "distill", seen), 8, 32, _Reads(ft, "finetune", seen), 8, 32,
+                         _attention_params(student.config))
+    declared = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["pretrain"]["params"])
+    assert seen and seen <= declared, sorted(seen - declared)
