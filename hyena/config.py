@@ -73,6 +73,9 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """`value` checked against the annotation `tp` (ints become floats where floats are asked)."""
     if tp is Any:
@@ -109,6 +112,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise _wrong(key, value, tp)
     if tp is float:
+        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 (PyYAML, `dvc exp run -S lr=1e-4`) reads 1e-4 as text
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         raise _wrong(key, value, tp)

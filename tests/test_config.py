@@ -142,3 +142,16 @@ def test_distill_stage_declares_every_knob_that_changes_its_result():
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["distill"]["do"]
     knobs = {f.name for f in dataclasses.fields(DistillConfig)} - {"layers", "last", "log_every"}
     assert set(stage["params"]) == {f"distill.{k}" for k in knobs} | {"distill.layers.${key}"}
+
+
+def test_exponent_floats_from_dvc_exp_run_S_are_numbers():
+    """`dvc exp run -S finetune.readout_lr=1e-6` writes YAML that PyYAML (YAML 1.1) reads as the
+    string '1e-06'; the loader takes it as the number it is, and still refuses other text."""
+    raw = yaml.safe_load("lr: 1e-4\nfilter_lr: 5E-3\nridge: '2.5e+1'\n")
+    assert isinstance(raw["lr"], str)  # the YAML quirk this is about
+    cfg = load(DistillConfig, raw, "distill")
+    assert (cfg.lr, cfg.filter_lr, cfg.ridge) == (1e-4, 5e-3, 25.0)
+    with pytest.raises(ConfigError, match="distill.lr: expected a number, got '1e-4x'"):
+        load(DistillConfig, {"lr": "1e-4x"}, "distill")
+    with pytest.raises(ConfigError, match="distill.epochs: expected an integer"):
+        load(DistillConfig, {"epochs": "1e2"}, "distill")  # only floats: an integer field stays strict
