@@ -54,9 +54,8 @@ class FinetuneConfig(LMTrainConfig):
 
     lr: float = param(6.0e-4, "peak learning rate", gt=0)
     readout_lr: float | None = param(
-        None, "learning rate of the Hyena mixers' output projections (null: lr); least-squares readouts "
-              "(distill.readout) are large and already MSE-optimal, so they want a far smaller one than the "
-              "features before them", gt=0)
+        None, "learning rate of the Hyena mixers' output projections (null: lr), e.g. to hold least-squares "
+              "readouts (distill.readout) near their optimum while the rest of each mixer trains", gt=0)
     epochs: float = param(6.0, "passes over the training sequences (paper: 6 after 6 distillation epochs)", gt=0)
     train: Literal["all", "mixers"] = param("all", "all: every weight | mixers: only the Hyena mixers (embeddings, "
                                                    "norms and MLPs stay the teacher's)")
