@@ -131,7 +131,8 @@ def _distill(student, i: int, cfg, env, params, train, val, log) -> dict:
     if cfg.target == "layer_output":
         result = distill_layer(fn, train_in, train_out, val_in, val_out, cfg, env, log=log)
         return {**result, "val_layer_mse_before": result["val_mse_before"], "val_layer_mse": result["val_mse"],
-                "val_layer_nmse_before": result["val_nmse_before"], "val_layer_nmse": result["val_nmse"]}
+                "val_layer_nmse_before": result["val_nmse_before"], "val_layer_nmse": result["val_nmse"],
+                "readout_norm": readout_norm(mixer)}
     teacher = load_teacher(str(params.teacher_dir())).to(env.device)
 
     def target(x):
@@ -150,7 +151,16 @@ def _distill(student, i: int, cfg, env, params, train, val, log) -> dict:
     result = distill_layer(fn, train_in, train_t, val_in, val_t, cfg, env, log=log, readout=readout)
     after = layer_mse(whole, val_in, val_out, env, VAL_BATCH)
     return {**result, "val_layer_mse_before": before["mse"], "val_layer_mse": after["mse"],
-            "val_layer_nmse_before": before["nmse"], "val_layer_nmse": after["nmse"]}
+            "val_layer_nmse_before": before["nmse"], "val_layer_nmse": after["nmse"],
+            "readout_norm": readout_norm(mixer)}
+
+
+def readout_norm(mixer) -> float:
+    """Spectral norm of the mixer's output projection: how much the readout amplifies a change of the
+    features it reads, which bounds the fine-tune's stable learning rate (the teacher's o_proj: ~10-14)."""
+    import torch
+
+    return torch.linalg.matrix_norm(mixer.out_proj.weight.detach().double(), ord=2).item()
 
 
 def _kept(student, i: int, val_in, val_out, env) -> dict:

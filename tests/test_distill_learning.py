@@ -1,6 +1,7 @@
 """Distillation really learns: on the real SmolLM2 teacher and real OpenWebText text, training one
 layer's Hyena mixer brings that layer's validation MSE far below the untrained student's."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -166,6 +167,13 @@ def test_least_squares_readout_is_the_best_output_projection_for_the_mixers_feat
             mixer.out_proj.weight += delta
             assert sse() > best
             mixer.out_proj.weight -= delta
+    # distill.ridge trades that fit for a smaller readout (what the fine-tune's learning rate must respect)
+    from pipeline.distill import readout_norm
+
+    unridged = readout_norm(mixer)
+    fit_readout(mixer, norm, x.numpy(), y.numpy(), dataclasses.replace(cfg, ridge=1.0), DistEnv())
+    assert readout_norm(mixer) < 0.8 * unridged and sse() > best
+    fit_readout(mixer, norm, x.numpy(), y.numpy(), cfg, DistEnv())
     res = distill_layer(fn, x.numpy()[:8], y.numpy()[:8], x.numpy()[8:], y.numpy()[8:], cfg, DistEnv())
     assert res["steps"] == 0 and res["train_mse_final"] is None and res["val_mse"] == res["val_mse_before"]
     with pytest.raises(ValueError, match="needs target mixer_output"):

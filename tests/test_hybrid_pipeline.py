@@ -26,6 +26,7 @@ def test_kept_attention_layer_through_every_stage(tmp_path, pythia_dir, owt_json
     assert kept["kept_attention"] and kept["steps"] == 0
     assert kept["val_layer_mse"] < 1e-8  # layer 1 reads the teacher's embedding output: it is the teacher's layer
     assert "kept_attention" not in trained and trained["steps"] > 0
+    assert "readout_norm" not in kept and trained["readout_norm"] > 0
     # DVC requires every declared output, the kept layer's DVCLive directory included, and it must
     # not be empty: git drops empty directories, so a clone (or a queued experiment) would rerun it
     for layer, metrics in (("01", kept), ("02", trained)):
