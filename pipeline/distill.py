@@ -122,6 +122,7 @@ def _distill(student, i: int, cfg, env, params, train, val, log) -> dict:
         distill_layer,
         fit_readout,
         layer_mse,
+        readout_norm,
         trainable_fn,
     )
 
@@ -153,14 +154,6 @@ def _distill(student, i: int, cfg, env, params, train, val, log) -> dict:
     return {**result, "val_layer_mse_before": before["mse"], "val_layer_mse": after["mse"],
             "val_layer_nmse_before": before["nmse"], "val_layer_nmse": after["nmse"],
             "readout_norm": readout_norm(mixer)}
-
-
-def readout_norm(mixer) -> float:
-    """Spectral norm of the mixer's output projection: how much the readout amplifies a change of the
-    features it reads, which bounds the fine-tune's stable learning rate (the teacher's o_proj: ~10-14)."""
-    import torch
-
-    return torch.linalg.matrix_norm(mixer.out_proj.weight.detach().double(), ord=2).item()
 
 
 def _kept(student, i: int, val_in, val_out, env) -> dict:

@@ -140,7 +140,7 @@ def test_least_squares_readout_is_the_best_output_projection_for_the_mixers_feat
     from transformers import AutoModelForCausalLM
 
     from hyena.teachers import attention_output
-    from hyena.train.distill import MixerOnly, fit_readout
+    from hyena.train.distill import MixerOnly, fit_readout, readout_norm
 
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size=128, layers=1)).eval()
@@ -168,8 +168,6 @@ def test_least_squares_readout_is_the_best_output_projection_for_the_mixers_feat
             assert sse() > best
             mixer.out_proj.weight -= delta
     # distill.ridge trades that fit for a smaller readout (what the fine-tune's learning rate must respect)
-    from pipeline.distill import readout_norm
-
     unridged = readout_norm(mixer)
     fit_readout(mixer, norm, x.numpy(), y.numpy(), dataclasses.replace(cfg, ridge=1.0), DistEnv())
     assert readout_norm(mixer) < 0.8 * unridged and sse() > best

@@ -194,6 +194,13 @@ def fit_readout(mixer: nn.Module, norm: nn.Module, inputs, targets, cfg: Distill
     mixer.out_proj.bias.copy_(w[-1].to(mixer.out_proj.bias.dtype))
 
 
+
+def readout_norm(mixer: nn.Module) -> float:
+    """Spectral norm of the mixer's output projection: how much the readout amplifies a change of the
+    features it reads (the teacher's o_proj: ~10-14); a large one forces a small fine-tune lr."""
+    return torch.linalg.matrix_norm(mixer.out_proj.weight.detach().double(), ord=2).item()
+
+
 def distill_layer(
     fn: nn.Module,
     train_inputs,
