@@ -53,11 +53,14 @@ class HyenaConfig(Config):
     filter_layers: int = param(2, "hidden [Linear -> Sin] blocks of the filter FFN", ge=0)
     emb_dim: int = param(33, "positional embedding: t plus (emb_dim-1)/2 (cos, -sin) bands; odd, >= 3", ge=3)
     short_filter_len: int = param(3, "causal depthwise short conv", ge=1)
-    max_len: int = param(8192, "longest sequence the student accepts; also the filters' time scale", ge=2)
+    max_len: int = param(8192, "longest sequence the student accepts; also the time scale of the filters' positional embedding", ge=2)
     sine_freq: float = param(1.0, "filter FFN's initial sine frequency (1: reference default, smooth filters that 16 modes fit; 14: Pile config, noise-like)")
     modulate: bool = param(True, "exponential decay window on the filters")
-    fast_decay_pct: float = param(0.3, "the fastest channel decays to decay_target at t = fast_decay_pct", gt=0)
-    slow_decay_pct: float = param(1.5, "the slowest channel decays to decay_target at t = slow_decay_pct", gt=0)
+    decay_len: int = param(0, "tokens that t = 1 stands for in the decay window (0: max_len, the reference). "
+                              "Set it to about the fitted window / slow_decay_pct, so that taps never fitted carry "
+                              "almost no weight and the student holds up past its training length", ge=0)
+    fast_decay_pct: float = param(0.3, "the fastest channel decays to decay_target at t = fast_decay_pct (x decay_len tokens)", gt=0)
+    slow_decay_pct: float = param(1.5, "the slowest channel decays to decay_target at t = slow_decay_pct (x decay_len tokens)", gt=0)
     decay_target: float = param(1e-2, "window value the decays aim at", gt=0)
     modulation_shift: float = param(0.0, "constant added to the decay window")
 
@@ -404,6 +407,16 @@ class HyenaFilter(nn.Module):
         fast = math.log(c.decay_target) / c.fast_decay_pct
         return torch.linspace(slow, fast, self.d_model * self.n_filters, device=device).abs()
 
+    def decay_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The decay window's clock: t (normalised to max_len) or, with `decay_len`, absolute
+        tokens / decay_len. Why: with t in fractions of max_len (8,192) the slowest channel keeps
+        1% of its weight at 12K tokens, so a student fitted on 512-token windows convolves,
+        further out, over taps its readouts never saw and collapses; a window in absolute tokens
+        keeps every long tap near zero whatever max_len is."""
+        if not self.cfg.decay_len:
+            return t
+        return t * (max(self.cfg.max_len - 1, 1) / self.cfg.decay_len)  # = n / decay_len
+
     def _generate(self, L: int) -> torch.Tensor:
         """Filters of length L, (n_filters, d, L), computed straight in channel-major layout."""
         device = self.bias.device
@@ -411,7 +424,7 @@ class HyenaFilter(nn.Module):
         hidden = self.ffn[:-1](z.to(self.bias.dtype))  # (L, filter_order)
         h = torch.matmul(self.ffn[-1].weight, hidden.mT)  # (n_filters*d, L), no transpose copy
         if self.cfg.modulate:
-            window = torch.exp(-self.decay_rates(device)[:, None] * t.mT)  # (n_filters*d, L)
+            window = torch.exp(-self.decay_rates(device)[:, None] * self.decay_time(t).mT)  # (n_filters*d, L)
             h = h * (window + self.cfg.modulation_shift).to(h.dtype)
         return h.view(self.n_filters, self.d_model, L)  # (n_filters, d, L)
 
