@@ -1,7 +1,8 @@
-"""`eval` stage: perplexity (paper Table 1, plus longer contexts) and zero-shot lm-eval tasks (Table 2).
+"""`eval` stage: perplexity (paper Table 1, plus longer contexts), perplexity by position inside
+long documents, passkey retrieval and zero-shot lm-eval tasks (Table 2).
 
 As a DVC stage it evaluates `eval.models` and writes paths.eval/{metrics.json, results.json,
-report.md, ppl.png, ppl_vs_context.png}. As a CLI it evaluates any model:
+report.md, ppl.png, ppl_vs_context.png, ppl_by_position.png}. As a CLI it evaluates any model:
 
     python -m pipeline.evaluate --model mine=path/to/hf_dir --model pythia=EleutherAI/pythia-70m --out data/eval_mine
 """
@@ -30,7 +31,7 @@ def resolve_model(spec: str, p: PathsConfig) -> str:
 
 
 def untracked_inputs(cfg, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
-    """The keys (eval.datasets.NAME, eval.include_path) of local eval inputs that the eval stage of
+    """The keys (eval.datasets.NAME, eval.positions.source, eval.include_path) of local eval inputs that the eval stage of
     `dvc_yaml` does not list as deps (itself or a folder above it): DVC would not rerun eval when
     they change. Templated deps (${...}) and sources that cannot be resolved (the evaluation names
     those) are skipped; without a dvc.yaml or an eval stage there is nothing to check."""
@@ -38,7 +39,7 @@ def untracked_inputs(cfg, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
 
     import yaml
 
-    from hyena.data import CorpusError
+    from hyena.data import CorpusError, resolve_corpus
 
     try:
         deps = yaml.safe_load(dvc_yaml.read_text())["stages"]["eval"]["deps"]
@@ -51,6 +52,11 @@ def untracked_inputs(cfg, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
             inputs[f"eval.datasets.{name}"] = src.local_files() or []
         except CorpusError:
             continue
+    if cfg.positions.context:
+        try:
+            inputs["eval.positions.source"] = resolve_corpus(cfg.positions.source) or []
+        except CorpusError:
+            pass
     if cfg.include_path:
         inputs["eval.include_path"] = [cfg.include_path]
     return [key for key, files in inputs.items()

@@ -219,6 +219,8 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
         "models": {"teacher": str(neox), "small": str(gpt2)}, "context": 16, "max_windows": 2,
         "datasets": {"wikitext": str(wiki), "owt": "tokenize:val", "domain": {"source": str(domain), "text_field": "body"}},
         "long_contexts": [32, 64, 128], "long_context_datasets": ["wikitext", "owt", "domain"], "long_max_windows": 1,
+        "positions": {"source": str(wiki), "context": 64, "windows": 2, "first_bucket": 8},
+        "passkey": {"lengths": [128], "trials": 2},
         "tasks": ["wsc"], "limit": 2, "task_data_dir": str(shared / "eval"),
         "include_path": str(write_user_task(tmp_path / "my_tasks")),
         "reference": str(shared / "eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json")}},
@@ -238,13 +240,19 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
     # transformers would build an empty tokenizer from the bare dir: it must fall back to paths.teacher
     assert small["tokenizer"] == str(pythia_dir) and details["models"]["teacher"]["tokenizer"] == str(neox)
     assert (out / "ppl.png").stat().st_size > 0 and (out / "ppl_vs_context.png").stat().st_size > 0
+    assert (out / "ppl_by_position.png").stat().st_size > 0
+    # the position curve: the teacher has one, the 32-position model cannot take 64-token windows
+    assert [b["label"] for b in details["models"]["teacher"]["positions"]["buckets"]] == ["0-8", "8-16", "16-32", "32-64"]
+    assert "na" in small["positions"] and "pos_ratio/32-64/small" not in metrics and "pos_ppl/32-64/teacher" in metrics
+    assert details["models"]["teacher"]["passkey"]["128"]["trials"] == 2 and "na" in small["passkey"]["128"]
     report = (out / "report.md").read_text()
     table1 = report.split("## Table 1")[1].split("##")[0]
     assert "| model | WikiText | OWT | domain | WikiText / teacher | OWT / teacher | domain / teacher | paper WikiText" in table1
     assert "paper domain" not in table1 and "**domain**" in report  # and on the long-context curve
     table2 = report.split("## Table 2")[1].split("##")[0]
     rows = [line.split("|")[1].strip() for line in table2.splitlines() if line.startswith("| ")][1:]
-    assert rows == ["wsc", "mean acc", "mean acc / teacher", "animal_sounds (yours)"]
+    assert rows == ["wsc", "mean acc", "mean acc / teacher", "animal_sounds (yours)", "passkey @ 128 tokens"]
+    assert "## Perplexity by position in long documents" in report
     # the user's corpus: its non-empty documents joined by a blank line, in the model's own tokens
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -341,11 +349,13 @@ def test_local_inputs_missing_from_the_eval_deps_are_named(tmp_path):
         (corpora / f).write_text("x")
     cfg = load(EvalConfig, {"datasets": {"a": str(corpora / "a.txt"), "glob": str(corpora / "*.txt"),
                                          "owt": "tokenize:val", "hub": "someone/corpus"},
-                            "long_context_datasets": [], "include_path": str(tmp_path / "my_tasks")}, "eval")
+                            "long_context_datasets": [], "include_path": str(tmp_path / "my_tasks"),
+                            "positions": {"source": str(corpora / "b.txt")}}, "eval")
     dvc_yaml = tmp_path / "dvc.yaml"
     dvc_yaml.write_text(yaml.safe_dump({"stages": {"eval": {"cmd": "x", "deps": [
         "${paths.tokens}", str(corpora / "a.txt"), str(corpora / "sub"), str(tmp_path / "my_tasks")]}}}))
-    assert untracked_inputs(cfg, dvc_yaml) == ["eval.datasets.glob"]  # b.txt and c.txt are not listed
+    # b.txt and c.txt are not listed: the glob and the position curve's long documents
+    assert untracked_inputs(cfg, dvc_yaml) == ["eval.datasets.glob", "eval.positions.source"]
     dvc_yaml.write_text(yaml.safe_dump({"stages": {"eval": {"cmd": "x", "deps": [str(corpora)]}}}))
     assert untracked_inputs(cfg, dvc_yaml) == ["eval.include_path"]
     assert untracked_inputs(cfg, tmp_path / "no_dvc.yaml") == []

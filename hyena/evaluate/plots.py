@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hyena.evaluate.report import dataset_names, label, ppl_value  # noqa: E402
+from hyena.evaluate.report import TEACHER, dataset_names, label, position_ratios, position_rows, ppl_value  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
@@ -75,6 +75,33 @@ def plot_ppl_vs_context(results: dict, path: str | Path) -> None:
         ax.set_title(label(ds))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_positions(results: dict, path: str | Path) -> None:
+    """Left: perplexity by position inside long windows, per model; right: each student's ratio to
+    the teacher on the same tokens. Log-log; each point is a bucket (plotted at its upper end)."""
+    models = results["models"]
+    teacher = models.get(TEACHER)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, m in models.items():
+        rows = position_rows(m)
+        if rows:
+            style = dict(color="black", lw=2.2) if name == TEACHER else {}
+            left.plot([b["hi"] for b in rows], [b["ppl"] for b in rows], marker="o", label=name, **style)
+        ratios = position_ratios(m, teacher) if teacher and name != TEACHER else {}
+        if ratios:
+            right.plot([b["hi"] for b in rows if b["label"] in ratios], list(ratios.values()), marker="o", label=name)
+    for ax, ylabel in ((left, "token perplexity"), (right, "perplexity / teacher's")):
+        ax.set_xscale("log", base=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("position in the window (bucket's upper end, tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    left.set_title("Perplexity by position (long documents)")
+    right.set_title("Students against the teacher (flat = gains from context as it does)")
     _save(fig, path)
 
 

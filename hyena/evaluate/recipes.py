@@ -46,15 +46,31 @@ def row_values(v: Variant) -> dict:
         "distill_s": sum(s for k, s in v.timings.items() if k.startswith("distill_")) or None,
         "finetune_s": v.timings.get("finetune"),
         "pretrain_s": v.timings.get("pretrain"),
+        **long_context_values(v),
     })
     return out
+
+
+def long_context_values(v: Variant) -> dict:
+    """The fine-tuned student's perplexity / teacher's in the last position bucket of the eval's
+    curve (e.g. 4K-8K) and in its first (0-256), and its passkey accuracy at the longest length."""
+    ratios = {k.split("/")[1]: x for k, x in v.metrics.items() if k.startswith("metrics.pos_ratio/") and k.endswith("/finetuned")}
+    keys = sorted(v.metrics)
+    passkey = [k for k in keys if k.startswith("metrics.passkey/") and k.endswith("/finetuned")]
+    longest = max(passkey, key=lambda k: int(k.split("/")[1]), default=None)
+    labels = list(ratios)  # in the eval's bucket order (metrics keep insertion order)
+    return {"pos_last_label": labels[-1] if labels else None, "pos_last_ratio": ratios[labels[-1]] if labels else None,
+            "pos_first_ratio": ratios[labels[0]] if labels else None,
+            "passkey_len": int(longest.split("/")[1]) if longest else None,
+            "passkey_acc": v.metrics.get(longest) if longest else None}
 
 
 def markdown_table(variants: list[Variant], ignore: tuple[str, ...] = ()) -> str:
     diff = differing_params(variants, ignore)
     head = ["recipe", *diff, "OWT ppl: distilled / fine-tuned / from scratch", "fine-tuned / teacher (OWT)",
             "WikiText fine-tuned (/ teacher)", "distilled / from scratch (OWT)",
-            "layer nMSE mean / max / layers >= 1", "wall s: distill / finetune / pretrain"]
+            "layer nMSE mean / max / layers >= 1", "fine-tuned / teacher by position: first / last bucket",
+            "passkey, fine-tuned (longest)", "wall s: distill / finetune / pretrain"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in variants:
         r = row_values(v)
@@ -64,6 +80,9 @@ def markdown_table(variants: list[Variant], ignore: tuple[str, ...] = ()) -> str
                  f"{_f(r['wikitext_finetuned'])} ({_f(r['wikitext_ft_over_teacher'], 2)}x)",
                  _f(r["owt_distilled_over_scratch"], 2),
                  f"{_f(r['nmse_mean'], 2)} / {_f(r['nmse_max'], 2)} / {r['nmse_above_1'] if r['nmse_above_1'] is not None else '–'}",
+                 f"{_f(r['pos_first_ratio'], 1)}x / {_f(r['pos_last_ratio'], 1)}x ({r['pos_last_label']})"
+                 if r["pos_last_label"] else "–",
+                 f"{_f(r['passkey_acc'], 2)} @ {r['passkey_len']}" if r["passkey_len"] else "–",
                  " / ".join(_f(r[k], 0) for k in ("distill_s", "finetune_s", "pretrain_s"))]
         lines.append("| " + " | ".join(cells) + " |")
     teachers = {f"{ds}": next((ppl(v, ds, "teacher") for v in variants if ppl(v, ds, "teacher")), None)

@@ -87,11 +87,78 @@ def flat_metrics(results: dict) -> dict[str, float]:
             for metric in ("acc", "acc_norm"):
                 if r.get(metric) is not None:
                     out[f"{metric}/{task}/{name}"] = round(r[metric], 4)
+        out.update(_long_context_metrics(name, m, teacher))
         shipped = s.get("tasks", list(m.get("tasks", {})))  # the mean leaves a user's own tasks out
         accs = [r["acc"] for t, r in m.get("tasks", {}).items() if t in shipped and r.get("acc") is not None]
         if accs:
             out[f"acc/mean/{name}"] = round(sum(accs) / len(accs), 4)
     return out
+
+
+def position_rows(model: dict) -> list[dict]:
+    """The position buckets of a model's curve ([] when it has none or could not run it)."""
+    return (model.get("positions") or {}).get("buckets", [])
+
+
+def position_ratios(model: dict, teacher: dict | None) -> dict[str, float]:
+    """{bucket label: student / teacher perplexity} where both scored the bucket."""
+    t = {b["label"]: b["ppl"] for b in position_rows(teacher or {})}
+    return {b["label"]: b["ppl"] / t[b["label"]] for b in position_rows(model) if t.get(b["label"])}
+
+
+def _long_context_metrics(name: str, m: dict, teacher: dict | None) -> dict[str, float]:
+    """pos_ppl/<bucket>/<model>, pos_ratio/<bucket>/<model> and passkey/<length>/<model>."""
+    out = {f"pos_ppl/{b['label']}/{name}": round(b["ppl"], 4) for b in position_rows(m)}
+    if teacher is not None and m is not teacher:
+        out.update({f"pos_ratio/{k}/{name}": round(v, 4) for k, v in position_ratios(m, teacher).items()})
+    out.update({f"passkey/{n}/{name}": r["acc"] for n, r in (m.get("passkey") or {}).items() if "acc" in r})
+    return out
+
+
+def _k(n: int | str) -> str:
+    n = int(n)
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def positions_table(results: dict) -> list[str]:
+    """Perplexity by position inside long windows: one row per bucket, each model's perplexity and
+    (students) its ratio to the teacher's on the same tokens."""
+    models = results["models"]
+    curves = {n: m for n, m in models.items() if position_rows(m)}
+    if not curves:
+        return []
+    teacher = models.get(TEACHER)
+    ratios = {n: position_ratios(m, teacher) for n, m in curves.items() if n != TEACHER and teacher}
+    head = ["positions"] + list(curves) + [f"{n} / teacher" for n in ratios]
+    first = next(iter(curves.values()))["positions"]
+    lines = ["## Perplexity by position in long documents", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, b in enumerate(position_rows(next(iter(curves.values())))):
+        row = [b["label"]] + [_fmt(position_rows(m)[i]["ppl"], 1 if position_rows(m)[i]["ppl"] < 1e4 else 0)
+                              for m in curves.values()]
+        row += [_fmt(r.get(b["label"]), 2) for r in ratios.values()]
+        lines.append("| " + " | ".join(row) + " |")
+    missing = [f"`{n}`: {m['positions']['na']}" for n, m in models.items() if "na" in (m.get("positions") or {})]
+    src = results["settings"].get("positions", {}).get("source", "?")
+    lines += ["", f"{first['windows']} windows of {first['context']} tokens from `{src}` (round-robin over its "
+              "documents); the token at position t is predicted from the t tokens before it in its window. "
+              "A ratio that stays flat or falls past the training window means the student gains from "
+              "context as its teacher does; one that rises means it does not."
+              + (" Not run: " + "; ".join(missing) + "." if missing else ""), ""]
+    return lines
+
+
+def passkey_rows(models: dict, extra_cols: int) -> list[str]:
+    """Table 2 rows "passkey @ N" (retrieved / trials per model), `extra_cols` empty cells after."""
+    lengths = sorted({int(n) for m in models.values() for n in (m.get("passkey") or {})})
+    rows = []
+    for n in lengths:
+        cells = []
+        for m in models.values():
+            r = (m.get("passkey") or {}).get(str(n))
+            cells.append("–" if r is None else f"n/a ({r['na']})" if "na" in r else f"{r['acc']:.2f} ({r['correct']}/{r['trials']})")
+        rows.append("| " + " | ".join([f"passkey @ {_k(n)} tokens"] + cells + ["–"] * extra_cols) + " |")
+    return rows
 
 
 def _mean_acc(tasks: dict) -> float | None:
@@ -186,13 +253,14 @@ def table2(results: dict, reference: dict | None) -> list[str]:
 
     tasks = [t for t in results["settings"].get("tasks", []) if ran(t)]
     extra = [t for t in results["settings"].get("user_tasks", []) if ran(t)]
-    if not tasks and not extra:
-        return []
     head = ["task"] + list(models) + [f"paper {k}" for k in PAPER_ACC] + (["Pythia-70M lm-eval reference"] if reference else [])
+    passkey = passkey_rows(models, len(head) - 1 - len(models))
+    if not tasks and not extra and not passkey:
+        return []
     lines = ["## Table 2: zero-shot accuracy (fp32)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += [_task_row(t, t, models, reference) for t in tasks]
     if not tasks:
-        return lines + [_task_row(f"{t} (yours)", t, models, reference) for t in extra] + [""]
+        return lines + [_task_row(f"{t} (yours)", t, models, reference) for t in extra] + passkey + [""]
     means = {name: _mean_acc({t: m.get("tasks", {}).get(t, {}) for t in tasks}) for name, m in models.items()}
     row = ["mean acc"] + [_fmt(v, 4) for v in means.values()]
     row += [_fmt(sum(PAPER_ACC[k][t] for t in tasks if t in PAPER_ACC[k]) / max(1, sum(t in PAPER_ACC[k] for t in tasks)), 4) for k in PAPER_ACC]
@@ -209,7 +277,7 @@ def table2(results: dict, reference: dict | None) -> list[str]:
             row.append("–")
         lines.append("| " + " | ".join(row) + " |")
     lines += [_task_row(f"{t} (yours)", t, models, reference) for t in extra]  # reference: "–" (has our keys only)
-    return lines + [""]
+    return lines + passkey + [""]
 
 
 def render_report(results: dict, reference: dict | None = None) -> str:
@@ -218,7 +286,7 @@ def render_report(results: dict, reference: dict | None = None) -> str:
     lines = ["# Evaluation report", ""]
     lines += ["Models: " + ", ".join(f"`{n}` = `{m.get('path', '?')}`" + (f" ({m['n_params'] / 1e6:.1f}M params)" if m.get("n_params") else "")
                                     for n, m in results["models"].items()), ""]
-    lines += table1(results) + long_context_table(results) + table2(results, reference)
+    lines += table1(results) + long_context_table(results) + positions_table(results) + table2(results, reference)
     lines += ["## How these numbers are computed", ""]
     for ds, desc in s.get("dataset_sources", {}).items():
         lines.append(f"- **{label(ds)}**: {desc}")
@@ -231,6 +299,9 @@ def render_report(results: dict, reference: dict | None = None) -> str:
         f"- lm-eval: zero-shot, fp32, task source `{s.get('task_source', '?')}`, "
         f"limit {s.get('limit') or 'none'} examples per task; `acc ± stderr`, `norm` = length-normalised accuracy (acc_norm)"
         + (f"; rows marked (yours) are the task YAMLs of `{s.get('include_path')}` (not in the means)." if s.get("user_tasks") else "."),
+        "- Passkey rows (hyena/evaluate/passkey.py): a random 5-digit key stated once inside repeated filler "
+        "sentences, at depths spread evenly over the prompt, asked for at the end; retrieved when greedy "
+        "decoding writes the whole key; the mean accuracy leaves them out.",
         "- SciQ offline: the local copy lacks the support paragraph that lm-eval's `sciq` prompt starts with, "
         "so SciQ accuracies are not comparable with the paper's or the reference column.",
         "- Paper columns are the published numbers of the paper (Pythia-70M teacher); the reference column is "

@@ -17,8 +17,10 @@ from typing import Literal
 import torch
 
 from hyena.config import Config, param
-from hyena.evaluate import harness, perplexity, streams
+from hyena.evaluate import harness, passkey, perplexity, positions, streams
 from hyena.evaluate.report import flat_metrics, load_reference, render_report
+from hyena.evaluate.passkey import PasskeyConfig
+from hyena.evaluate.positions import PositionsConfig
 from hyena.evaluate.streams import DatasetSource
 from hyena.io import atomic_write_json, atomic_write_text, reading_weights
 from hyena.runtime import resolve_device
@@ -52,6 +54,8 @@ class EvalConfig(Config):
     long_contexts: list[int] = param([2048, 4096, 8192], "extra contexts for the extrapolation curve")
     long_context_datasets: list[str] = param(["wikitext"], "names in eval.datasets on that curve")
     long_max_windows: int = param(0, "windows per long context (0: all)", ge=0)
+    positions: PositionsConfig = param(PositionsConfig(), "perplexity by position inside long windows (hyena/evaluate/positions.py)")
+    passkey: PasskeyConfig = param(PasskeyConfig(), "passkey retrieval at long context (hyena/evaluate/passkey.py)")
     tasks: list[str] = param(["arc_easy", "arc_challenge", "logiqa", "piqa", "sciq", "winogrande", "wsc"],
                              "lm-eval zero-shot tasks ([]: skip)")
     task_source: Literal["local", "builtin"] = param(
@@ -240,6 +244,7 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
         load_reference(cfg.reference)
     fallbacks = [cfg.tokenizer, tokenizer_fallback]
     tokenized: dict[tuple[str, str], object] = {}  # (dataset, tokenizer source) -> stream
+    long_docs = positions.read_documents(cfg.positions) if cfg.positions.context else []
     results = {"settings": {**asdict(cfg), "device": device, "dataset_sources": dict(sources),
                             "user_tasks": user_tasks}, "models": {}}
     for name, path in cfg.models.items():
@@ -261,6 +266,13 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
             "max_positions": max_positions(model),
             "ppl": model_perplexities(model, token_streams, cfg, device, name),
         }
+        if long_docs:
+            if (POSITIONS, tok_source) not in tokenized:
+                tokenized[POSITIONS, tok_source] = positions.cut_windows(
+                    [streams.tokenize_stream(tokenizer, d) for d in long_docs], cfg.positions.context, cfg.positions.windows)
+            entry["positions"] = model_long_context(model, tokenized[POSITIONS, tok_source], cfg, device, name)
+        if cfg.passkey.lengths:
+            entry["passkey"] = passkey.model_passkey(model, tokenizer, cfg.passkey, device, name, context_limit(model))
         if cfg.tasks or user_tasks:
             try:
                 entry["tasks"] = harness.run_tasks(
@@ -278,6 +290,27 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
     return results
 
 
+POSITIONS = "positions"  # key of the position curve's windows in the per-tokenizer cache
+
+
+def context_limit(model) -> int | None:
+    """The longest input a model can score: its positions, or a recurrent student's fitted taps."""
+    fit_len = (getattr(model.config, "modal", None) or {}).get("fit_len")
+    limits = [n for n in (max_positions(model), fit_len) if n]
+    return min(limits) if limits else None
+
+
+def model_long_context(model, windows, cfg: EvalConfig, device: str, name: str) -> dict:
+    """The position curve of one model, or {"na": reason} when its windows are too long for it."""
+    limit = context_limit(model)
+    if limit and windows.shape[1] > limit:
+        return {"na": f"windows of {windows.shape[1]} tokens exceed the model's {limit} positions or fitted taps"}
+    try:
+        return positions.model_positions(model, windows, cfg.positions, device, name)
+    except (RuntimeError, ValueError, torch.OutOfMemoryError) as err:
+        return {"na": _na_reason(err)}
+
+
 def same_tokenizer(tokens_dir: str | Path, tokenizer) -> bool:
     """Whether the tokenize stage's rows in `tokens_dir` were made with `tokenizer` (True when the
     manifest does not say)."""
@@ -291,19 +324,20 @@ def same_tokenizer(tokens_dir: str | Path, tokenizer) -> bool:
 
 
 def write_outputs(results: dict, out_dir: str | Path, reference: str = "") -> dict[str, Path]:
-    """metrics.json (flat, for DVC), results.json (everything), report.md, ppl.png, ppl_vs_context.png.
+    """metrics.json (flat, for DVC), results.json (everything), report.md, ppl.png, ppl_vs_context.png,
+    ppl_by_position.png.
 
-    All five are made in a temporary directory first and moved into place only when every one of
+    All six are made in a temporary directory first and moved into place only when every one of
     them was written: a failure leaves the previous set (or nothing) behind, never a mix."""
     import shutil
 
-    from hyena.evaluate.plots import plot_ppl, plot_ppl_vs_context
+    from hyena.evaluate.plots import plot_positions, plot_ppl, plot_ppl_vs_context
     from hyena.io import remove_leftovers
 
     out_dir = Path(out_dir)
     ref = load_reference(reference) if reference else None
     names = {"metrics": "metrics.json", "results": "results.json", "report": "report.md",
-             "ppl_plot": "ppl.png", "context_plot": "ppl_vs_context.png"}
+             "ppl_plot": "ppl.png", "context_plot": "ppl_vs_context.png", "positions_plot": "ppl_by_position.png"}
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out_dir / "eval-outputs")  # what a killed run left
     tmp = out_dir / f".eval-outputs.tmp-{os.getpid()}"
@@ -313,8 +347,9 @@ def write_outputs(results: dict, out_dir: str | Path, reference: str = "") -> di
         atomic_write_text(tmp / names["report"], render_report(results, ref))
         plot_ppl(results, tmp / names["ppl_plot"])
         plot_ppl_vs_context(results, tmp / names["context_plot"])
+        plot_positions(results, tmp / names["positions_plot"])
         atomic_write_json(tmp / names["metrics"], flat_metrics(results))
-        for key in ("results", "report", "ppl_plot", "context_plot", "metrics"):  # metrics last: a complete run
+        for key in ("results", "report", "ppl_plot", "context_plot", "positions_plot", "metrics"):  # metrics last: a complete run
             os.replace(tmp / names[key], out_dir / names[key])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Passkey retrieval: can a model find a number stated once, far back in its context?
+
+The prompt (the probe of Mohtashami & Jaggi 2023 and LongLoRA), tokenised with the model's own
+tokenizer, about `length` tokens long:
+
+    There is an important info hidden inside a lot of irrelevant text. Find it and memorize it.
+    I will quiz you about the important information there.
+    The grass is green. The sky is blue. ... (filler)
+    The pass key is 72391. Remember it. 72391 is the pass key.     <- at depth d of the filler
+    The grass is green. ... (filler)
+    What is the pass key? The pass key is
+
+and the answer is " 72391". A trial counts as retrieved when greedy decoding would write the whole
+answer: the argmax of the model's next-token distribution equals each answer token in turn, with
+the answer's earlier tokens fed (teacher forcing). That is exactly greedy decoding of the answer's
+length, in one forward pass. Keys are random 5-digit numbers and depths spread evenly over
+(0, 1), both from `seed`, so every model sees the same trials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hyena.config import Config, param
+
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+         "I will quiz you about the important information there.\n")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
+QUESTION = "What is the pass key? The pass key is"
+
+
+@dataclass
+class PasskeyConfig(Config):
+    """params.yaml `eval.passkey`: the passkey-retrieval probe."""
+
+    SECTION = "eval.passkey"
+
+    lengths: list[int] = param([1024, 2048, 4096, 8192], "prompt lengths in tokens ([]: skip the probe)")
+    trials: int = param(5, "keys per length, at depths spread evenly over the filler", ge=1)
+    seed: int = param(0, "keys and depths")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [n for n in self.lengths if n < 128]
+        if bad:
+            raise ValueError(f"eval.passkey.lengths: {bad} too short (the prompt's fixed text alone is ~60 tokens): use >= 128")
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def build_trial(tokenizer, length: int, depth: float, key: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of about `length` tokens in all, the needle at `depth` in [0, 1]."""
+    fixed = len(_ids(tokenizer, INTRO + NEEDLE.format(key=key) + QUESTION + f" {key}"))
+    unit = len(_ids(tokenizer, FILLER * 8)) / 8
+    n_fill = max(int((length - fixed) / unit), 1)
+    before = round(n_fill * depth)
+    prompt = INTRO + FILLER * before + NEEDLE.format(key=key) + FILLER * (n_fill - before) + QUESTION
+    prompt_ids = _ids(tokenizer, prompt)
+    full = _ids(tokenizer, prompt + f" {key}")
+    if full[: len(prompt_ids)] == prompt_ids:
+        answer = full[len(prompt_ids):]
+    else:  # the tokenizer merged across the boundary: tokenise the answer on its own
+        answer = _ids(tokenizer, f" {key}")
+    while len(prompt_ids) + len(answer) > length:  # the estimate ran over: drop filler from the end
+        n_fill -= 1
+        before = min(before, n_fill)
+        prompt = INTRO + FILLER * before + NEEDLE.format(key=key) + FILLER * (n_fill - before) + QUESTION
+        prompt_ids = _ids(tokenizer, prompt)
+    return prompt_ids, answer
+
+
+def trials(cfg: PasskeyConfig, length: int) -> list[tuple[float, int]]:
+    """(depth, key) of each trial at `length`: the same for every model."""
+    rng = np.random.default_rng([cfg.seed, length])
+    keys = rng.integers(10_000, 100_000, size=cfg.trials)
+    return [((i + 0.5) / cfg.trials, int(k)) for i, k in enumerate(keys)]
+
+
+@torch.no_grad()
+def retrieved(model, prompt: list[int], answer: list[int], device) -> bool:
+    """Whether greedy decoding after `prompt` writes `answer` (one teacher-forced forward)."""
+    ids = torch.tensor([prompt + answer], device=device)  # (1, T)
+    logits = model(input_ids=ids, use_cache=False).logits[0]  # (T, V)
+    start = len(prompt) - 1  # logits at t predict token t+1
+    pred = logits[start : start + len(answer)].argmax(-1).tolist()
+    return pred == answer
+
+
+def model_passkey(model, tokenizer, cfg: PasskeyConfig, device, name: str, max_positions: int | None) -> dict:
+    """{str(length): {"acc", "correct", "trials"} | {"na": reason}} for one model."""
+    out: dict[str, dict] = {}
+    for length in cfg.lengths:
+        if max_positions and length > max_positions:
+            out[str(length)] = {"na": f"longer than the model's {max_positions} positions"}
+            continue
+        correct = 0
+        for depth, key in tqdm(trials(cfg, length), desc=f"{name} passkey {length}", leave=False):
+            prompt, answer = build_trial(tokenizer, length, depth, key)
+            correct += retrieved(model, prompt, answer, device)
+        out[str(length)] = {"acc": correct / cfg.trials, "correct": correct, "trials": cfg.trials}
+    return out
