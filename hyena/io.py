@@ -161,6 +161,16 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+DIGEST = "xxh3_64"  # content digest of stored chunks: ~19 GB/s on one core here (crc32 4.5, blake2b 0.8)
+
+
+def digest(data: bytes | memoryview) -> int:
+    """A cheap content digest (64-bit unsigned) of `data`: catches damaged bytes, not an adversary."""
+    import xxhash
+
+    return xxhash.xxh3_64_intdigest(data)
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

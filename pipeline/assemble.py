@@ -50,7 +50,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
         layers[int(key) - 1].load_state_dict(load_file(str(weights)))
     teacher = ActivationStore.open(p.activations)
     for k in range(len(layers) + 1):
-        check_chunks(teacher.layer("val", k), f"val/layer_{k:02d}", REDUMP)
+        check_chunks(teacher.layer("val", k), f"val/layer_{k:02d}", REDUMP, digests=teacher.digests("val", k))
 
     n_val = teacher.n_sequences("val")
     sq = np.zeros(len(layers))

@@ -64,14 +64,17 @@ def main(
     if cfg.input == "student" and prev != "00":
         inputs = open_outputs(p.layer(prev) / ACTS)
         train_in, val_in = inputs["train"], inputs["val"]
-        fix_in = f"rerun distill@{prev}"
+        fix_in, digests_in = f"rerun distill@{prev}", {}
     else:  # teacher-forced, or layer 1, whose input (the embedding output) the student shares
         train_in, val_in = teacher_acts.layer("train", int(prev)), teacher_acts.layer("val", int(prev))
-        fix_in = REDUMP
+        fix_in, digests_in = REDUMP, {s: teacher_acts.digests(s, int(prev)) for s in ("train", "val")}
     train_out, val_out = teacher_acts.layer("train", idx), teacher_acts.layer("val", idx)
-    # a damaged input is named as such here, instead of surfacing later as a diverged loss
-    for arr, fix in ((train_in, fix_in), (val_in, fix_in), (train_out, REDUMP), (val_out, REDUMP)):
-        check_chunks(arr, arr.path, fix, progress_bar=env.is_main)
+    # a damaged input is named as such here (digests, decoding, finite values), instead of
+    # surfacing later as a diverged loss or, worse, as a plausible one
+    for arr, fix, digests in ((train_in, fix_in, digests_in.get("train")), (val_in, fix_in, digests_in.get("val")),
+                              (train_out, REDUMP, teacher_acts.digests("train", idx)),
+                              (val_out, REDUMP, teacher_acts.digests("val", idx))):
+        check_chunks(arr, arr.path, fix, progress_bar=env.is_main, digests=digests)
 
     # every layer's stage writes its DVCLive dir (a dvc.yaml output): curves when it takes steps,
     # and always a summary (below)
