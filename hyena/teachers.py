@@ -375,6 +375,34 @@ def teacher_max_positions(source: str) -> int | None:
     return None
 
 
+def teacher_depth(source: str, materialised: str | Path | None = None) -> int | None:
+    """The teacher's number of decoder layers, read from its config alone (a GGUF's metadata, a local
+    directory's config.json, or the materialised teacher made from `source`); None when only a hub
+    download could tell. Cheap: no weights are loaded."""
+    if _is_gguf(source):
+        from gguf import GGUFReader
+
+        if not Path(source).expanduser().is_file():
+            return None
+        reader = GGUFReader(str(Path(source).expanduser()))
+        arch = reader.fields.get("general.architecture")
+        count = reader.fields.get(f"{arch.contents()}.block_count") if arch is not None else None
+        return int(count.contents()) if count is not None else None
+    candidates = [Path(source).expanduser() / "config.json"]
+    if materialised is not None and teacher_record(materialised).get("source") == source:
+        candidates.append(Path(materialised) / "config.json")
+    for config in candidates:
+        try:
+            raw = json.loads(config.read_text())
+        except (OSError, ValueError):
+            continue
+        raw = raw.get("text_config", raw) if isinstance(raw, dict) else {}
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(raw.get(key), int):
+                return raw[key]
+    return None
+
+
 def weights_hash(model: nn.Module, max_bytes_per_tensor: int = 1 << 16) -> str:
     """A cheap content hash of a model's weights (names, shapes and a prefix of every tensor)."""
     import hashlib

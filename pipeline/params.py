@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import typer
 import yaml
 
-from hyena.config import Config, ConfigError, load, param
+from hyena.config import Config, ConfigError, did_you_mean, load, param
 
 T = TypeVar("T")
 
@@ -56,6 +56,11 @@ class PathsConfig(Config):
     checkpoints: str = param("data/checkpoints", "resumable training state of finetune and pretrain, one directory per output")
     eval: str = param("data/eval", "evaluation report, metrics and plots")
     reports: str = param("reports", "metrics, plots, timings and DVCLive curves (tracked in git)")
+
+    @property
+    def check(self) -> Path:
+        """The check-params stage's record (dvc.yaml: the first stage's dep, so it runs first)."""
+        return Path(self.reports) / "params_check.json"
 
     def student(self, name: str) -> Path:
         return Path(self.students) / name
@@ -95,7 +100,8 @@ def load_params(path: Path = PARAMS) -> dict[str, Any]:
         raise StageError(f"{path} must be a mapping of sections (teacher:, tokenize:, ...), got a {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SECTIONS), key=str)
     if unknown:
-        raise StageError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; known: {', '.join(SECTIONS)}")
+        raise StageError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}{did_you_mean(unknown, SECTIONS)}; "
+                         f"known: {', '.join(SECTIONS)}")
     return raw
 
 
