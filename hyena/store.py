@@ -55,6 +55,8 @@ from hyena.io import (
     atomic_dir,
     output_owner,
     digest,
+    hold_output,
+    release_output,
     remove_leftovers,
 )
 from hyena.teachers import capture, get_adapter, weights_hash
@@ -428,27 +430,32 @@ def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | 
     """
     out = Path(out)
     plan = plan_dump(model, tokens_dir, p, teacher_source)
-    if rank == 0:
-        store = _resumable_store(out, plan.fingerprint)
-        if store is not None:
-            store = _unmark_damaged(out, store)
-        _check_disk(out, _bytes_to_write(plan, p, store))
-        if store is None:
-            _create_store(out, plan.attrs, plan.sizes, plan.seq_len, plan.d_model, plan.n_layers, p)
-    barrier()
-    store = ActivationStore.open(out, allow_incomplete=True)
-    if store.attrs.get("fingerprint") != plan.fingerprint:
-        raise RuntimeError(f"{out} was made for another teacher, tokens or params than this rank's (mixed torchrun launch?)")
-    if not store.complete:
-        todo = {s: [c for c in range(-(-plan.sizes[s] // p.chunk_sequences))
-                    if c % world_size == rank and store.progress(s)[c, 0] < 0] for s in SPLITS}
-        _write_chunks(model, plan, zarr.open_group(str(out), mode="r+", zarr_format=3), todo, p,
-                      progress_bar and rank == 0, on_chunk_written)
-    barrier()
-    if rank == 0 and not store.complete:
-        _finalise(out)
-    barrier()
-    return ActivationStore.open(out)
+    newly_held = rank == 0 and hold_output(out, STAGE)  # one writer per store for the whole dump
+    try:
+        if rank == 0:
+            store = _resumable_store(out, plan.fingerprint)
+            if store is not None:
+                store = _unmark_damaged(out, store)
+            _check_disk(out, _bytes_to_write(plan, p, store))
+            if store is None:
+                _create_store(out, plan.attrs, plan.sizes, plan.seq_len, plan.d_model, plan.n_layers, p)
+        barrier()
+        store = ActivationStore.open(out, allow_incomplete=True)
+        if store.attrs.get("fingerprint") != plan.fingerprint:
+            raise RuntimeError(f"{out} was made for another teacher, tokens or params than this rank's (mixed torchrun launch?)")
+        if not store.complete:
+            todo = {s: [c for c in range(-(-plan.sizes[s] // p.chunk_sequences))
+                        if c % world_size == rank and store.progress(s)[c, 0] < 0] for s in SPLITS}
+            _write_chunks(model, plan, zarr.open_group(str(out), mode="r+", zarr_format=3), todo, p,
+                          progress_bar and rank == 0, on_chunk_written)
+        barrier()
+        if rank == 0 and not store.complete:
+            _finalise(out)
+        barrier()
+        return ActivationStore.open(out)
+    finally:
+        if newly_held:
+            release_output(out)
 
 
 def _bytes_to_write(plan: DumpPlan, p: DumpConfig, store: ActivationStore | None) -> int:

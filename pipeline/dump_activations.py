@@ -21,7 +21,7 @@ app = stage_app()
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Run the teacher over the token budget and store every layer's output in a Zarr store."""
     from hyena.data import check_tokenizer, load_manifest
-    from hyena.io import reading_weights
+    from hyena.io import hold_output, reading_weights
     from hyena.store import DumpConfig, check_store_path, dump_activations
     from hyena.teachers import load_teacher, teacher_record
     from hyena.train.dist import setup, teardown
@@ -30,6 +30,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     cfg, p = params.get("dump", DumpConfig), params.paths
     load_manifest(p.tokens)  # one line if the tokenize stage has not run
     check_store_path(p.activations)  # before the teacher loads
+    hold_output(p.activations, "dump-activations")  # one writer per store: a second one fails here, at once
     teacher = params.teacher_dir()
     check_tokenizer(p.tokens, teacher, "the teacher")
     env = setup(device=cfg.device, precision="fp32")  # the cached targets are fp32 forward passes

@@ -182,6 +182,8 @@ def one_line_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from hyena.io import release_outputs
+
         try:
             return fn(*args, **kwargs)
         except (StageError, ConfigError, OSError, ValueError, RuntimeError, KeyError) as err:
@@ -192,6 +194,8 @@ def one_line_errors(fn):
                 raise
             typer.echo(f"error: {error_line(err)}", err=True)
             sys.exit(1)
+        finally:
+            release_outputs()  # the writer locks its outputs' claims took (hyena.io.hold_output)
 
     return wrapper
 
@@ -208,6 +212,9 @@ def dvclive_logger(directory: str | Path):
     """A `log(metrics, step)` callback writing DVCLive plots under `directory` (no DVC experiment)."""
     from dvclive import Live
 
+    from hyena.io import hold_output
+
+    hold_output(directory, "dvclive")  # one writer: a second run's steps would interleave with these
     live = Live(str(directory), save_dvc_exp=False, dvcyaml=None)
 
     def log(metrics: dict[str, float], step: int) -> None:
