@@ -677,10 +677,11 @@ class ChunkError(CorruptInputError):
             "missing": f"missing chunk file {where}",
             "unreadable": f"unreadable chunk file {where}, truncated or corrupt ({detail})",
             "digest": f"chunk file {where} does not match the digest recorded when it was written (damaged on disk)",
+            "nonfinite": f"{detail} non-finite values in chunk file {where}",
         }[kind])
 
 
-def read_chunk(arr: zarr.Array, chunk: int, expected: int | None = None) -> np.ndarray:
+def read_chunk(arr: zarr.Array, chunk: int, expected: int | None = None, finite: bool = False) -> np.ndarray:
     """Sequence chunk `chunk` of `arr` (chunked along its first axis, in a local store), read once:
     the file's bytes are decoded and digested against `expected` (when given). Raises ChunkError
     naming the file: missing (it would read as fill values), undecodable, or not matching its digest."""
@@ -701,6 +702,8 @@ def read_chunk(arr: zarr.Array, chunk: int, expected: int | None = None) -> np.n
             x = arr[a:b]
     except Exception as err:  # noqa: BLE001 - any decode failure means a damaged file
         raise ChunkError("unreadable", where, f"{type(err).__name__}: {err}") from None
+    if finite and (bad := x.size - int(np.count_nonzero(np.isfinite(x)))):  # the more telling problem first
+        raise ChunkError("nonfinite", where, str(bad))
     if expected is not None and digest(raw) != int(expected):
         raise ChunkError("digest", where)
     return x
@@ -715,10 +718,6 @@ def check_chunks(arr: zarr.Array, what: str, fix: str, progress_bar: bool = Fals
     n_chunks = -(-arr.shape[0] // arr.chunks[0])
     for chunk in tqdm(range(n_chunks), desc=f"check {what}", unit="chunk", disable=not progress_bar, leave=False):
         try:
-            x = read_chunk(arr, chunk, None if digests is None else digests[chunk])
+            read_chunk(arr, chunk, None if digests is None else digests[chunk], finite=True)
         except ChunkError as err:
             raise CorruptInputError(f"{err} of {what}: {fix}") from None
-        bad = x.size - int(np.count_nonzero(np.isfinite(x)))
-        if bad:
-            raise CorruptInputError(f"{bad} non-finite values in chunk file {chunk_path(arr, chunk)} "
-                                    f"(sequences {chunk * arr.chunks[0]}.. of {what}): {fix}")
