@@ -30,10 +30,11 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     cfg, p = params.get("dump", DumpConfig), params.paths
     load_manifest(p.tokens)  # one line if the tokenize stage has not run
     check_store_path(p.activations)  # before the teacher loads
-    hold_output(p.activations, "dump-activations")  # one writer per store: a second one fails here, at once
     teacher = params.teacher_dir()
     check_tokenizer(p.tokens, teacher, "the teacher")
     env = setup(device=cfg.device, precision="fp32")  # the cached targets are fp32 forward passes
+    if env.is_main:  # one writer per store: a second dump fails here, at once (ranks share rank 0's lock)
+        hold_output(p.activations, "dump-activations")
     with reading_weights(teacher, "rerun the teacher stage"):
         model = load_teacher(str(teacher)).to(env.device)
     store = dump_activations(model, p.tokens, p.activations, cfg, teacher_record(teacher).get("source", str(teacher)),
