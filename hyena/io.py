@@ -33,11 +33,15 @@ class CorruptInputError(ValueError):
 @contextlib.contextmanager
 def reading_weights(path: str | os.PathLike, fix: str = "rerun the stage that wrote it") -> Iterator[None]:
     """Around a model load from `path` (a model directory or a weights file): a truncated or
-    corrupt safetensors file, or a directory without weights, becomes one line naming it."""
+    corrupt safetensors file, a config.json that is not JSON, or a directory without weights,
+    becomes one line naming it and `fix`."""
     path = Path(path)
     try:
         yield
     except Exception as err:
+        if isinstance(err, OSError) and "is not a valid JSON file" in str(err):  # transformers' wording
+            config = path / "config.json" if path.is_dir() else path
+            raise CorruptInputError(f"{config} is not valid JSON: the directory is damaged: {fix}") from None
         if type(err).__name__ == "SafetensorError":
             files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
             named = ", ".join(map(str, files)) or str(path)

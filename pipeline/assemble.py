@@ -33,18 +33,21 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     from hyena.student import HyenaStudentForCausalLM
     from hyena.teachers import copy_tokenizer
     from hyena.train.distill import DistillConfig
+    from pipeline.distill import read_chain
 
     params = Params.read(params_file)
     d, p = params.get("distill", DistillConfig), params.paths
     if d.last != max(d.layers):
         raise StageError(f"params distill.last is {d.last!r} but the last layer in distill.layers is {max(d.layers)!r}")
     claim_output(p.student("distilled"), "assemble")
-    chain = json.loads((p.layer(d.last) / "chain.json").read_text())
+    chain = read_chain(p, d.last)
     with reading_weights(p.layer("00"), "rerun the init-student stage"):
         student = HyenaStudentForCausalLM.from_pretrained(p.layer("00")).eval()
     layers = student.decoder_layers()
     for key, sha in sorted(chain.items()):
         weights = p.layer(key) / "layer.safetensors"
+        if not weights.is_file():
+            raise StageError(f"{weights} not found: rerun distill@{key} (dvc repro distill@{key})")
         if file_sha256(weights) != sha:
             raise StageError(f"{weights} changed since layer {d.last} was distilled: run dvc repro")
         layers[int(key) - 1].load_state_dict(load_file(str(weights)))

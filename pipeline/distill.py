@@ -30,6 +30,22 @@ app = stage_app()
 ACTS = "acts.zarr"  # the student's output of this layer, inside the layer directory
 
 
+def read_chain(p, layer: str) -> dict:
+    """The weight hashes of layers 01..`layer` that layer_<layer>/chain.json records; a missing or
+    damaged directory is one line naming the stage that writes it."""
+    path = p.layer(layer) / "chain.json"
+    stage = "init-student" if layer == "00" else f"distill@{layer}"
+    try:
+        chain = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path} not found: rerun {stage} (dvc repro {stage})") from None
+    except (OSError, ValueError):
+        chain = None
+    if not isinstance(chain, dict):
+        raise StageError(f"{path} is not a JSON object: the directory is damaged: rerun {stage} (dvc repro {stage})")
+    return chain
+
+
 @command(app)
 def main(
     layer: str = typer.Option(..., help="layer key in params distill.layers, e.g. 03 (1-based)"),
@@ -57,7 +73,7 @@ def main(
     if cfg.batch_size > teacher_acts.n_sequences("train"):
         raise StageError(f"distill.batch_size {cfg.batch_size} (layer {layer}) exceeds the "
                          f"{teacher_acts.n_sequences('train')} dumped training sequences: lower it or raise dump.train_sequences")
-    chain = json.loads((p.layer(prev) / "chain.json").read_text())
+    chain = read_chain(p, prev)
     with reading_weights(p.layer("00"), "rerun the init-student stage"):
         student = HyenaStudentForCausalLM.from_pretrained(p.layer("00")).to(env.device)
     student.requires_grad_(False)
