@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hyena.cache import HyenaLayerState, MixerCache, layer_state
+from hyena.cache import HyenaLayerState, MixerCache, layer_state, mask_pads
 from hyena.operator import (
     HyenaConfig,
     HyenaOperator,
@@ -123,7 +123,9 @@ class RecurrentHyenaMixer(nn.Module):
     def chunk(self, u: torch.Tensor, state: HyenaLayerState | None = None) -> torch.Tensor:
         """T tokens at once (B, T, d) -> (B, T, d): FFT convolution plus the carried-in state."""
         B, T, d = u.shape
-        z = self._short_conv(project_channel_major(self.in_proj, u), state)  # (B, W, T)
+        mask = None if state is None else state.input_mask  # (B, T) of a left-padded chunk: pads add nothing
+        p = mask_pads(project_channel_major(self.in_proj, u), mask)  # (B, W, T)
+        z = mask_pads(self._short_conv(p, state), mask)
         *x, v = z.split(d, dim=1)  # each (B, d, T)
         kern = self.tail_kernel(T)  # (F, d, T)
         D = self.modal.D  # (F, d)
