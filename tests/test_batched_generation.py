@@ -115,3 +115,40 @@ def test_rows_stop_at_eos_independently(kind):
     first_eos = (free[0] == eos).nonzero()
     end = int(first_eos[0]) + 1 if len(first_eos) else NEW  # the long row runs on to its own EOS or the limit
     assert torch.equal(out[0, :end], free[0, :end])
+
+
+@torch.no_grad()
+def test_generate_cli_prompts_file_in_padded_batches(tmp_path, pythia_tokenizer):
+    """`generate --prompts-file` (text lines or jsonl) writes one JSON line per prompt whose tokens
+    are the prompt's greedy continuation alone, in left-padded cached batches with tokens/s."""
+    import json
+
+    from conftest import tiny_neox_config
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from hyena.recurrence.generation import Sampling, generate
+    from pipeline.generate import app
+
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(tiny_neox_config(layers=1, d=32)).eval()
+    student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=128, emb_dim=3)))
+    model, _ = to_recurrent(student, RecurrentConfig(fit_len=128, fit=ModalFitConfig(order=8, steps=0)), progress=False)
+    model.generation_config.eos_token_id = None  # random weights: run every row to the limit
+    model.save_pretrained(tmp_path / "model")
+    pythia_tokenizer.save_pretrained(tmp_path / "model")
+    texts = ["The city of Paris is", "Once", "A long time ago in a galaxy far"]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    (tmp_path / "p.txt").write_text("\n".join(texts) + "\n\n")
+    for src in ("p.jsonl", "p.txt"):
+        out = tmp_path / f"{src}.out.jsonl"
+        res = CliRunner().invoke(app, ["--model", str(tmp_path / "model"), "--prompts-file", str(tmp_path / src),
+                                       "--batch-size", "2", "--greedy", "--max-new-tokens", "6", "--output", str(out)])
+        assert res.exit_code == 0, res.output
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["prompt"] for r in rows] == texts and [r["batch"] for r in rows] == [0, 0, 1]
+        assert all(r["new_tokens"] == 6 and r["batch_tokens_per_s"] > 0 for r in rows)
+        for r in rows:
+            ids = torch.tensor([pythia_tokenizer.encode(r["prompt"])])
+            alone, _ = generate(model, ids, 6, Sampling(greedy=True))
+            assert r["completion"] == pythia_tokenizer.decode(alone[0], skip_special_tokens=True)
