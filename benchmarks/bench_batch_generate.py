@@ -47,32 +47,37 @@ from transformers import AutoModelForCausalLM
 from transformers.cache_utils import DynamicLayer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_generate import HYBRID_KEEP, Stamps, smollm2_config, state_bytes  # noqa: E402
+from bench_generate import HYBRID_KEEP, smollm2_config, state_bytes  # noqa: E402
 
 from hyena.operator import HyenaConfig  # noqa: E402
 from hyena.recurrence.generation import decode_layout  # noqa: E402
 from hyena.recurrence.model import HyenaRecurrentConfig, HyenaRecurrentForCausalLM  # noqa: E402
 
-KV_BYTES_PER_TOKEN_LAYER = 2 * 3 * 64 * 4  # keys + values, 3 KV heads of 64, fp32
-MODAL_BYTES_PER_LAYER = 576 * 16 * 8 + 3 * 576 * 2 * 4  # complex64 modal state + the short conv's FIR taps
 
-
-def analytic_state_bytes(model: str, L: int) -> int:
-    """Decode state of one sequence at context L (SmolLM2 shapes, modal order 16)."""
-    kv_layers = {"teacher": 30, "recurrent": 0, "hybrid": len(HYBRID_KEEP)}[model]
-    return kv_layers * KV_BYTES_PER_TOKEN_LAYER * L + (30 - kv_layers) * MODAL_BYTES_PER_LAYER
+def analytic_state_bytes(name: str, L: int, model=None) -> int:
+    """Decode state of one sequence at context L: fp32 keys + values per KV layer and position,
+    complex64 modal state (order 16) + the short conv's 2 FIR taps of 3d channels per Hyena
+    layer. SmolLM2 shapes (30 layers, d 576, 3 KV heads of 64) unless `model` is given."""
+    cfg = getattr(model, "config", None)
+    arch = cfg.teacher_architecture() if hasattr(cfg, "teacher_architecture") else cfg
+    n, d, kv, hd = (30, 576, 3, 64) if arch is None else (
+        arch.num_hidden_layers, arch.hidden_size, arch.num_key_value_heads, arch.hidden_size // arch.num_attention_heads)
+    keep = len(HYBRID_KEEP) if cfg is None else len(getattr(cfg, "keep_attention", None) or [])
+    kv_layers = {"teacher": n, "recurrent": 0, "hybrid": keep}[name]
+    return kv_layers * 2 * kv * hd * 4 * L + (n - kv_layers) * (d * 16 * 8 + 3 * d * 2 * 4)
 
 
 # --- one cell, in its own process -------------------------------------------------------------
 
 
-def build(model: str, max_len: int) -> torch.nn.Module:
+def build(model: str, max_len: int, config=smollm2_config, keep: list[int] = HYBRID_KEEP) -> torch.nn.Module:
+    """The teacher (config(max_len)), its recurrent student, or the hybrid keeping `keep`'s attention."""
     torch.manual_seed(0)
     if model == "teacher":
-        return AutoModelForCausalLM.from_config(smollm2_config(max_len)).eval().requires_grad_(False)
-    cfg = HyenaRecurrentConfig(teacher_config=smollm2_config(max_len).to_dict(),
+        return AutoModelForCausalLM.from_config(config(max_len)).eval().requires_grad_(False)
+    cfg = HyenaRecurrentConfig(teacher_config=config(max_len).to_dict(),
                                hyena=HyenaConfig(max_len=max_len).to_dict(), modal={"order": 16},
-                               keep_attention=HYBRID_KEEP if model == "hybrid" else [])
+                               keep_attention=keep if model == "hybrid" else [])
     m = HyenaRecurrentForCausalLM(cfg).eval().requires_grad_(False)
     g = torch.Generator().manual_seed(1)
     for i in m.hyena_layers():  # slow, stable random modes (as bench_generate's recurrent_like)
@@ -84,17 +89,19 @@ def build(model: str, max_len: int) -> torch.nn.Module:
     return m
 
 
-def synthetic_cache(name: str, model, B: int, L: int):
+def synthetic_cache(name: str, model, B: int, L: int, device="cpu"):
     """A decode cache of B sequences that has 'seen' L positions (see the module docstring)."""
-    ids = torch.randint(3, 49000, (B, 16), generator=torch.Generator().manual_seed(0))
+    vocab = model.config.vocab_size
+    ids = torch.randint(3, vocab, (B, 16), generator=torch.Generator().manual_seed(0)).to(device)
     if name == "teacher":
         cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
     else:
         cache = model.new_cache()
         model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-    block = torch.randn(B, 3, 256, 64, generator=torch.Generator().manual_seed(1))  # tiled: randn of GBs is slow
     for layer in cache.layers:
         if isinstance(layer, DynamicLayer):  # (B, KV heads, L, head dim)
+            block = torch.randn(*layer.keys.shape[:2], 256, layer.keys.shape[-1],  # tiled: randn of GBs is slow
+                                generator=torch.Generator().manual_seed(1)).to(device)
             layer.keys = block.repeat(1, 1, math.ceil(L / 256), 1)[:, :, :L].contiguous()
             layer.values = layer.keys.flip(-1).contiguous()
         else:
@@ -118,36 +125,59 @@ def rss(field: str) -> int:
     raise RuntimeError(field)
 
 
+class Stamps:
+    """A generate() streamer that records the clock (after `sync`) at the prompt and each new token."""
+
+    def __init__(self, clock, sync=None):
+        self.clock, self.sync, self.times = clock, sync, []
+
+    def put(self, _ids) -> None:
+        if self.sync is not None:
+            self.sync()
+        self.times.append(self.clock())
+
+    def end(self) -> None:
+        pass
+
+
 @torch.no_grad()
+def timed_generate(name: str, model, B: int, L: int, new_tokens: int, clock=time.perf_counter,
+                   real_prefill: bool = False, device="cpu", sync=None) -> dict:
+    """One generate() of `new_tokens` for B rows after L positions (synthetic state unless
+    `real_prefill`): seconds per step of all rows, tokens/s summed over the rows."""
+    ids = torch.randint(3, model.config.vocab_size, (B, L), generator=torch.Generator().manual_seed(2)).to(device)
+    kw = {}
+    if not real_prefill:  # the cache holds L positions already: generate() feeds the last token only
+        kw["cache"] = synthetic_cache(name, model, B, L, device)
+        ids = torch.cat([ids, ids[:, -1:]], dim=1)
+    stamps = Stamps(clock, sync)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, use_cache=True,
+                         streamer=stamps, return_dict_in_generate=True, **kw)
+    t = stamps.times
+    assert out.sequences.shape == (B, ids.shape[1] + new_tokens)
+    step = (t[-1] - t[1]) / (len(t) - 2)  # seconds per step of all B rows
+    return {"step_s": step, "tok_s": B / step, "prefill_s": t[1] - t[0] if real_prefill else None,
+            "state_bytes": state_bytes(out.past_key_values if name == "teacher" else out.cache) // B}
+
+
 def run_cell(name: str, B: int, L: int, new_tokens: int, clock, real_prefill: bool = False) -> dict:
     model = build(name, L + new_tokens + 16)
     with decode_layout(model):
-        model.generate(torch.full((1, 8), 5), max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
+        with torch.no_grad():
+            model.generate(torch.full((1, 8), 5), max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
         peak_reset = reset_peak()
         rss0 = rss("VmRSS")
-        ids = torch.randint(3, 49000, (B, L), generator=torch.Generator().manual_seed(2))
-        kw = {}
-        if not real_prefill:  # the cache holds L positions already: generate() feeds the last token only
-            kw["cache"] = synthetic_cache(name, model, B, L)
-            ids = torch.cat([ids, ids[:, -1:]], dim=1)
-        stamps = Stamps()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, use_cache=True,
-                             streamer=stamps, return_dict_in_generate=True, **kw)
-    t = stamps.times
-    assert out.sequences.shape == (B, ids.shape[1] + new_tokens)
-    decode = (t[-1] - t[1]) / (len(t) - 2)  # seconds per step of all B rows
-    return {"model": name, "batch": B, "context": L, "new_tokens": new_tokens, "step_s": decode,
-            "tok_s": B / decode, "prefill_s": t[1] - t[0] if real_prefill else None,
+        r = timed_generate(name, model, B, L, new_tokens, clock, real_prefill)
+    return {"model": name, "batch": B, "context": L, "new_tokens": new_tokens, **r,
             "peak_bytes": rss("VmHWM"), "rss_before_bytes": rss0, "peak_reset": peak_reset,
-            "state_bytes": state_bytes(out.past_key_values if name == "teacher" else out.cache) // B,
             "analytic_state_bytes": analytic_state_bytes(name, L + new_tokens)}
 
 
 # --- the driver -----------------------------------------------------------------------------------
 
 
-def cell(args, name: str, B: int, L: int, new_tokens: int, real_prefill: bool = False) -> dict:
+def run_subprocess(args, name: str, B: int, L: int, new_tokens: int, real_prefill: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--cell", name, str(B), str(L), "--new-tokens", str(new_tokens),
            "--threads", str(args.threads)] + (["--cpu-time"] if args.cpu_time else []) + \
           (["--real-prefill"] if real_prefill else [])
@@ -208,15 +238,17 @@ def main() -> None:
     ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall clock")
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write every cell's result here")
+    ap.add_argument("--verify-batch", nargs="*", default=[], metavar="MODEL=B",
+                    help="verify these batches instead of the computed largest (e.g. recurrent=950 when the machine cannot spare the cap)")
+    ap.add_argument("--verify-models", nargs="*", default=None, help="models --verify-at runs (default: all)")
+    ap.add_argument("--cells-from", type=Path, default=None,
+                    help="reuse the cells of an earlier run's output (its JSON lines); run only the missing ones")
     ap.add_argument("--cell", nargs=3, metavar=("MODEL", "B", "L"), help=argparse.SUPPRESS)
     ap.add_argument("--real-prefill", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.cpu_time else time.perf_counter
     if args.cell:
-        import bench_generate
-
-        bench_generate.CLOCK = clock  # the Stamps streamer reads it
         name, B, L = args.cell[0], int(args.cell[1]), int(args.cell[2])
         print(json.dumps(run_cell(name, B, L, args.new_tokens, clock, args.real_prefill)))
         return
@@ -225,11 +257,23 @@ def main() -> None:
     print(f"SmolLM2-135M shapes, random weights, fp32, greedy, {args.new_tokens} new tokens, {args.threads} thread(s), "
           f"{'process CPU time' if args.cpu_time else 'wall clock'}, torch {torch.__version__}, cap {args.cap_gib} GiB; "
           f"load average {load0[0]:.1f}", flush=True)
+    done = {}
+    if args.cells_from:
+        for line in args.cells_from.read_text().splitlines():
+            if line.strip().startswith("{"):
+                r = json.loads(line)
+                done[(r["model"], r["batch"], r["context"], r["prefill_s"] is not None)] = r
+    verify_batch = {k: int(v) for k, v in (x.split("=") for x in args.verify_batch)}
     rows = []
+
+    def cell(args, name, B, L, new_tokens, real_prefill=False):  # an earlier run's result, if any
+        key = (name, B, L, real_prefill)
+        return done[key] if key in done else run_subprocess(args, name, B, L, new_tokens, real_prefill)
+
     for L in args.batch1_at:  # batch 1 with a real prefill, the issue-14 comparison
         for name in args.models:
             r = cell(args, name, 1, L, args.new_tokens, real_prefill=True)
-            print(f"  real prefill {r}", flush=True)
+            print(f"  {json.dumps(r)}", flush=True)
             rows.append({**r, "real_prefill": True})
     for L in args.prompts:
         for B in args.batches:
@@ -250,9 +294,11 @@ def main() -> None:
             n, fixed, per_seq = max_batch(fit_rows, name, L, cap)
             best[(name, L)] = n
             line = f"  L={L} {name}: {n} sequences (fixed {fixed / 2**30:.2f} GiB, {per_seq / 2**20:.2f} MiB/sequence)"
-            if L in args.verify_at:
-                v = cell(args, name, n, L, 2)
-                line += (f"; measured at B={n}: peak {v['peak_bytes'] / 2**30:.2f} GiB" if "error" not in v else f"; verify failed {v['error']}")
+            if L in args.verify_at and (args.verify_models is None or name in args.verify_models):
+                b = verify_batch.get(name, n)
+                v = run_subprocess(args, name, b, L, 2)
+                line += (f"; measured at B={b}: peak {v['peak_bytes'] / 2**30:.2f} GiB (predicted {(fixed + b * per_seq) / 2**30:.2f})"
+                         if "error" not in v else f"; verify failed {v['error']}")
                 rows.append({**v, "verify": True})
             print(line, flush=True)
         if ("teacher", L) in best:
