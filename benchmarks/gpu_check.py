@@ -231,7 +231,7 @@ def batch(p: dict, args, budget: Budget) -> dict:
     keep = bb.HYBRID_KEEP if p["model"] == "smollm2" else [1]
     for name in ("teacher", "recurrent", "hybrid"):
         model = bb.build(name, max(p["batch_prompts"]) + p["batch_new"] + 16, config, keep).to(dev)
-        model.generate(torch.full((1, 8), 5, device=dev), max_new_tokens=2, do_sample=False, pad_token_id=0)
+        bb.timed_generate(name, model, 2, 16, 3, device=dev, sync=lambda: sync(dev))  # warm-up: one-off kernels, allocator
         for L in p["batch_prompts"]:
             for B in p["batches"]:
                 if B * bb.analytic_state_bytes(name, L, model) > 8 * 2**30:
