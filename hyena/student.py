@@ -75,8 +75,9 @@ class HyenaMixer(HyenaOperator):
     Positions (rotary cos/sin), attention masks and KV caches that the decoder layer passes are
     ignored: the implicit long filter encodes position by itself, and causality is built into the
     convolution. Right padding is therefore harmless (outputs at real tokens never see later
-    positions); left padding would leak pads into the convolution, so
-    `HyenaStudentForCausalLM.forward` rotates left-padded rows before they reach the mixers.
+    positions); left padding would leak pads into the convolution, so without a cache
+    `HyenaStudentForCausalLM.forward` rotates left-padded rows before they reach the mixers, and
+    with one the cache tells the mixer which positions to zero (`MixerCache.set_input_mask`).
     """
 
     cache_kind = "hyena"  # the MixerCache layer state this mixer keeps (hyena/cache.py)
@@ -251,7 +252,9 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         positions), run, and rotated back.
 
         With a cache (or `use_cache=True`, which starts one) the tokens continue the sequence the
-        cache holds, and the output carries the cache as `cache`. `logits_to_keep` (int: the last
+        cache holds, and the output carries the cache as `cache`. A left-padded batch passes its
+        2-D mask over the cached and new positions (as generate() does): the mixers zero the new
+        pads, and rows are positioned from their first real token. `logits_to_keep` (int: the last
         N positions, 0 all) spares the vocabulary projection of positions nobody reads."""
         kwargs.pop("position_ids", None)  # positions are meaningless to the mixers
         if cache is None and not use_cache:
