@@ -92,7 +92,13 @@ def test_sampled_padded_batch_with_cache_equals_the_uncached_pass(family, kind):
         return model.generate(ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=True,
                               top_k=0, temperature=1.0, pad_token_id=PAD, use_cache=use_cache)
 
-    assert torch.equal(sample(True), sample(False))
+    fed, handle = fed_lengths(model)
+    try:
+        cached = sample(True)
+    finally:
+        handle.remove()
+    assert fed == [ids.shape[1]] + [1] * (NEW - 1), fed  # the cached path, not the re-run prefix
+    assert torch.equal(cached, sample(False))
 
 
 @pytest.mark.parametrize("kind", ["student", "recurrent"])
