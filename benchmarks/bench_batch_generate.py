@@ -209,12 +209,15 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, L in zip(axes, sorted({r["context"] for r in rows if r.get("tok_s")})):
+    contexts = sorted({r["context"] for r in rows if r.get("tok_s")})
+    fig, axes = plt.subplots(1, len(contexts), figsize=(5 * len(contexts), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, L in zip(axes, contexts, strict=True):
         for name, style in (("teacher", "o-"), ("recurrent", "s-"), ("hybrid", "^-")):
             pts = sorted((r["batch"], r["tok_s"]) for r in rows if r["model"] == name and r["context"] == L and r.get("tok_s"))
             if pts:
-                ax.plot(*zip(*pts), style, label=name)
+                batches, tok_s = zip(*pts, strict=True)
+                ax.plot(batches, tok_s, style, label=name)
         ax.set(xscale="log", yscale="log", xlabel="batch (sequences)", title=f"context {L}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("generated tokens/s (all rows)")

@@ -10,8 +10,8 @@ import torch
 from conftest import TINY_CONFIGS, tiny_teacher
 
 from hyena.operator import HyenaConfig
-from hyena.recurrence.model import RecurrentConfig, to_recurrent
 from hyena.recurrence.modal import ModalFitConfig
+from hyena.recurrence.model import RecurrentConfig, to_recurrent
 from hyena.student import StudentConfig, build_student
 
 PAD = 0
