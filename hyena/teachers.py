@@ -68,14 +68,16 @@ class TeacherAdapter:
     def set_attention(self, layer: nn.Module, module: nn.Module) -> None:
         setattr(layer, self.attn_attr, module)
 
-    def embed(self, model: nn.Module, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def embed(self, model: nn.Module, input_ids: torch.Tensor, start: int = 0,
+              positions: torch.Tensor | None = None) -> torch.Tensor:
         """What decoder layer 1 receives for input_ids (B, L) -> (B, L, d): the token embedding,
         plus the learned position embeddings of positions start..start+L-1 where the family has
         them, through the embedding dropout (active in training mode only, as in the model)."""
         base = self.base(model)
         h = self.embedding(model)(input_ids)  # (B, L, d)
         if self.position_attr is not None:
-            positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)[None]  # (1, L)
+            if positions is None:  # else (B, L) per-row positions (left-padded batches)
+                positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)[None]  # (1, L)
             h = h + getattr(base, self.position_attr)(positions)
         dropout = getattr(base, self.dropout_attr) if self.dropout_attr is not None else None
         return dropout(h) if dropout is not None else h
