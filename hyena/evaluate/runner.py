@@ -276,8 +276,8 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
     device = str(resolve_device(cfg.device))
     # Check inputs that do not depend on a model before spending time on one.
     check_context(cfg)
-    check_model_sources(cfg.models)
     shared, texts, sources = _dataset_inputs(cfg, tokens_dir)
+    check_model_sources(cfg.models)
     if cfg.tasks and cfg.task_source == "local":
         with harness.prepared_tasks(cfg.task_data_dir, cfg.tasks):
             pass
