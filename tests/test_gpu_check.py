@@ -23,6 +23,7 @@ def test_without_cuda_it_says_so_and_exits_0():
     assert len(lines) == 1 and "no CUDA device" in lines[0]
 
 
+@pytest.mark.slow  # every section on CPU, the tiny preset's stages included: 27 CPU-s
 def test_cpu_smoke_runs_every_section(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--out", str(tmp_path), "--shared", str(SHARED)],
                           capture_output=True, text=True, env=ENV, timeout=300)
