@@ -53,9 +53,9 @@ from hyena.io import (
     CorruptInputError,
     OutputConflictError,
     atomic_dir,
-    output_owner,
     digest,
     hold_output,
+    output_owner,
     release_output,
     remove_leftovers,
 )

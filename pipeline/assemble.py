@@ -13,7 +13,15 @@ from pathlib import Path
 
 import typer
 
-from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app, write_metrics
+from pipeline.params import (
+    PARAMS_OPTION,
+    Params,
+    StageError,
+    command,
+    read_chain,
+    stage_app,
+    write_metrics,
+)
 
 app = stage_app()
 
@@ -33,7 +41,6 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     from hyena.student import HyenaStudentForCausalLM
     from hyena.teachers import copy_tokenizer
     from hyena.train.distill import DistillConfig
-    from pipeline.distill import read_chain
 
     params = Params.read(params_file)
     d, p = params.get("distill", DistillConfig), params.paths

@@ -9,7 +9,6 @@ and, in progressive mode, the student's output of layer XX (`acts.zarr`, the nex
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -20,6 +19,7 @@ from pipeline.params import (
     StageError,
     command,
     dvclive_logger,
+    read_chain,
     split_timings,
     stage_app,
     write_metrics,
@@ -28,22 +28,6 @@ from pipeline.params import (
 app = stage_app()
 
 ACTS = "acts.zarr"  # the student's output of this layer, inside the layer directory
-
-
-def read_chain(p, layer: str) -> dict:
-    """The weight hashes of layers 01..`layer` that layer_<layer>/chain.json records; a missing or
-    damaged directory is one line naming the stage that writes it."""
-    path = p.layer(layer) / "chain.json"
-    stage = "init-student" if layer == "00" else f"distill@{layer}"
-    try:
-        chain = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StageError(f"{path} not found: rerun {stage} (dvc repro {stage})") from None
-    except (OSError, ValueError):
-        chain = None
-    if not isinstance(chain, dict):
-        raise StageError(f"{path} is not a JSON object: the directory is damaged: rerun {stage} (dvc repro {stage})")
-    return chain
 
 
 @command(app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,3 +241,19 @@ def split_timings(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     """(deterministic metrics, wall-clock figures): timings go to their own uncached file."""
     return ({k: v for k, v in metrics.items() if k not in TIMING_KEYS},
             {k: v for k, v in metrics.items() if k in TIMING_KEYS})
+
+
+def read_chain(p, layer: str) -> dict:
+    """The weight hashes of layers 01..`layer` that layer_<layer>/chain.json records; a missing or
+    damaged directory is one line naming the stage that writes it."""
+    path = p.layer(layer) / "chain.json"
+    stage = "init-student" if layer == "00" else f"distill@{layer}"
+    try:
+        chain = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path} not found: rerun {stage} (dvc repro {stage})") from None
+    except (OSError, ValueError):
+        chain = None
+    if not isinstance(chain, dict):
+        raise StageError(f"{path} is not a JSON object: the directory is damaged: rerun {stage} (dvc repro {stage})")
+    return chain

@@ -205,7 +205,6 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
 
     from hyena.data import content_hash
     from hyena.io import file_sha256
-
     from pipeline.evaluate import app
 
     neox, gpt2 = tiny_model_dirs

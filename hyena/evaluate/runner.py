@@ -18,9 +18,9 @@ import torch
 
 from hyena.config import Config, param
 from hyena.evaluate import harness, passkey, perplexity, positions, streams
-from hyena.evaluate.report import flat_metrics, load_reference, render_report
 from hyena.evaluate.passkey import PasskeyConfig
 from hyena.evaluate.positions import PositionsConfig
+from hyena.evaluate.report import flat_metrics, load_reference, render_report
 from hyena.evaluate.streams import DatasetSource
 from hyena.io import atomic_write_json, atomic_write_text, reading_weights
 from hyena.runtime import resolve_device
