@@ -13,6 +13,8 @@ the others; each stops starting new cells when the time budget runs short):
    (batch 8, L 1024). Median of CUDA-synchronised calls; peak memory per call.
 3. decode: real generate() of the teacher, the convolutional student and the recurrent student
    (SmolLM2 shape, random weights), prefill seconds and decode tokens/s at 1K / 16K / 64K.
+   batch: bench_batch_generate.py's cells (teacher, recurrent student, hybrid; batches 1-64,
+   prompts 512 / 4K, 128 new tokens): generated tokens/s over the batch, peak GPU memory.
 4. distill: tokens/s of the distillation step (`hyena.train.distill.distill_layer`) and of the
    CE fine-tune step (`hyena.train.lm.train_lm`) at context 1024, on the SmolLM2 teacher's
    student (the GGUF from --shared when present, else SmolLM2-shaped random weights: the speed
@@ -69,11 +71,13 @@ def plan(smoke: bool) -> dict:
     if smoke:
         return {"device": "cpu", "dtype": "float32", "mixer_lengths": [128, 256], "mixer_bwd_max": 256,
                 "train_shape": (2, 128), "repeats": 1, "decode_prompts": [16, 48], "decode_new": 4,
-                "decode_max": 64, "model": "tiny", "context": 64, "distill_steps": 2, "lm_steps": 1}
+                "decode_max": 64, "model": "tiny", "context": 64, "distill_steps": 2, "lm_steps": 1,
+                "batches": [1, 4], "batch_prompts": [32], "batch_new": 4}
     return {"device": "cuda", "dtype": "bfloat16", "mixer_lengths": [1024, 4096, 16384, 65536],
             "mixer_bwd_max": 16384, "train_shape": (8, 1024), "repeats": 5,
             "decode_prompts": [1024, 16384, 65536], "decode_new": 32, "decode_max": 16384,
-            "model": "smollm2", "context": 1024, "distill_steps": 20, "lm_steps": 5}
+            "model": "smollm2", "context": 1024, "distill_steps": 20, "lm_steps": 5,
+            "batches": [1, 8, 32, 64], "batch_prompts": [512, 4096], "batch_new": 128}
 
 
 def model_config(kind: str, max_positions: int):
@@ -213,6 +217,42 @@ def decode(p: dict, args, budget: Budget) -> dict:
     return {"dtype": "float32", "new_tokens": p["decode_new"], "rows": rows}
 
 
+def batch(p: dict, args, budget: Budget) -> dict:
+    """bench_batch_generate.py's cells on the GPU: teacher, recurrent student and hybrid, generated
+    tokens/s summed over the batch at batches 1-64 and prompts 512 / 4K (the decode state filled
+    to the prompt without a prefill), peak allocated memory per cell; cells whose state alone
+    exceeds the memory cap (8 GiB) are not run."""
+    import torch
+
+    from benchmarks import bench_batch_generate as bb
+
+    dev, rows = p["device"], []
+    config = lambda max_len: model_config(p["model"], max_len)  # noqa: E731
+    keep = bb.HYBRID_KEEP if p["model"] == "smollm2" else [1]
+    for name in ("teacher", "recurrent", "hybrid"):
+        model = bb.build(name, max(p["batch_prompts"]) + p["batch_new"] + 16, config, keep).to(dev)
+        bb.timed_generate(name, model, 2, 16, 3, device=dev, sync=lambda: sync(dev))  # warm-up: one-off kernels, allocator
+        for L in p["batch_prompts"]:
+            for B in p["batches"]:
+                if B * bb.analytic_state_bytes(name, L, model) > 8 * 2**30:
+                    rows.append({"model": name, "batch": B, "prompt": L, "skipped": "state > 8 GiB"})
+                    continue
+                if budget.left() < 20:
+                    rows.append({"model": name, "batch": B, "prompt": L, "skipped": "time budget"})
+                    continue
+                if dev == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                r = bb.timed_generate(name, model, B, L, p["batch_new"], device=dev, sync=lambda: sync(dev))
+                peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
+                rows.append({"model": name, "batch": B, "prompt": L, "tok_s": round(r["tok_s"], 1),
+                             "ms_per_step": round(r["step_s"] * 1e3, 2),
+                             "peak_gib": round(peak / 2**30, 2) if peak is not None else "-"})
+        model.cpu()
+        del model
+    return {"dtype": "float32", "new_tokens": p["batch_new"], "rows": rows}
+
+
 def distill(p: dict, args, budget: Budget) -> dict:
     import numpy as np
     import torch
@@ -308,8 +348,9 @@ def tiny_preset(p: dict, args, budget: Budget) -> dict:
         return result
 
 
-SECTIONS = {"environment": environment, "mixer": mixer, "decode": decode, "distill": distill, "tiny_preset": tiny_preset}
-NEEDS_TRANSFORMERS = {"mixer", "decode", "distill", "tiny_preset"}
+SECTIONS = {"environment": environment, "mixer": mixer, "decode": decode, "batch": batch, "distill": distill,
+            "tiny_preset": tiny_preset}
+NEEDS_TRANSFORMERS = {"mixer", "decode", "batch", "distill", "tiny_preset"}
 
 
 # ----------------------------------------------------------------------------------------------

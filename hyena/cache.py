@@ -12,6 +12,13 @@ A decoder layer hands the cache to its mixer (under `TeacherAdapter.cache_kwarg`
   teacher's attention (hybrid students).
 
 `MixerCache.for_kinds(["hyena", "attention", ...])` builds the cache from one kind per layer.
+
+Left-padded batches: for the duration of one forward, `MixerCache.set_input_mask` tells every
+Hyena state which positions of the chunk are real tokens, and the mixers zero their projected
+inputs at pads twice, before the short conv (its taps then see zeros, as a fresh conv does)
+and after it (its bias would make a pad's gates non-zero). With zero inputs at pads, every
+linear state (FIR taps, long-filter inputs, modal state) is exactly the state of the unpadded
+prompt: the long filters are relative in time, so a zero-input prefix is no prefix at all.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ class MixerLayerState(CacheLayerMixin):
 
     def __init__(self):
         super().__init__()
-        self.seen = 0  # tokens absorbed so far
+        self.seen = 0  # tokens absorbed so far (left pads included)
+        self.input_mask: torch.Tensor | None = None  # (B, T) of the chunk being absorbed: 1 real, 0 pad; None all real
 
     def lazy_initialization(self, key_states, value_states) -> None:
         raise TypeError("a Hyena layer keeps a convolution/recurrent state, not keys/values")
@@ -172,6 +180,11 @@ class HyenaConvState(MixerLayerState):
         return torch.addcmul(y.mT[..., None], w, self.bias[o][:, None])
 
 
+def mask_pads(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """t (B, C, T) with the columns of pad positions (mask (B, T) == 0) zeroed; t itself without a mask."""
+    return t if mask is None else t * mask[:, None, :].to(t.dtype)
+
+
 def _short_conv_continued(op: HyenaOperator, p: torch.Tensor, state: HyenaConvState) -> torch.Tensor:
     """The short conv of the projected inputs p (B, W, T) continuing the FIR state; updates it."""
     k = op.short_filter.kernel_size[0]
@@ -195,7 +208,8 @@ def conv_forward(op: HyenaOperator, u: torch.Tensor, state: HyenaConvState) -> t
     B, T, d = u.shape
     start = state.seen
     state.reserve(op, start + T, u)
-    z = _short_conv_continued(op, op.project_in(u), state)  # (B, (N+1) d, T)
+    p = mask_pads(op.project_in(u), state.input_mask)  # (B, (N+1) d, T)
+    z = mask_pads(_short_conv_continued(op, p, state), state.input_mask)
     *x, v = z.split(d, dim=1)
     if start == 0:  # a prompt: the stateless computation, keeping each long filter's input
         inputs, y = gated_long_conv_inputs(x, v, op.filter_fn.response(T, fft_size(T), fft_dtype(u.dtype)))
@@ -230,6 +244,15 @@ class MixerCache(Cache):
             raise ValueError(f"unknown decoder layer kind(s) {unknown}; known: {', '.join(KINDS)}")
         make = {"hyena": HyenaConvState, "modal": HyenaLayerState, "attention": DynamicLayer}
         return cls([make[k]() for k in kinds])
+
+    def set_input_mask(self, mask: torch.Tensor | None) -> None:
+        """Mark the real tokens (mask (B, T) nonzero) of the chunk the next forward absorbs; None:
+        all real. Only Hyena states read it (a KV layer gets the attention mask instead)."""
+        if mask is not None and bool(mask.all()):
+            mask = None  # nothing to zero: keep the unpadded path's exact kernels
+        for layer in self.layers:
+            if isinstance(layer, MixerLayerState):
+                layer.input_mask = mask
 
     def only_mixers(self) -> bool:
         """Whether every layer is a Hyena mixer (no KV cache: no positions or masks needed)."""

@@ -174,6 +174,14 @@ class Config:
             _check_bounds(getattr(self, f.name), f, key)
 
 
+def did_you_mean(unknown: list, known) -> str:
+    """' (did you mean X?)' for the closest known name to each unknown one, or ''."""
+    import difflib
+
+    hints = [m[0] for u in unknown if (m := difflib.get_close_matches(str(u), list(map(str, known)), n=1, cutoff=0.6))]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
+
+
 def load(cls: type[T], raw: Any, section: str) -> T:
     """`raw` (a parsed YAML mapping; None means all defaults) as a checked instance of `cls`."""
     if raw is None:
@@ -183,7 +191,8 @@ def load(cls: type[T], raw: Any, section: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(fields)}")
+        raise ConfigError(f"{section}: unknown key(s) {', '.join(map(str, unknown))}{did_you_mean(unknown, fields)}; "
+                          f"known: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in raw.items():

@@ -36,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hyena.config import Config, param
-from hyena.io import atomic_dir, claim_output, file_sha256
+from hyena.io import CorruptInputError, atomic_dir, claim_output, file_sha256
 
 STAGE = "tokenize"  # the stage whose marker a token directory carries (hyena.io.atomic_dir)
 MANIFEST = "manifest.json"
@@ -410,21 +410,50 @@ def build_token_dataset(p: TokenizeConfig, tokenizer, teacher_source: str, out_d
     return manifest
 
 
+RETOKENIZE = "delete it and rerun the tokenize stage (dvc repro tokenize)"
+_verified: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256 already checked in this process
+
+
 def load_manifest(tokens_dir: str | Path) -> dict:
+    """The manifest, checked against its own `content_hash` (a hand edit is refused, not trusted)."""
     path = Path(tokens_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"token manifest not found: {path} (run the tokenize stage first)")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as err:
+        raise CorruptInputError(f"{path} is not valid JSON ({err}): {RETOKENIZE}") from None
+    if not isinstance(manifest, dict) or manifest.get("content_hash") != content_hash(manifest):
+        raise CorruptInputError(f"{path} does not match its content_hash (edited or damaged since the tokenize stage "
+                                f"wrote it): {RETOKENIZE}")
+    return manifest
 
 
 def load_tokens(tokens_dir: str | Path, split: str) -> np.ndarray:
-    """The packed token rows of one split, memory-mapped: int32 (n_sequences, context)."""
+    """The packed token rows of one split, memory-mapped: int32 (n_sequences, context), checked
+    against the manifest's sha256 of the file (once per process and file version) and shape."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     path = Path(tokens_dir) / f"{split}.npy"
     if not path.is_file():
         raise FileNotFoundError(f"token file not found: {path} (run the tokenize stage first)")
-    return np.load(path, mmap_mode="r")
+    record = load_manifest(tokens_dir).get("splits", {}).get(split, {})
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if record.get("sha256") and _verified.get(key) != record["sha256"]:
+        if file_sha256(path) != record["sha256"]:
+            raise CorruptInputError(f"{path} does not match the sha256 in {Path(tokens_dir) / MANIFEST} (damaged or "
+                                    f"replaced since the tokenize stage wrote it): {RETOKENIZE}")
+        _verified[key] = record["sha256"]
+    try:
+        rows = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:  # numpy's own text suggests allow_pickle: never load a token file that way
+        raise CorruptInputError(f"{path} is not a plain integer array ({str(err).split('.')[0]}): {RETOKENIZE}") from None
+    if not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.dtype.kind not in "iu" or (
+            record.get("shape") and list(rows.shape) != record["shape"]):
+        raise CorruptInputError(f"{path} holds {getattr(rows, 'dtype', '?')} {getattr(rows, 'shape', '?')}, not the "
+                                f"int32 {record.get('shape', '(n, context)')} rows its manifest records: {RETOKENIZE}")
+    return rows
 
 
 __all__ = [

@@ -10,6 +10,10 @@ Layout (`data/activations.zarr`):
     _progress/train, _progress/val
                                 int64 (n_chunks, N+1): non-finite value count of each layer in each
                                 sequence chunk, -1 while that chunk is not yet written (resume marker)
+    _digests/train, _digests/val
+                                uint64 (n_chunks, arrays): the content digest (hyena.io.digest, named
+                                by the root attribute `digest`) of each chunk file as written, one
+                                column per array of the split (attribute `arrays`)
 
 Resumability: the dump is cut into units of one sequence chunk (chunk_sequences rows, forwarded in
 batches of batch_size that never cross a chunk boundary). A unit is written layer by layer (zarr's
@@ -17,6 +21,11 @@ LocalStore writes every file atomically) and only then marked done in `_progress
 same fingerprint (teacher weights, token manifest, params) skips the units marked done and redoes
 the others with the same batches, so the final store is byte-identical to an uninterrupted run.
 Missing chunks read as NaN (fill value), never as plausible zeros.
+
+Integrity: every chunk file's digest is recorded when it is written and checked when a dump resumes
+(a chunk that no longer matches is written again, so the store comes back byte-identical), when a
+stage reads the store (`check_chunks`: the chunk bytes are read once, digested and decoded) and by
+`inspect --verify`. Damaged bytes that still decode to finite numbers are caught this way.
 """
 
 from __future__ import annotations
@@ -39,11 +48,15 @@ from tqdm.auto import tqdm
 from hyena.config import Config, param
 from hyena.data import SPLITS, load_manifest, load_tokens
 from hyena.io import (
+    DIGEST,
     MARKER,
     CorruptInputError,
     OutputConflictError,
     atomic_dir,
+    digest,
+    hold_output,
     output_owner,
+    release_output,
     remove_leftovers,
 )
 from hyena.teachers import capture, get_adapter, weights_hash
@@ -54,6 +67,7 @@ DTYPES = ("float16", "float32")
 CODECS = ("none", "zstd", "blosc")
 HEADROOM = 1.10  # refuse to start unless free disk >= 110% of the bytes still to write
 PROGRESS = "_progress"
+DIGESTS = "_digests"
 LOGIT_VALUES, LOGIT_IDS = "logits_topk_values", "logits_topk_ids"  # train split only, with dump.logits_topk
 REDUMP = "delete paths.activations and rerun the dump-activations stage"  # the fix for a damaged store
 
@@ -92,6 +106,28 @@ class DumpConfig(Config):
         d.pop("queue_chunks")
         d.pop("device")
         return d
+
+
+def digest_columns(split: str, n_layers: int, logits_topk: int) -> list[str]:
+    """The arrays of `split` whose chunks are digested, in the column order of `_digests/<split>`."""
+    names = [layer_name(k) for k in range(n_layers + 1)]
+    return names + [LOGIT_VALUES, LOGIT_IDS] if split == "train" and logits_topk else names
+
+
+def chunk_path(arr: zarr.Array, chunk: int) -> Path | None:
+    """The file of sequence chunk `chunk` of `arr` in a local store (None for other stores)."""
+    root = getattr(arr.store, "root", None)
+    if root is None:
+        return None
+    return Path(str(root)) / arr.path / arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))
+
+
+def file_digest(path: Path) -> int:
+    """The digest of a chunk file as stored (0 if it is missing: never a real file's digest in practice)."""
+    try:
+        return digest(path.read_bytes())
+    except FileNotFoundError:
+        return 0
 
 
 def make_compressors(codec: str, level: int, itemsize: int):
@@ -180,6 +216,36 @@ class ActivationStore:
         key = self.layer(split, k).metadata.encode_chunk_key((chunk, 0, 0))
         return self.path / split / layer_name(k) / key
 
+    @property
+    def has_digests(self) -> bool:
+        return self.attrs.get("digest") == DIGEST
+
+    def digest_columns(self, split: str) -> list[str]:
+        return digest_columns(split, self.n_layers, int(self.attrs["params"].get("logits_topk") or 0))
+
+    def digests(self, split: str, name: str | int) -> np.ndarray | None:
+        """(n_chunks,) recorded digests of array `name` (or layer k) of `split`; None in a store
+        made before digests existed."""
+        if not self.has_digests or self.n_chunks(split) == 0:
+            return None
+        name = layer_name(name) if isinstance(name, int) else name
+        return self.group[f"{DIGESTS}/{split}"][:, self.digest_columns(split).index(name)]
+
+    def damaged_chunks(self, split: str) -> dict[int, list[str]]:
+        """{chunk: [array names]} of the chunks marked done whose files no longer match their
+        recorded digests (a full read of those chunks). Empty in a store without digests."""
+        if not self.has_digests or self.n_chunks(split) == 0:
+            return {}
+        recorded = self.group[f"{DIGESTS}/{split}"][:]
+        done = self.progress(split)[:, 0] >= 0
+        bad: dict[int, list[str]] = {}
+        for j, name in enumerate(self.digest_columns(split)):
+            arr = self.group[f"{split}/{name}"]
+            for chunk in np.flatnonzero(done).tolist():
+                if file_digest(chunk_path(arr, chunk)) != int(recorded[chunk, j]):
+                    bad.setdefault(chunk, []).append(name)
+        return bad
+
 
 # ----------------------------------------------------------------------------- writing
 
@@ -197,6 +263,7 @@ def _create_store(path: Path, attrs: dict, sizes: dict[str, int], seq_len: int, 
     with atomic_dir(path, STAGE) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes=attrs)
         progress = root.create_group(PROGRESS)
+        digests = root.create_group(DIGESTS)
         for split, n in sizes.items():
             group = root.create_group(split)
             for k in range(n_layers + 1):
@@ -221,6 +288,10 @@ def _create_store(path: Path, attrs: dict, sizes: dict[str, int], seq_len: int, 
             if n_chunks:
                 progress.create_array(split, shape=(n_chunks, n_layers + 1), chunks=(1, n_layers + 1),
                                       dtype=np.int64, fill_value=-1, compressors=None)
+                columns = digest_columns(split, n_layers, p.logits_topk)
+                digests.create_array(split, shape=(n_chunks, len(columns)), chunks=(1, len(columns)),
+                                     dtype=np.uint64, fill_value=0, compressors=None,
+                                     attributes={"arrays": columns, "digest": DIGEST})
 
 
 def _check_disk(path: Path, needed: int) -> None:
@@ -256,12 +327,18 @@ class _ChunkWriter(threading.Thread):
 
     def _write(self, split: str, chunk: int, start: int, buf: np.ndarray, logits: tuple | None) -> None:
         counts = np.empty(self.n_layers + 1, dtype=np.int64)
+        sums = []
         for k in range(self.n_layers + 1):
-            self.group[f"{split}/{layer_name(k)}"][start : start + buf.shape[1]] = buf[k]
+            arr = self.group[f"{split}/{layer_name(k)}"]
+            arr[start : start + buf.shape[1]] = buf[k]
             counts[k] = buf[k].size - np.count_nonzero(np.isfinite(buf[k]))
+            sums.append(file_digest(chunk_path(arr, chunk)))  # the file as written (page cache)
         if logits is not None:
-            self.group[f"{split}/{LOGIT_VALUES}"][start : start + buf.shape[1]] = logits[0]
-            self.group[f"{split}/{LOGIT_IDS}"][start : start + buf.shape[1]] = logits[1]
+            for name, values in ((LOGIT_VALUES, logits[0]), (LOGIT_IDS, logits[1])):
+                arr = self.group[f"{split}/{name}"]
+                arr[start : start + buf.shape[1]] = values
+                sums.append(file_digest(chunk_path(arr, chunk)))
+        self.group[f"{DIGESTS}/{split}"][chunk] = np.array(sums, dtype=np.uint64)
         self.group[f"{PROGRESS}/{split}"][chunk] = counts  # the chunk's "done" marker, written last
         if self.callback is not None:
             self.callback(split, chunk)
@@ -326,7 +403,7 @@ def plan_dump(model: torch.nn.Module, tokens_dir: str | Path, p: DumpConfig, tea
     teacher = {"source": teacher_source, "weights_hash": weights_hash(model), "family": adapter.family,
                "n_layers": n_layers, "d_model": d}
     attrs = {
-        "format": FORMAT, "complete": False, "fingerprint": store_fingerprint(teacher, manifest["content_hash"], p),
+        "format": FORMAT, "complete": False, "digest": DIGEST, "fingerprint": store_fingerprint(teacher, manifest["content_hash"], p),
         "teacher": teacher, "teacher_source": teacher_source, "teacher_weights_hash": teacher["weights_hash"],
         "tokens_manifest_hash": manifest["content_hash"],
         "tokens": {"dir": str(tokens_dir), "manifest_hash": manifest["content_hash"]},
@@ -353,25 +430,32 @@ def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | 
     """
     out = Path(out)
     plan = plan_dump(model, tokens_dir, p, teacher_source)
-    if rank == 0:
-        store = _resumable_store(out, plan.fingerprint)
-        _check_disk(out, _bytes_to_write(plan, p, store))
-        if store is None:
-            _create_store(out, plan.attrs, plan.sizes, plan.seq_len, plan.d_model, plan.n_layers, p)
-    barrier()
-    store = ActivationStore.open(out, allow_incomplete=True)
-    if store.attrs.get("fingerprint") != plan.fingerprint:
-        raise RuntimeError(f"{out} was made for another teacher, tokens or params than this rank's (mixed torchrun launch?)")
-    if not store.complete:
-        todo = {s: [c for c in range(-(-plan.sizes[s] // p.chunk_sequences))
-                    if c % world_size == rank and store.progress(s)[c, 0] < 0] for s in SPLITS}
-        _write_chunks(model, plan, zarr.open_group(str(out), mode="r+", zarr_format=3), todo, p,
-                      progress_bar and rank == 0, on_chunk_written)
-    barrier()
-    if rank == 0 and not store.complete:
-        _finalise(out)
-    barrier()
-    return ActivationStore.open(out)
+    newly_held = rank == 0 and hold_output(out, STAGE)  # one writer per store for the whole dump
+    try:
+        if rank == 0:
+            store = _resumable_store(out, plan.fingerprint)
+            if store is not None:
+                store = _unmark_damaged(out, store)
+            _check_disk(out, _bytes_to_write(plan, p, store))
+            if store is None:
+                _create_store(out, plan.attrs, plan.sizes, plan.seq_len, plan.d_model, plan.n_layers, p)
+        barrier()
+        store = ActivationStore.open(out, allow_incomplete=True)
+        if store.attrs.get("fingerprint") != plan.fingerprint:
+            raise RuntimeError(f"{out} was made for another teacher, tokens or params than this rank's (mixed torchrun launch?)")
+        if not store.complete:
+            todo = {s: [c for c in range(-(-plan.sizes[s] // p.chunk_sequences))
+                        if c % world_size == rank and store.progress(s)[c, 0] < 0] for s in SPLITS}
+            _write_chunks(model, plan, zarr.open_group(str(out), mode="r+", zarr_format=3), todo, p,
+                          progress_bar and rank == 0, on_chunk_written)
+        barrier()
+        if rank == 0 and not store.complete:
+            _finalise(out)
+        barrier()
+        return ActivationStore.open(out)
+    finally:
+        if newly_held:
+            release_output(out)
 
 
 def _bytes_to_write(plan: DumpPlan, p: DumpConfig, store: ActivationStore | None) -> int:
@@ -460,15 +544,32 @@ def _resumable_store(out: Path, fingerprint: str) -> ActivationStore | None:
         return None
     try:
         store = ActivationStore.open(out, allow_incomplete=True)
-        if store.attrs.get("fingerprint") == fingerprint:
+        if store.attrs.get("fingerprint") == fingerprint and store.has_digests:
             _remove_partial_files(out)
             return store
-        reason = "it was made with other teacher weights, tokens or params"
+        reason = ("it was made with other teacher weights, tokens or params" if store.has_digests
+                  else "it predates chunk digests, so its chunks cannot be checked")
     except Exception as err:  # noqa: BLE001 - anything unreadable is rebuilt
         reason = f"it is unreadable ({type(err).__name__})"
     tqdm.write(f"dump: removing the existing {out}: {reason}")
     shutil.rmtree(out) if out.is_dir() else out.unlink()
     return None
+
+
+def _unmark_damaged(out: Path, store: ActivationStore) -> ActivationStore:
+    """Check every finished chunk against its digest (one read of the store); mark the chunks that
+    no longer match as not done (and the store incomplete), so that the dump writes them again."""
+    group = zarr.open_group(str(out), mode="r+", zarr_format=3)
+    damaged = 0
+    for split in SPLITS:
+        for chunk, names in sorted(store.damaged_chunks(split).items()):
+            tqdm.write(f"dump: {out}/{split} chunk {chunk} ({', '.join(names)}) does not match its recorded "
+                       "digest (damaged on disk): writing it again")
+            group[f"{PROGRESS}/{split}"][chunk] = np.full(store.n_layers + 1, -1, dtype=np.int64)
+            damaged += 1
+    if damaged and store.complete:
+        group.attrs.update({"complete": False})
+    return ActivationStore.open(out, allow_incomplete=True)
 
 
 def _finalise(out: Path) -> ActivationStore:
@@ -524,12 +625,16 @@ def parse_slice(spec: str) -> tuple[int, int, int, int]:
 
 
 def verify_store(store: ActivationStore, progress_bar: bool = True) -> list[str]:
-    """Every problem found: missing/unreadable chunk files, non-finite values, unmarked chunks.
+    """Every problem found: missing/unreadable chunk files, chunks that no longer match their
+    recorded digests, non-finite values, unmarked chunks.
 
-    Reads every chunk of every array once (a full pass over the store). An empty list means
-    every chunk is present, decodes, and holds only finite values.
+    Reads every chunk of every layer once (a full pass over the store). An empty list means
+    every chunk is present, matches its digest, decodes, and holds only finite values.
     """
     problems: list[str] = []
+    if not store.has_digests:
+        problems.append(f"{store.path} records no chunk digests (made before they existed): damaged bytes that "
+                        f"decode to finite numbers cannot be detected; {REDUMP}")
     if not store.complete:
         problems.append(f"store not marked complete ({sum(store.chunks_done(s) for s in store.splits)} chunks done)")
     c = store.chunk_sequences()
@@ -540,17 +645,15 @@ def verify_store(store: ActivationStore, progress_bar: bool = True) -> list[str]
             for chunk in np.flatnonzero(prog[:, 0] < 0).tolist():
                 problems.append(f"{split} chunk {chunk} (sequences {chunk * c}..) not marked done in {PROGRESS}/{split}")
             for k in range(store.n_layers + 1):
-                arr = store.layer(split, k)
+                arr, digests = store.layer(split, k), store.digests(split, k)
                 for chunk in range(store.n_chunks(split)):
                     bar.update(1)
                     where = f"{split}/{layer_name(k)} chunk {chunk} ({store.chunk_file(split, k, chunk)})"
-                    if not store.chunk_file(split, k, chunk).is_file():
-                        problems.append(f"missing {where}")
-                        continue
                     try:
-                        x = arr[chunk * c : (chunk + 1) * c]
-                    except Exception as err:  # noqa: BLE001 - any decode failure is corruption
-                        problems.append(f"unreadable {where}: {type(err).__name__}: {err}")
+                        x = read_chunk(arr, chunk, None if digests is None or prog[chunk, 0] < 0 else digests[chunk])
+                    except ChunkError as err:
+                        problems.append({"missing": f"missing {where}", "digest": f"digest mismatch (damaged on disk) in {where}",
+                                         "unreadable": f"unreadable {where}: {err.detail}"}[err.kind])
                         continue
                     bad = x.size - int(np.count_nonzero(np.isfinite(x)))
                     if bad:
@@ -558,24 +661,63 @@ def verify_store(store: ActivationStore, progress_bar: bool = True) -> list[str]
     return problems
 
 
-def check_chunks(arr: zarr.Array, what: str, fix: str, progress_bar: bool = False) -> None:
+def _plain_bytes(arr: zarr.Array) -> bool:
+    """Whether a chunk file of `arr` is its raw little-endian C-order bytes (no codec but `bytes`)."""
+    codecs = arr.metadata.codecs
+    return (len(codecs) == 1 and isinstance(codecs[0], zarr.codecs.BytesCodec)
+            and (codecs[0].endian is None or codecs[0].endian.value == "little"))
+
+
+class ChunkError(CorruptInputError):
+    """A damaged chunk file: `kind` is missing | unreadable | digest, `detail` the decoder's words."""
+
+    def __init__(self, kind: str, where: str, detail: str = ""):
+        self.kind, self.where, self.detail = kind, where, detail
+        super().__init__({
+            "missing": f"missing chunk file {where}",
+            "unreadable": f"unreadable chunk file {where}, truncated or corrupt ({detail})",
+            "digest": f"chunk file {where} does not match the digest recorded when it was written (damaged on disk)",
+            "nonfinite": f"{detail} non-finite values in chunk file {where}",
+        }[kind])
+
+
+def read_chunk(arr: zarr.Array, chunk: int, expected: int | None = None, finite: bool = False) -> np.ndarray:
+    """Sequence chunk `chunk` of `arr` (chunked along its first axis, in a local store), read once:
+    the file's bytes are decoded and digested against `expected` (when given). Raises ChunkError
+    naming the file: missing (it would read as fill values), undecodable, or not matching its digest."""
+    rows = arr.chunks[0]
+    a, b = chunk * rows, min((chunk + 1) * rows, arr.shape[0])
+    f = chunk_path(arr, chunk)
+    if f is None:
+        return arr[a:b]
+    where = f"{f} (sequences {a}..{b - 1})"
+    try:
+        raw = f.read_bytes()
+    except FileNotFoundError:
+        raise ChunkError("missing", where) from None
+    try:
+        if _plain_bytes(arr):  # decode the bytes just read: the digest costs no second read
+            x = np.frombuffer(raw, dtype=arr.dtype.newbyteorder("<")).reshape(arr.chunks)[: b - a]
+        else:
+            x = arr[a:b]
+    except Exception as err:  # noqa: BLE001 - any decode failure means a damaged file
+        raise ChunkError("unreadable", where, f"{type(err).__name__}: {err}") from None
+    if finite and (bad := x.size - int(np.count_nonzero(np.isfinite(x)))):  # the more telling problem first
+        raise ChunkError("nonfinite", where, str(bad))
+    if expected is not None and digest(raw) != int(expected):
+        raise ChunkError("digest", where)
+    return x
+
+
+def check_chunks(arr: zarr.Array, what: str, fix: str, progress_bar: bool = False,
+                 digests: np.ndarray | None = None) -> None:
     """Read every chunk of `arr` ((n, L, d), chunked along sequences, in a local store) once and
     raise CorruptInputError naming the first chunk file that is missing (it would read as fill
-    values), undecodable (truncated) or holds non-finite values; `fix` says what to rerun."""
-    root = getattr(arr.store, "root", None)  # a local store: chunk files can be named
-    rows = arr.chunks[0]
-    n_chunks = -(-arr.shape[0] // rows)
+    values), does not match its recorded digest (`digests`, one per chunk, when the store has
+    them), is undecodable (truncated) or holds non-finite values; `fix` says what to rerun."""
+    n_chunks = -(-arr.shape[0] // arr.chunks[0])
     for chunk in tqdm(range(n_chunks), desc=f"check {what}", unit="chunk", disable=not progress_bar, leave=False):
-        a, b = chunk * rows, min((chunk + 1) * rows, arr.shape[0])
-        f = Path(str(root)) / arr.path / arr.metadata.encode_chunk_key((chunk, 0, 0)) if root is not None else None
-        where = f"{f or 'chunk ' + str(chunk)} (sequences {a}..{b - 1} of {what})"
-        if f is not None and not f.is_file():
-            raise CorruptInputError(f"missing chunk file {where}: {fix}")
         try:
-            x = arr[a:b]
-        except Exception as err:  # noqa: BLE001 - any decode failure means a damaged file
-            raise CorruptInputError(f"unreadable chunk file {where}, truncated or corrupt "
-                                    f"({type(err).__name__}: {err}): {fix}") from None
-        bad = x.size - int(np.count_nonzero(np.isfinite(x)))
-        if bad:
-            raise CorruptInputError(f"{bad} non-finite values in chunk file {where}: {fix}")
+            read_chunk(arr, chunk, None if digests is None else digests[chunk], finite=True)
+        except ChunkError as err:
+            raise CorruptInputError(f"{err} of {what}: {fix}") from None

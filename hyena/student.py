@@ -10,8 +10,9 @@ writes safetensors plus a config recording the teacher and the Hyena settings, a
 Generation carries a `MixerCache` (hyena/cache.py): each mixer keeps its short conv's last taps
 and its long filters' past inputs, so a new token costs one dot product per channel and layer
 (O(L d)) instead of a forward pass over the whole prefix. The recurrent student
-(`hyena.recurrence`) keeps a modal state instead (O(1) per token). Padded batches and
-`use_cache=False` re-run the whole sequence every step.
+(`hyena.recurrence`) keeps a modal state instead (O(1) per token). Left-padded batches decode with
+the cache too: the mixers zero their inputs at pads (hyena/cache.py), kept attention layers get the
+mask and per-row positions. `use_cache=False` re-runs the whole sequence every step.
 
 `build_student(teacher, cfg)` copies every non-attention weight from the teacher. With
 `init: teacher_attention` the Hyena projections start from the attention's (see
@@ -74,8 +75,9 @@ class HyenaMixer(HyenaOperator):
     Positions (rotary cos/sin), attention masks and KV caches that the decoder layer passes are
     ignored: the implicit long filter encodes position by itself, and causality is built into the
     convolution. Right padding is therefore harmless (outputs at real tokens never see later
-    positions); left padding would leak pads into the convolution, so
-    `HyenaStudentForCausalLM.forward` rotates left-padded rows before they reach the mixers.
+    positions); left padding would leak pads into the convolution, so without a cache
+    `HyenaStudentForCausalLM.forward` rotates left-padded rows before they reach the mixers, and
+    with one the cache tells the mixer which positions to zero (`MixerCache.set_input_mask`).
     """
 
     cache_kind = "hyena"  # the MixerCache layer state this mixer keeps (hyena/cache.py)
@@ -250,7 +252,9 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         positions), run, and rotated back.
 
         With a cache (or `use_cache=True`, which starts one) the tokens continue the sequence the
-        cache holds, and the output carries the cache as `cache`. `logits_to_keep` (int: the last
+        cache holds, and the output carries the cache as `cache`. A left-padded batch passes its
+        2-D mask over the cached and new positions (as generate() does): the mixers zero the new
+        pads, and rows are positioned from their first real token. `logits_to_keep` (int: the last
         N positions, 0 all) spares the vocabulary projection of positions nobody reads."""
         kwargs.pop("position_ids", None)  # positions are meaningless to the mixers
         if cache is None and not use_cache:
@@ -265,23 +269,31 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
             if shift is not None:
                 out.logits = slice_logits_to_keep(_rotate(out.logits, shift), logits_to_keep)
             return out
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("cached decoding does not support padded batches: pass prompts without "
-                             "padding (one at a time, or all of the same length), or use_cache=False")
         cache = cache if isinstance(cache, MixerCache) else self.new_cache()
-        if cache.only_mixers() and labels is None and inputs_embeds is None and not _wants_extra_outputs(kwargs):
-            return self._decode(input_ids, cache, logits_to_keep)
-        out = self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
-                            cache=cache, use_cache=True, logits_to_keep=logits_to_keep, **kwargs)
+        T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        positions = _row_positions(attention_mask, T)  # (B, T) for left-padded rows, else None
+        cache.set_input_mask(None if positions is None else attention_mask[:, -T:])
+        try:
+            if cache.only_mixers() and labels is None and inputs_embeds is None and not _wants_extra_outputs(kwargs):
+                return self._decode(input_ids, cache, logits_to_keep, positions)
+            # kept attention layers: the padding mask and per-row positions, as transformers' generate gives them
+            out = self.backbone(input_ids=input_ids, labels=labels, inputs_embeds=inputs_embeds,
+                                attention_mask=attention_mask if positions is not None else None,
+                                position_ids=positions, cache=cache, use_cache=True,
+                                logits_to_keep=logits_to_keep, **kwargs)
+        finally:
+            cache.set_input_mask(None)  # the mask belongs to this chunk only
         out.cache = cache
         return out
 
-    def _decode(self, input_ids: torch.Tensor, cache: MixerCache, logits_to_keep) -> CausalLMOutputWithPast:
+    def _decode(self, input_ids: torch.Tensor, cache: MixerCache, logits_to_keep,
+                positions: torch.Tensor | None = None) -> CausalLMOutputWithPast:
         """The backbone's forward without what the mixers ignore (masks, rotary tables, output
         capture): embedding, the decoder layers with the cache, final norm, the LM head on the
-        positions kept. Only for models whose every layer is a Hyena mixer."""
+        positions kept. Only for models whose every layer is a Hyena mixer. `positions` (B, T):
+        per-row positions of a left-padded batch (only learned absolute position embeddings read them)."""
         kwargs = {self.adapter.cache_kwarg: cache}
-        h = self.embed(input_ids, start=cache.get_seq_length())  # (B, T, d)
+        h = self.embed(input_ids, start=cache.get_seq_length(), positions=positions)  # (B, T, d)
         for layer in self.decoder_layers():
             if h.shape[1] == 1 and fusable(layer):  # one new token in decode_layout: fewer kernels
                 h = layer_step(layer, self.adapter.attention(layer), h, kwargs)
@@ -292,16 +304,16 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, inputs_embeds=None,
                                       use_cache=None, logits_to_keep=None, **kwargs):
-        """Feed only the tokens the cache has not absorbed yet (the whole prompt at first). Padded
-        batches and `use_cache=False` feed the whole sequence every step, without a cache."""
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if use_cache is False or padded:
+        """Feed only the tokens the cache has not absorbed yet (the whole prompt at first), with the
+        attention mask (left-padded batches: the mixers zero pads, kept attention layers mask
+        them). `use_cache=False` feeds the whole sequence every step, without a cache."""
+        if use_cache is False:
             inputs = {"input_ids": input_ids, "use_cache": False}
-            if attention_mask is not None:
-                inputs["attention_mask"] = attention_mask
         else:
             cache = cache if isinstance(cache, MixerCache) else self.new_cache()
             inputs = {"input_ids": input_ids[:, cache.get_seq_length():], "cache": cache, "use_cache": True}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask
         if logits_to_keep is not None:
             inputs["logits_to_keep"] = logits_to_keep
         return inputs
@@ -320,10 +332,11 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         """The 0-based indices of the layers with a Hyena mixer."""
         return [i for i in range(len(self.decoder_layers())) if self.config.is_hyena(i)]
 
-    def embed(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """What decoder layer 1 receives for input_ids (B, L) at positions start.. -> (B, L, d); entry
-        0 of capture_layer_outputs (embedding dropout applies in training mode, as in the backbone)."""
-        return self.adapter.embed(self.backbone, input_ids, start)  # (B, L, d), position embeddings included
+    def embed(self, input_ids: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """What decoder layer 1 receives for input_ids (B, L) at positions start.. (or per-row
+        `positions` (B, L)) -> (B, L, d); entry 0 of capture_layer_outputs (embedding dropout
+        applies in training mode, as in the backbone)."""
+        return self.adapter.embed(self.backbone, input_ids, start, positions)  # (B, L, d), position embeddings included
 
     def run_layer(self, i: int, hidden_states: torch.Tensor) -> torch.Tensor:
         """Output of decoder layer i (0-based) for its input (B, L, d) at positions 0..L-1.
@@ -340,6 +353,14 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
 
 def _wants_extra_outputs(kwargs: dict) -> bool:
     return bool(kwargs.get("output_hidden_states") or kwargs.get("output_attentions"))
+
+
+def _row_positions(attention_mask: torch.Tensor | None, T: int) -> torch.Tensor | None:
+    """Positions (B, T) of the last T tokens, each row counted from its first real token (pads: 0),
+    for a padded 2-D mask; None when no row is padded (positions then follow the cache length)."""
+    if attention_mask is None or attention_mask.ndim != 2 or bool(attention_mask.all()):
+        return None
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
 
 
 def _leading_pads(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

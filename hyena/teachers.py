@@ -68,14 +68,16 @@ class TeacherAdapter:
     def set_attention(self, layer: nn.Module, module: nn.Module) -> None:
         setattr(layer, self.attn_attr, module)
 
-    def embed(self, model: nn.Module, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def embed(self, model: nn.Module, input_ids: torch.Tensor, start: int = 0,
+              positions: torch.Tensor | None = None) -> torch.Tensor:
         """What decoder layer 1 receives for input_ids (B, L) -> (B, L, d): the token embedding,
         plus the learned position embeddings of positions start..start+L-1 where the family has
         them, through the embedding dropout (active in training mode only, as in the model)."""
         base = self.base(model)
         h = self.embedding(model)(input_ids)  # (B, L, d)
         if self.position_attr is not None:
-            positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)[None]  # (1, L)
+            if positions is None:  # else (B, L) per-row positions (left-padded batches)
+                positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)[None]  # (1, L)
             h = h + getattr(base, self.position_attr)(positions)
         dropout = getattr(base, self.dropout_attr) if self.dropout_attr is not None else None
         return dropout(h) if dropout is not None else h
@@ -228,6 +230,36 @@ def _is_gguf(path: str) -> bool:
     return path.endswith(".gguf")
 
 
+GGUF_FIX = "re-download it, or point teacher.source at a complete .gguf file or a model directory"
+
+
+def read_gguf(source: str | Path, fix: str = GGUF_FIX):
+    """The `gguf` reader of a .gguf file, after checking its header and tensor table parse and
+    every tensor's data lies inside the file (memory-mapped: nothing is decoded, a few seconds).
+
+    A truncated download or a file that is not a GGUF is one line naming the file and `fix`,
+    instead of a reshape or struct error from deep inside the loader."""
+    import struct
+
+    from gguf import GGUFReader
+
+    from hyena.io import CorruptInputError
+
+    p = Path(source).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {source} ({fix})")
+    size = p.stat().st_size
+    try:
+        reader = GGUFReader(str(p))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except (ValueError, struct.error, IndexError, KeyError, EOFError, OverflowError, TypeError) as err:
+        raise CorruptInputError(f"{source} is truncated or not a GGUF file ({type(err).__name__}): {fix}") from None
+    if not reader.tensors or end > size:
+        raise CorruptInputError(f"{source} is truncated or not a GGUF file (tensor data needs {end} bytes, "
+                                f"the file has {size}): {fix}")
+    return reader
+
+
 def _looks_like_path(source: str) -> bool:
     """Hub ids are "name" or "org/name"; anything else (absolute, ./, ../, ~, deeper) is a path."""
     return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
@@ -293,6 +325,8 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config_only: b
     from transformers import AutoConfig, AutoModelForCausalLM
 
     where, kwargs = _split_source(source)
+    if kwargs:
+        read_gguf(source)  # a truncated file: one line, not a reshape error from the loader
     try:
         # a GGUF's config costs as much as its weights (~15 s), so check it after loading
         config = None if (kwargs and not config_only) else AutoConfig.from_pretrained(where, **kwargs)
@@ -348,10 +382,8 @@ def teacher_record(path: str | Path) -> dict:
 def teacher_max_positions(source: str) -> int | None:
     """The teacher's maximum positions from its config (GGUF metadata read directly: fast)."""
     if source.endswith(".gguf"):
-        from gguf import GGUFReader
-
         where, _ = _split_source(source)  # a missing file: one line
-        reader = GGUFReader(source)
+        reader = read_gguf(source)
 
         def field(key):
             f = reader.fields.get(key)
@@ -372,6 +404,32 @@ def teacher_max_positions(source: str) -> int | None:
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         if getattr(config, name, None):
             return int(getattr(config, name))
+    return None
+
+
+def teacher_depth(source: str, materialised: str | Path | None = None) -> int | None:
+    """The teacher's number of decoder layers, read from its config alone (a GGUF's metadata, a local
+    directory's config.json, or the materialised teacher made from `source`); None when only a hub
+    download could tell. Cheap: no weights are loaded."""
+    if _is_gguf(source):
+        if not Path(source).expanduser().is_file():
+            return None
+        reader = read_gguf(source)
+        arch = reader.fields.get("general.architecture")
+        count = reader.fields.get(f"{arch.contents()}.block_count") if arch is not None else None
+        return int(count.contents()) if count is not None else None
+    candidates = [Path(source).expanduser() / "config.json"]
+    if materialised is not None and teacher_record(materialised).get("source") == source:
+        candidates.append(Path(materialised) / "config.json")
+    for config in candidates:
+        try:
+            raw = json.loads(config.read_text())
+        except (OSError, ValueError):
+            continue
+        raw = raw.get("text_config", raw) if isinstance(raw, dict) else {}
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(raw.get(key), int):
+                return raw[key]
     return None
 
 

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import typer
 
-from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app, write_metrics
+from pipeline.params import (
+    PARAMS_OPTION,
+    Params,
+    StageError,
+    command,
+    read_chain,
+    stage_app,
+    write_metrics,
+)
 
 app = stage_app()
 
@@ -39,18 +47,20 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     if d.last != max(d.layers):
         raise StageError(f"params distill.last is {d.last!r} but the last layer in distill.layers is {max(d.layers)!r}")
     claim_output(p.student("distilled"), "assemble")
-    chain = json.loads((p.layer(d.last) / "chain.json").read_text())
+    chain = read_chain(p, d.last)
     with reading_weights(p.layer("00"), "rerun the init-student stage"):
         student = HyenaStudentForCausalLM.from_pretrained(p.layer("00")).eval()
     layers = student.decoder_layers()
     for key, sha in sorted(chain.items()):
         weights = p.layer(key) / "layer.safetensors"
+        if not weights.is_file():
+            raise StageError(f"{weights} not found: rerun distill@{key} (dvc repro distill@{key})")
         if file_sha256(weights) != sha:
             raise StageError(f"{weights} changed since layer {d.last} was distilled: run dvc repro")
         layers[int(key) - 1].load_state_dict(load_file(str(weights)))
     teacher = ActivationStore.open(p.activations)
     for k in range(len(layers) + 1):
-        check_chunks(teacher.layer("val", k), f"val/layer_{k:02d}", REDUMP)
+        check_chunks(teacher.layer("val", k), f"val/layer_{k:02d}", REDUMP, digests=teacher.digests("val", k))
 
     n_val = teacher.n_sequences("val")
     sq = np.zeros(len(layers))

@@ -14,6 +14,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 # (command, module, help) in pipeline order; each module has a Typer `main`
 COMMANDS = [
+    ("check-params", "pipeline.check_params", "Stage 0: check all of params.yaml (DVC runs it on any change)."),
     ("teacher", "pipeline.teacher", "Stage 1: write the teacher as a local HF directory."),
     ("tokenize", "pipeline.tokenize_corpus", "Stage 2: tokenise, split by document and pack the corpus."),
     ("dump-activations", "pipeline.dump_activations", "Stage 3: cache every teacher layer's output in Zarr."),

@@ -9,7 +9,6 @@ and, in progressive mode, the student's output of layer XX (`acts.zarr`, the nex
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -20,6 +19,7 @@ from pipeline.params import (
     StageError,
     command,
     dvclive_logger,
+    read_chain,
     split_timings,
     stage_app,
     write_metrics,
@@ -57,21 +57,24 @@ def main(
     if cfg.batch_size > teacher_acts.n_sequences("train"):
         raise StageError(f"distill.batch_size {cfg.batch_size} (layer {layer}) exceeds the "
                          f"{teacher_acts.n_sequences('train')} dumped training sequences: lower it or raise dump.train_sequences")
-    chain = json.loads((p.layer(prev) / "chain.json").read_text())
+    chain = read_chain(p, prev)
     with reading_weights(p.layer("00"), "rerun the init-student stage"):
         student = HyenaStudentForCausalLM.from_pretrained(p.layer("00")).to(env.device)
     student.requires_grad_(False)
     if cfg.input == "student" and prev != "00":
         inputs = open_outputs(p.layer(prev) / ACTS)
         train_in, val_in = inputs["train"], inputs["val"]
-        fix_in = f"rerun distill@{prev}"
+        fix_in, digests_in = f"rerun distill@{prev}", {}
     else:  # teacher-forced, or layer 1, whose input (the embedding output) the student shares
         train_in, val_in = teacher_acts.layer("train", int(prev)), teacher_acts.layer("val", int(prev))
-        fix_in = REDUMP
+        fix_in, digests_in = REDUMP, {s: teacher_acts.digests(s, int(prev)) for s in ("train", "val")}
     train_out, val_out = teacher_acts.layer("train", idx), teacher_acts.layer("val", idx)
-    # a damaged input is named as such here, instead of surfacing later as a diverged loss
-    for arr, fix in ((train_in, fix_in), (val_in, fix_in), (train_out, REDUMP), (val_out, REDUMP)):
-        check_chunks(arr, arr.path, fix, progress_bar=env.is_main)
+    # a damaged input is named as such here (digests, decoding, finite values), instead of
+    # surfacing later as a diverged loss or, worse, as a plausible one
+    for arr, fix, digests in ((train_in, fix_in, digests_in.get("train")), (val_in, fix_in, digests_in.get("val")),
+                              (train_out, REDUMP, teacher_acts.digests("train", idx)),
+                              (val_out, REDUMP, teacher_acts.digests("val", idx))):
+        check_chunks(arr, arr.path, fix, progress_bar=env.is_main, digests=digests)
 
     # every layer's stage writes its DVCLive dir (a dvc.yaml output): curves when it takes steps,
     # and always a summary (below)

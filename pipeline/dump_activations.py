@@ -21,7 +21,7 @@ app = stage_app()
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Run the teacher over the token budget and store every layer's output in a Zarr store."""
     from hyena.data import check_tokenizer, load_manifest
-    from hyena.io import reading_weights
+    from hyena.io import hold_output, reading_weights
     from hyena.store import DumpConfig, check_store_path, dump_activations
     from hyena.teachers import load_teacher, teacher_record
     from hyena.train.dist import setup, teardown
@@ -33,6 +33,8 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     teacher = params.teacher_dir()
     check_tokenizer(p.tokens, teacher, "the teacher")
     env = setup(device=cfg.device, precision="fp32")  # the cached targets are fp32 forward passes
+    if env.is_main:  # one writer per store: a second dump fails here, at once (ranks share rank 0's lock)
+        hold_output(p.activations, "dump-activations")
     with reading_weights(teacher, "rerun the teacher stage"):
         model = load_teacher(str(teacher)).to(env.device)
     store = dump_activations(model, p.tokens, p.activations, cfg, teacher_record(teacher).get("source", str(teacher)),

@@ -31,8 +31,8 @@ def load_input_student(path: Path, tokens: str | Path, fix: str):
 
     if not (Path(path) / "config.json").is_file():
         raise StageError(f"input student not found: {path} has no config.json ({fix})")
-    check_tokenizer(tokens, path, "the student")
-    with reading_weights(path, fix):
+    with reading_weights(path, fix):  # a damaged config.json may already fail the tokenizer's load
+        check_tokenizer(tokens, path, "the student")
         return HyenaStudentForCausalLM.from_pretrained(path)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import typer
 import yaml
 
-from hyena.config import Config, ConfigError, load, param
+from hyena.config import Config, ConfigError, did_you_mean, load, param
 
 T = TypeVar("T")
 
@@ -56,6 +57,11 @@ class PathsConfig(Config):
     checkpoints: str = param("data/checkpoints", "resumable training state of finetune and pretrain, one directory per output")
     eval: str = param("data/eval", "evaluation report, metrics and plots")
     reports: str = param("reports", "metrics, plots, timings and DVCLive curves (tracked in git)")
+
+    @property
+    def check(self) -> Path:
+        """The check-params stage's record (dvc.yaml: the first stage's dep, so it runs first)."""
+        return Path(self.reports) / "params_check.json"
 
     def student(self, name: str) -> Path:
         return Path(self.students) / name
@@ -95,7 +101,8 @@ def load_params(path: Path = PARAMS) -> dict[str, Any]:
         raise StageError(f"{path} must be a mapping of sections (teacher:, tokenize:, ...), got a {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SECTIONS), key=str)
     if unknown:
-        raise StageError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; known: {', '.join(SECTIONS)}")
+        raise StageError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}{did_you_mean(unknown, SECTIONS)}; "
+                         f"known: {', '.join(SECTIONS)}")
     return raw
 
 
@@ -176,6 +183,8 @@ def one_line_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from hyena.io import release_outputs
+
         try:
             return fn(*args, **kwargs)
         except (StageError, ConfigError, OSError, ValueError, RuntimeError, KeyError) as err:
@@ -186,6 +195,8 @@ def one_line_errors(fn):
                 raise
             typer.echo(f"error: {error_line(err)}", err=True)
             sys.exit(1)
+        finally:
+            release_outputs()  # the writer locks its outputs' claims took (hyena.io.hold_output)
 
     return wrapper
 
@@ -202,6 +213,9 @@ def dvclive_logger(directory: str | Path):
     """A `log(metrics, step)` callback writing DVCLive plots under `directory` (no DVC experiment)."""
     from dvclive import Live
 
+    from hyena.io import hold_output
+
+    hold_output(directory, "dvclive")  # one writer: a second run's steps would interleave with these
     live = Live(str(directory), save_dvc_exp=False, dvcyaml=None)
 
     def log(metrics: dict[str, float], step: int) -> None:
@@ -227,3 +241,19 @@ def split_timings(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     """(deterministic metrics, wall-clock figures): timings go to their own uncached file."""
     return ({k: v for k, v in metrics.items() if k not in TIMING_KEYS},
             {k: v for k, v in metrics.items() if k in TIMING_KEYS})
+
+
+def read_chain(p, layer: str) -> dict:
+    """The weight hashes of layers 01..`layer` that layer_<layer>/chain.json records; a missing or
+    damaged directory is one line naming the stage that writes it."""
+    path = p.layer(layer) / "chain.json"
+    stage = "init-student" if layer == "00" else f"distill@{layer}"
+    try:
+        chain = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path} not found: rerun {stage} (dvc repro {stage})") from None
+    except (OSError, ValueError):
+        chain = None
+    if not isinstance(chain, dict):
+        raise StageError(f"{path} is not a JSON object: the directory is damaged: rerun {stage} (dvc repro {stage})")
+    return chain

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -252,3 +254,78 @@ def small_project(tmp_path_factory, pythia_dir, owt_jsonl) -> Path:
         assert result.exit_code == 0, f"{args}: {result.output}\n{result.exception!r}"
     assert json.loads((root / "reports/metrics/finetune.json").read_text())["steps"] == 2
     return root
+
+
+# ---- the tiny preset through `dvc repro`, once per session ---------------------------------------
+
+DVC_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
+           "OMP_NUM_THREADS": "2", "PYTHONPATH": ""}
+GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+
+
+def sh(args, cwd, timeout=1500) -> str:
+    """Run a command (dvc, git, `python -m pipeline.X`) in `cwd` with the pipeline's environment;
+    its stdout, or a failed assertion with the end of both streams."""
+    proc = subprocess.run(args, cwd=cwd, env=DVC_ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def commit_all(repo: Path, message: str) -> None:
+    sh([*GIT, "add", "-A"], repo)
+    sh([*GIT, "commit", "-qm", message], repo)
+
+
+def fresh_project(top: Path, preset: str = "tiny") -> Path:
+    """top/repo: a git repository of this checkout's files on `preset`, with no data, reports or
+    dvc.lock (those belong to the committed cpu-smoke run), and top/shared linked to ../shared."""
+    (top / "shared").symlink_to(SHARED.resolve())
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    dst = top / "repo"
+    for rel in files:
+        if rel.startswith(("data/", "reports/")) or rel == "dvc.lock" or not (ROOT / rel).is_file():
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dst / rel)
+    sh(["python", "-m", "pipeline.preset", preset], dst)
+    sh(["git", "init", "-q"], dst)
+    commit_all(dst, preset)
+    return dst
+
+
+def copy_of(repo: Path, top: Path, link_data: bool = False) -> Path:
+    """top/repo: a private copy of a finished project `repo` (git history, dvc.lock, params, data/,
+    reports/), beside its own link to ../shared, for a test that changes it. Its DVC cache is hard
+    links to `repo`'s (DVC writes a cache file once, never in place, so a checkout or a rerun there
+    reuses the cache instead of recomputing); its other files are copies, but with `link_data` its
+    data/ is hard links too: only for a test that runs no stage there (a `dvc status`, a push)."""
+    linked = (".dvc/cache/", "data/") if link_data else (".dvc/cache/",)
+
+    def link_or_copy(src, dst):
+        if os.path.relpath(src, repo).startswith(linked):
+            os.link(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+    (top / "shared").symlink_to(SHARED.resolve())
+    dst = top / "repo"
+    shutil.copytree(repo, dst, symlinks=True, copy_function=link_or_copy,
+                    ignore=lambda d, names: ["tmp"] if Path(d).name == ".dvc" else [])
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory) -> Path:
+    """The project on the `tiny` preset after one `dvc repro` of every stage, in a temporary git
+    repository beside ../shared. Tests only read it (a `dvc status` is fine): one that edits files,
+    reruns stages or commits works on `copy_of(tiny_repo, tmp_path)`."""
+    repo = fresh_project(tmp_path_factory.mktemp("tiny"))
+    sh(["dvc", "repro"], repo)
+    return repo
+
+
+@pytest.fixture
+def tiny_copy(tiny_repo, tmp_path) -> Path:
+    """This test's own copy of the finished tiny run (see copy_of)."""
+    return copy_of(tiny_repo, tmp_path)

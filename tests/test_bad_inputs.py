@@ -140,6 +140,45 @@ def config_only_teacher(project, tmp_path, params):
     params["teacher"]["random_init"] = False  # the source dir has a config and a tokenizer, no weights
 
 
+SMOLLM_GGUF = "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def truncated_gguf(tmp_path: Path) -> Path:
+    """The first half of the shared SmolLM2 GGUF: a download cut short."""
+    from conftest import SHARED
+
+    src, dst = SHARED / SMOLLM_GGUF, tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.write(fin.read(src.stat().st_size // 2))
+    return dst
+
+
+def truncated_gguf_teacher(project, tmp_path, params):
+    params["teacher"].update(source=str(truncated_gguf(tmp_path)), random_init=False)
+
+
+def missing_layer(key: str):
+    """data/students/layer_<key> is gone (deleted by hand, or its stage never ran)."""
+    def prepare(project, tmp_path, params):
+        shutil.rmtree(copied(project, tmp_path, params, "students") / f"layer_{key}")
+    return prepare
+
+
+def broken_config(name: str):
+    """students/<name>/config.json cut short (a copy interrupted mid-write)."""
+    def prepare(project, tmp_path, params):
+        students = copied(project, tmp_path, params, "students")
+        truncate(students / name / "config.json")
+    return prepare
+
+
+def broken_config_for_eval(project, tmp_path, params):
+    dst = tmp_path / "finetuned"
+    shutil.copytree(Path(params["paths"]["students"]) / "finetuned", dst)
+    truncate(dst / "config.json")
+    params["eval"]["models"] = {"finetuned": str(dst)}
+
+
 def users_own(path: Path) -> Path:
     path.mkdir(parents=True)
     (path / "thesis.tex").write_text("years of work\n")
@@ -237,6 +276,21 @@ CASES: dict[str, Case] = {
                                                     prepare=truncate_student("distilled")),
     "truncated model weights -> eval": Case(["eval"], ["finetuned/model.safetensors", "truncated or corrupt"],
                                             prepare=truncate_finetuned_for_eval),
+    "truncated GGUF as teacher.source": Case(["teacher"], ["SmolLM2-135M-Instruct.Q4_1.gguf", "truncated or not a GGUF file",
+                                                           "re-download it", "teacher.source"], prepare=truncated_gguf_teacher),
+    "missing layer_02 -> assemble": Case(["assemble"], ["layer_02", "not found", "rerun distill@02 (dvc repro distill@02)"],
+                                         prepare=missing_layer("02")),
+    "missing layer_01 -> distill 02": Case(["distill", "--layer", "02"], ["layer_01", "not found", "rerun distill@01 (dvc repro distill@01)"],
+                                           prepare=missing_layer("01")),
+    "missing layer_01 -> assemble": Case(["assemble"], ["layer_01/layer.safetensors", "not found", "dvc repro distill@01"],
+                                         prepare=missing_layer("01")),
+    "broken layer_00 config.json -> distill": Case(["distill", "--layer", "01"], ["layer_00/config.json", "not valid JSON", "damaged",
+                                                                                  "rerun the init-student stage"],
+                                                   prepare=broken_config("layer_00")),
+    "broken distilled config.json -> finetune": Case(["finetune"], ["distilled/config.json", "damaged", "rerun the assemble stage"],
+                                                     prepare=broken_config("distilled")),
+    "broken finetuned config.json -> eval": Case(["eval"], ["finetuned/config.json", "damaged", "rerun the stage that writes it"],
+                                                 prepare=broken_config_for_eval),
     "inspect --verify with a truncated chunk": Case(["inspect", "--verify"], ["verify failed", "unreadable", "layer_00"],
                                                     prepare=truncate_teacher_chunk),
     # ---- output paths naming directories the stage did not write
@@ -324,3 +378,24 @@ def test_eval_scores_no_owt_perplexity_for_a_model_of_another_tokenizer(small_pr
     assert result.exit_code == 0, result.output
     owt = json.loads((tmp_path / "eval/results.json").read_text())["models"]["finetuned"]["ppl"]["owt"]["32"]
     assert "another tokenizer" in owt["na"]
+
+
+def test_eval_checks_every_model_before_evaluating_the_first(small_project, tmp_path, monkeypatch):
+    """A truncated GGUF second in eval.models fails the stage before the first model is loaded:
+    one line naming the file and the fix, nothing written."""
+    from hyena.evaluate import runner
+
+    params = yaml.safe_load((small_project / "params.yaml").read_text())
+    params["eval"]["models"] = {"finetuned": "finetuned", "smollm": str(truncated_gguf(tmp_path))}
+    params["paths"]["eval"] = str(tmp_path / "eval")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    loaded = []
+    load_model = runner.load_model
+    monkeypatch.setattr(runner, "load_model", lambda source, *a, **k: loaded.append(source) or load_model(source, *a, **k))
+    before = snapshot(small_project)
+    line = one_error_line(run_stage(tmp_path / "params.yaml", "eval"))
+    for word in ("SmolLM2-135M-Instruct.Q4_1.gguf", "truncated or not a GGUF file", "re-download it", "eval.models.smollm"):
+        assert word in line, line
+    assert loaded == [], "a model was evaluated before the check"
+    assert not (tmp_path / "eval").exists()
+    assert snapshot(small_project) == before

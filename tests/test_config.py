@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import subprocess
 import sys
 
@@ -126,13 +127,64 @@ def test_malformed_params_files_are_one_line_errors(tmp_path, text, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
-def test_dvc_yaml_code_deps_cover_every_imported_project_file(shared):
-    """`../shared/tools/deps_coverage.py`: every project file a stage imports is in its deps."""
-    tool = shared / "tools" / "deps_coverage.py"
-    if not tool.is_file():
-        pytest.skip(f"{tool} not available")
-    proc = subprocess.run([sys.executable, str(tool), str(ROOT)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
+def deps_check():
+    """.ci/deps_check.py, the project's own check of dvc.yaml's code deps, as a module."""
+    spec = importlib.util.spec_from_file_location("ci_deps_check", ROOT / ".ci" / "deps_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dvc_yaml_code_deps_cover_every_imported_project_file():
+    """Every project file a stage imports (transitively) is in its deps, so an edit to it reruns
+    the stage: `.ci/deps_check.py` finds nothing uncovered, and it does look at every stage."""
+    check = deps_check()
+    stages = check.stage_commands(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    assert set(stages) == set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    assert check.uncovered(ROOT) == []
+    proc = subprocess.run([sys.executable, str(ROOT / ".ci" / "deps_check.py"), str(ROOT)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+
+
+def test_deps_check_reports_an_import_that_no_dep_covers(tmp_path):
+    """The check fails where it should: on the real dvc.yaml with `hyena/train` dropped from the
+    distill stage, and on a small project whose stage imports a module lazily, relatively and
+    through a package whose __init__ only a listed directory covers."""
+    check = deps_check()
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    dvc["stages"]["distill"]["do"]["deps"].remove("hyena/train")
+    for name in ("hyena", "pipeline"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    missing = check.uncovered(tmp_path)
+    assert "distill: hyena/train/schedule.py is imported but not in deps" in missing, missing
+    assert missing and all(line.startswith("distill: hyena/train/") for line in missing), missing
+
+    small = tmp_path / "small"
+    files = {
+        "pipeline/__init__.py": "",
+        "pipeline/stage.py": "import os\nfrom . import helper\n\ndef main():\n    from hyena.sub.deep import f\n",
+        "pipeline/helper.py": "import hyena\n",
+        "pipeline/unused.py": "",
+        "hyena/__init__.py": "",
+        "hyena/sub/__init__.py": "from hyena import leaf\n",
+        "hyena/sub/deep.py": "import numpy\n",
+        "hyena/leaf.py": "",
+    }
+    for rel, text in files.items():
+        (small / rel).parent.mkdir(parents=True, exist_ok=True)
+        (small / rel).write_text(text)
+    deps = ["pipeline/__init__.py", "pipeline/stage.py", "hyena/sub"]
+    (small / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "s": {"cmd": "python -m pipeline.stage --flag", "deps": [*deps, "data/in"]},
+        "other": {"cmd": "echo not a pipeline module"}}}))
+    assert check.uncovered(small) == ["s: hyena/__init__.py is imported but not in deps",
+                                      "s: hyena/leaf.py is imported but not in deps",
+                                      "s: pipeline/helper.py is imported but not in deps"]
+    proc = subprocess.run([sys.executable, str(ROOT / ".ci" / "deps_check.py"), str(small)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout.count("\n") == 3, proc.stdout
 
 
 def test_distill_stage_declares_every_knob_that_changes_its_result():

@@ -10,8 +10,8 @@ import hyena.student
 from hyena.decode_step import fusable
 from hyena.operator import HyenaConfig
 from hyena.recurrence.generation import decode_layout
-from hyena.recurrence.model import RecurrentConfig, to_recurrent
 from hyena.recurrence.modal import ModalFitConfig
+from hyena.recurrence.model import RecurrentConfig, to_recurrent
 from hyena.student import StudentConfig, build_student
 
 

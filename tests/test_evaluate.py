@@ -203,12 +203,16 @@ def tiny_model_dirs(tmp_path, pythia_dir):
 def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model_dirs, pythia_dir, shared):
     from typer.testing import CliRunner
 
+    from hyena.data import content_hash
+    from hyena.io import file_sha256
     from pipeline.evaluate import app
 
     neox, gpt2 = tiny_model_dirs
     tokens = tmp_path / "tokens"
     tokens.mkdir()
     np.save(tokens / "val.npy", _stream(4 * 24).reshape(4, 24))
+    manifest = {"splits": {"val": {"sha256": file_sha256(tokens / "val.npy"), "shape": [4, 24]}}}
+    (tokens / "manifest.json").write_text(json.dumps({**manifest, "content_hash": content_hash(manifest)}))
     wiki = tmp_path / "wiki.test.raw"  # the first 20K characters keep tokenisation fast
     wiki.write_text((shared / "data/wikitext-2-raw/wiki.test.raw").read_text()[:20_000])
     bodies = ["Hyenas live in clans.", "   ", "A clan defends its territory at night, calling loudly."]

@@ -5,19 +5,20 @@ import json
 import shutil
 
 import yaml
-from conftest import SMALL_STAGES, run_stage, small_project_params, tiny_neox_config
+from conftest import SMALL_STAGES, run_stage, small_project_params
 
 
-def test_kept_attention_layer_through_every_stage(tmp_path, pythia_dir, owt_jsonl):
-    teacher_src = tmp_path / "tiny-neox"
-    tiny_neox_config(layers=2, d=64).save_pretrained(teacher_src)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(pythia_dir / name, teacher_src / name)
-    cfg = small_project_params(tmp_path, teacher_src, owt_jsonl)
+def test_kept_attention_layer_through_every_stage(tmp_path, small_project, owt_jsonl):
+    # the teacher, tokens and activations do not depend on the student: the session's small run's
+    cfg = small_project_params(tmp_path, small_project / "tiny-neox", owt_jsonl)
+    done = yaml.safe_load((small_project / "params.yaml").read_text())["paths"]
+    for key in ("teacher", "tokens", "activations"):
+        shutil.copytree(done[key], cfg["paths"][key])
     cfg["student"]["keep_attention"] = [1]
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    for args in SMALL_STAGES:
+    assert SMALL_STAGES[:3] == [["teacher"], ["tokenize"], ["dump-activations"]]
+    for args in SMALL_STAGES[3:]:
         result = run_stage(params, *args)
         assert result.exit_code == 0, f"{args}: {result.output}\n{result.exception!r}"
 

@@ -75,8 +75,8 @@ def test_a_finetune_with_nothing_to_learn_from_is_refused():
 def test_equal_compute_budget_counts_what_each_recipe_trains(pair):
     """The from-scratch baseline's budget: a kept attention layer costs nothing, attention transfer
     costs the mixer's 6N plus the teacher attention's 2N forward, layer-output MSE the layer's 6N."""
-    from hyena.train.distill import DistillConfig
     from hyena.train.budget import lm_params
+    from hyena.train.distill import DistillConfig
     from pipeline.pretrain import _attention_params, _count, equal_compute_tokens
 
     teacher, student, _ = pair

@@ -1,54 +1,23 @@
-"""End to end: `dvc repro` of the whole pipeline on the `tiny` preset in a temporary clone, then
-checks that a param change reruns exactly the stages that depend on it."""
+"""End to end: `dvc repro` of the whole pipeline on the `tiny` preset in a temporary clone (once per
+session: conftest's `tiny_repo`), then what a team does with it, each test on its own copy of the
+finished run: a rerun from scratch, a library edit, param changes, an experiment, a push and pull."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, SHARED
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
-       "OMP_NUM_THREADS": "2", "PYTHONPATH": ""}
-
-
-def sh(args, cwd, timeout=1500):
-    proc = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A fresh git + DVC copy of the project with ../shared beside it and the tiny preset."""
-    top = tmp_path_factory.mktemp("e2e")
-    (top / "shared").symlink_to(SHARED.resolve())
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    dst = top / "repo"
-    for rel in files:
-        # data, reports and dvc.lock belong to the committed cpu-smoke run, not to this tiny one
-        if rel.startswith(("data/", "reports/")) or rel == "dvc.lock" or not (ROOT / rel).is_file():
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dst / rel)
-    sh(["python", "-m", "pipeline.preset", "tiny"], dst)
-    sh(["git", "init", "-q"], dst)
-    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], dst)
-    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"], dst)
-    return dst
+from conftest import commit_all, copy_of, sh
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_every_stage(repo):
-    sh(["dvc", "repro"], repo)
+def test_dvc_repro_runs_every_stage(tiny_repo):
+    repo = tiny_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
     keys = list(params["distill"]["layers"])
     for path in ["data/teacher/model.safetensors", "data/teacher/teacher.json",
@@ -83,11 +52,10 @@ STUDENTS = ("layer_00", "distilled", "finetuned", "pretrained", "recurrent")
 
 
 @pytest.mark.slow
-def test_every_student_directory_has_a_model_card(repo):
+def test_every_student_directory_has_a_model_card(tiny_repo):
     """Each student's README.md names its teacher (and its weights hash), the params that made
     it, the training tokens of every stage behind it and its own stage's metrics."""
-    if not (repo / "dvc.lock").exists():
-        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
+    repo = tiny_repo
     from hyena.cards import CARD, ModelCard
 
     teacher = json.loads((repo / "data/teacher/teacher.json").read_text())
@@ -120,16 +88,13 @@ def _file_hashes(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_dvc_push_to_a_remote_and_pull_into_a_fresh_clone(repo):
+def test_dvc_push_to_a_remote_and_pull_into_a_fresh_clone(tiny_repo, tmp_path):
     """Sharing a run: commit dvc.lock, `dvc push` to a directory remote, `git clone` elsewhere,
     `dvc pull`: every stage is up to date there, with byte-identical artifacts."""
-    if not (repo / "dvc.lock").exists():
-        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
-    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    repo = copy_of(tiny_repo, tmp_path, link_data=True)  # no stage runs here
     remote, clone = repo.parent / "remote", repo.parent / "clone"  # the clone sits beside ../shared too
     sh(["dvc", "remote", "add", "-d", "team", str(remote)], repo)
-    sh([*git, "add", "-A"], repo)
-    sh([*git, "commit", "-qm", "tiny run"], repo)
+    commit_all(repo, "tiny run")
     sh(["dvc", "push"], repo)
     sh(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
     assert not (clone / "data/students/finetuned").exists() and (clone / "dvc.lock").is_file()
@@ -150,12 +115,11 @@ UNCACHED_BY_DESIGN = ("reports/timings/", "reports/dvclive/")  # wall-clock figu
 
 
 @pytest.mark.slow
-def test_a_second_run_from_scratch_writes_byte_identical_outputs(repo):
+def test_a_second_run_from_scratch_writes_byte_identical_outputs(tiny_copy):
     """Determinism: every stage run again (`dvc repro -f`, the resumable activation store deleted
     first so that the dump recomputes it) gives every output the hash it had, apart from the
     declared timing files and DVCLive logs, which are not cached."""
-    if not (repo / "dvc.lock").exists():
-        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
+    repo = tiny_copy
     first = lock_outs(repo)
     shutil.rmtree(repo / "data/activations.zarr")
     ran = set(re.findall(r"Running stage '([^']+)'", sh(["dvc", "repro", "-f", "--no-run-cache"], repo)))
@@ -168,11 +132,10 @@ def test_a_second_run_from_scratch_writes_byte_identical_outputs(repo):
 
 
 @pytest.mark.slow
-def test_a_library_edit_marks_exactly_the_stages_that_run_it_stale(repo):
+def test_a_library_edit_marks_exactly_the_stages_that_run_it_stale(tiny_repo, tmp_path):
     """dvc.yaml's code deps are true: an edit to the LR schedule (training only) makes every
     training stage stale and none of the data stages."""
-    if not (repo / "dvc.lock").exists():
-        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
+    repo = copy_of(tiny_repo, tmp_path, link_data=True)  # no stage runs here
     schedule = repo / "hyena" / "train" / "schedule.py"
     saved = schedule.read_text()
     schedule.write_text(saved + "\n# an edit\n")
@@ -202,9 +165,8 @@ def _set_params(repo: Path, *overrides) -> str:
 
 
 @pytest.mark.slow
-def test_param_changes_rerun_only_dependent_stages(repo):
-    if not (repo / "dvc.lock").exists():
-        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
+def test_param_changes_rerun_only_dependent_stages(tiny_copy):
+    repo = tiny_copy
     keys = list(yaml.safe_load((repo / "params.yaml").read_text())["distill"]["layers"])
 
     # a global distillation knob: every distill stage, nothing upstream, not the baseline
@@ -240,9 +202,8 @@ def _numbers(obj):
 
 
 @pytest.mark.slow
-def test_dvc_exp_run_shows_in_exp_show_and_the_ablation_table(repo):
-    if not (repo / "dvc.lock").exists():
-        pytest.skip("needs the repro of test_dvc_repro_runs_every_stage")
+def test_dvc_exp_run_shows_in_exp_show_and_the_ablation_table(tiny_copy):
+    repo = tiny_copy
     # a queued-style ablation on one knob, up to the assembled student only (no fine-tune / eval)
     keys = list(yaml.safe_load((repo / "params.yaml").read_text())["distill"]["layers"])
     out = sh(["dvc", "exp", "run", "-n", "lr-2e-3", "-S", "distill.lr=0.002", "assemble"], repo)

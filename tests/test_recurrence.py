@@ -221,6 +221,8 @@ def test_distill_recurrent_stage(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
 
+    from hyena.data import content_hash
+    from hyena.io import file_sha256
     from hyena.student import StudentConfig, build_student
     from pipeline.distill_recurrent import app
 
@@ -229,8 +231,12 @@ def test_distill_recurrent_stage(tmp_path, monkeypatch):
     build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=128))).save_pretrained(tmp_path / "data/students/finetuned")
     (tmp_path / "data/tokens").mkdir(parents=True)
     rng = np.random.RandomState(0)
+    splits = {}
     for split, rows in (("val", 4), ("train", 3)):
         np.save(tmp_path / f"data/tokens/{split}.npy", rng.randint(0, 256, (rows, 64)).astype(np.int32))
+        splits[split] = {"sha256": file_sha256(tmp_path / f"data/tokens/{split}.npy"), "shape": [rows, 64]}
+    manifest = {"splits": splits}  # token files are checked against their manifest
+    (tmp_path / "data/tokens/manifest.json").write_text(json.dumps({**manifest, "content_hash": content_hash(manifest)}))
     monkeypatch.chdir(tmp_path)
     params = ("recurrent:\n  fit_len: {}\n  fit: {{order: 8, steps: 0}}\n  calib: {{sequences: 2}}\n  context: 64\n"
               "  max_windows: 2\n  decode_check_tokens: 8\n")

@@ -10,7 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hyena.evaluate.report import TEACHER, dataset_names, label, position_ratios, position_rows, ppl_value  # noqa: E402
+from hyena.evaluate.report import (  # noqa: E402
+    TEACHER,
+    dataset_names,
+    label,
+    position_ratios,
+    position_rows,
+    ppl_value,
+)
 
 
 def _save(fig, path: str | Path) -> None:

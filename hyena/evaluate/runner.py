@@ -18,9 +18,9 @@ import torch
 
 from hyena.config import Config, param
 from hyena.evaluate import harness, passkey, perplexity, positions, streams
-from hyena.evaluate.report import flat_metrics, load_reference, render_report
 from hyena.evaluate.passkey import PasskeyConfig
 from hyena.evaluate.positions import PositionsConfig
+from hyena.evaluate.report import flat_metrics, load_reference, render_report
 from hyena.evaluate.streams import DatasetSource
 from hyena.io import atomic_write_json, atomic_write_text, reading_weights
 from hyena.runtime import resolve_device
@@ -173,6 +173,47 @@ def check_context(cfg: EvalConfig) -> None:
                              "fitted on: lower eval.context or raise recurrent.fit_len")
 
 
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def check_model_sources(models: dict[str, str]) -> None:
+    """Refuse, before any model runs, a local model that cannot load, so that a damaged second
+    model does not fail the stage after the first one's evaluation: a .gguf file's header and
+    tensor table must parse and its tensor data fit the file; a directory needs a config.json
+    that is a JSON object and weights whose safetensors headers parse and cover their files.
+    Cheap (headers only); hub ids are left to the load."""
+    import json
+
+    from safetensors import safe_open
+
+    from hyena.io import CorruptInputError
+    from hyena.teachers import read_gguf
+
+    for name, source in models.items():
+        p = Path(source)
+        fix = f"re-download it, or fix eval.models.{name}"
+        if source.endswith(".gguf"):
+            read_gguf(source, fix)
+        elif p.is_dir():
+            fix = f"the directory is damaged: rerun the stage that writes it, or fix eval.models.{name}"
+            try:
+                config = json.loads((p / "config.json").read_text())
+            except FileNotFoundError:
+                raise FileNotFoundError(f"model directory {p} has no config.json (not an HF-format model dir): "
+                                        f"fix eval.models.{name}") from None
+            except (OSError, ValueError):
+                config = None
+            if not isinstance(config, dict):
+                raise CorruptInputError(f"{p / 'config.json'} is not a JSON object: {fix}")
+            files = sorted(f for pattern in WEIGHT_FILES for f in p.glob(pattern))
+            if not files:
+                raise FileNotFoundError(f"{p} has no model weights (model.safetensors): {fix}")
+            for weights in (f for f in files if f.suffix == ".safetensors"):
+                with reading_weights(weights, fix):
+                    with safe_open(str(weights), "pt"):
+                        pass
+
+
 def _na_reason(err: BaseException) -> str:
     msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return f"{type(err).__name__}: {msg}"[:160]
@@ -236,6 +277,7 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
     # Check inputs that do not depend on a model before spending time on one.
     check_context(cfg)
     shared, texts, sources = _dataset_inputs(cfg, tokens_dir)
+    check_model_sources(cfg.models)
     if cfg.tasks and cfg.task_source == "local":
         with harness.prepared_tasks(cfg.task_data_dir, cfg.tasks):
             pass

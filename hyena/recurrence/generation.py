@@ -80,10 +80,12 @@ def model_kind(model) -> str:
 
 
 @torch.no_grad()
-def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sampling: Sampling) -> tuple[torch.Tensor, float]:
+def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sampling: Sampling,
+             attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """HF generate() with the cache of the model's kind, in `decode_layout`; returns (new token
-    ids (B, T), seconds, the layout changes included)."""
-    kwargs = {"max_new_tokens": max_new_tokens, "attention_mask": torch.ones_like(input_ids), "use_cache": True}
+    ids (B, T), seconds, the layout changes included). `attention_mask` (B, L): 0 at left pads."""
+    mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    kwargs = {"max_new_tokens": max_new_tokens, "attention_mask": mask, "use_cache": True}
     if sampling.greedy:
         kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
     else:
@@ -98,3 +100,60 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sampling: Samp
     with decode_layout(model):
         out = model.generate(input_ids, **kwargs)
     return out[:, input_ids.shape[1]:], time.perf_counter() - t0
+
+
+def read_prompts(path) -> list[str]:
+    """Prompts from a text file, one per line (blank lines skipped), or from a .jsonl file of
+    objects with a "prompt" field (or bare JSON strings)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        item = json.loads(line)
+        if isinstance(item, dict) and isinstance(item.get("prompt"), str):
+            prompts.append(item["prompt"])
+        elif isinstance(item, str):
+            prompts.append(item)
+        else:
+            raise ValueError(f"{path}:{n}: expected a JSON string or an object with a \"prompt\" string")
+    return prompts
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (input_ids, attention_mask), both (B, longest), pads on the left as
+    generate() expects (every model's cache then continues from the same last column)."""
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {b} has no tokens")
+        ids[b, L - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[b, L - len(p):] = 1
+    return ids, mask
+
+
+def _eos_ids(model) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
+
+
+@torch.no_grad()
+def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling) -> tuple[list[list[int]], float]:
+    """One left-padded batch through `generate` (each row stops at its own EOS): per prompt its
+    new tokens up to and including the first EOS, and the batch's seconds."""
+    eos = _eos_ids(model)
+    pad = model.generation_config.pad_token_id
+    pad = pad if pad is not None else (min(eos) if eos else 0)
+    ids, mask = left_pad(prompts, pad)
+    new, seconds = generate(model, ids, max_new_tokens, sampling, attention_mask=mask)
+    rows = []
+    for row in new.tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        rows.append(row[:cut])
+    return rows, seconds

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hyena.cache import HyenaLayerState, MixerCache, layer_state
+from hyena.cache import HyenaLayerState, MixerCache, layer_state, mask_pads
 from hyena.operator import (
     HyenaConfig,
     HyenaOperator,
@@ -123,7 +123,9 @@ class RecurrentHyenaMixer(nn.Module):
     def chunk(self, u: torch.Tensor, state: HyenaLayerState | None = None) -> torch.Tensor:
         """T tokens at once (B, T, d) -> (B, T, d): FFT convolution plus the carried-in state."""
         B, T, d = u.shape
-        z = self._short_conv(project_channel_major(self.in_proj, u), state)  # (B, W, T)
+        mask = None if state is None else state.input_mask  # (B, T) of a left-padded chunk: pads add nothing
+        p = mask_pads(project_channel_major(self.in_proj, u), mask)  # (B, W, T)
+        z = mask_pads(self._short_conv(p, state), mask)
         *x, v = z.split(d, dim=1)  # each (B, d, T)
         kern = self.tail_kernel(T)  # (F, d, T)
         D = self.modal.D  # (F, d)
@@ -162,9 +164,7 @@ class RecurrentHyenaMixer(nn.Module):
         modal state is updated in place."""
         d = self.d_model
         z = self.in_proj(u)  # (B, W)
-        win = torch.cat([state.fir, z[..., None]], dim=-1)  # (B, W, k)
-        state.fir = win[..., 1:]
-        z = (win * self.short_filter.weight[:, 0, :]).sum(-1) + self.short_filter.bias  # (B, W)
+        z = self._short_conv_step(z, state)  # (B, W)
         *x, v = z.split(d, dim=-1)  # each (B, d)
         p, R = self._decode_constants()  # (F, d, N) complex, (F, d, N, 2) real
         D = self.modal.D
@@ -177,6 +177,18 @@ class RecurrentHyenaMixer(nn.Module):
             s_o.mul_(p[o]).add_(w[..., None])
         state.seen += 1
         return self.out_proj(v * x[0])
+
+    def _short_conv_step(self, z: torch.Tensor, state: HyenaLayerState) -> torch.Tensor:
+        """The short conv's output for one new projected input z (B, W); shifts the FIR state.
+        One fused multiply-add per tap: at batch > 1 the (B, W, k) window product and its sum
+        cost as much as the modal recurrence."""
+        taps = self.short_filter.weight[:, 0, :]  # (W, k): the last tap multiplies the newest input
+        fir = state.fir  # (B, W, k-1), oldest first
+        y = torch.addcmul(self.short_filter.bias, z, taps[:, -1])
+        for j in range(fir.shape[-1]):
+            y.addcmul_(fir[..., j], taps[:, j])
+        state.fir = torch.cat([fir[..., 1:], z[..., None]], dim=-1)
+        return y
 
     def state_bytes(self, batch: int = 1) -> int:
         """Analytic state size per `batch` sequences: modal (complex64) + FIR (fp32)."""
