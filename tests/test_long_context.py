@@ -150,3 +150,13 @@ def test_student_with_decay_len_keeps_features_stationary_past_the_window():
     assert shift_error(HyenaConfig(max_len=1024, decay_len=16, filter_order=16)) < 1e-3
     assert shift_error(HyenaConfig(max_len=1024, filter_order=16)) > 0.1
 
+
+
+def test_documents_too_short_for_the_window_are_na_not_a_failed_eval(tiny_neox):
+    from hyena.evaluate.runner import EvalConfig, model_long_context
+
+    cfg = EvalConfig()
+    assert model_long_context(tiny_neox, "eval.positions: no document has 8192 tokens", cfg, "cpu", "m") == {
+        "na": "eval.positions: no document has 8192 tokens"}
+    windows = np.zeros((1, 4096), dtype=np.int64)  # longer than the tiny model's positions
+    assert "exceed" in model_long_context(tiny_neox, windows, cfg, "cpu", "m")["na"]

@@ -310,8 +310,11 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
         }
         if long_docs:
             if (POSITIONS, tok_source) not in tokenized:
-                tokenized[POSITIONS, tok_source] = positions.cut_windows(
-                    [streams.tokenize_stream(tokenizer, d) for d in long_docs], cfg.positions.context, cfg.positions.windows)
+                try:
+                    tokenized[POSITIONS, tok_source] = positions.cut_windows(
+                        [streams.tokenize_stream(tokenizer, d) for d in long_docs], cfg.positions.context, cfg.positions.windows)
+                except ValueError as err:  # documents too short in this tokenizer: n/a, not a failed stage
+                    tokenized[POSITIONS, tok_source] = str(err)
             entry["positions"] = model_long_context(model, tokenized[POSITIONS, tok_source], cfg, device, name)
         if cfg.passkey.lengths:
             entry["passkey"] = passkey.model_passkey(model, tokenizer, cfg.passkey, device, name, context_limit(model))
@@ -343,7 +346,10 @@ def context_limit(model) -> int | None:
 
 
 def model_long_context(model, windows, cfg: EvalConfig, device: str, name: str) -> dict:
-    """The position curve of one model, or {"na": reason} when its windows are too long for it."""
+    """The position curve of one model, or {"na": reason} when its windows are too long for it
+    (`windows` is a reason already when the documents could not fill one)."""
+    if isinstance(windows, str):
+        return {"na": windows}
     limit = context_limit(model)
     if limit and windows.shape[1] > limit:
         return {"na": f"windows of {windows.shape[1]} tokens exceed the model's {limit} positions or fitted taps"}
