@@ -55,25 +55,24 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _prompt(n_fill: int, depth: float, key: int) -> str:
+    before = round(n_fill * depth)
+    return INTRO + FILLER * before + NEEDLE.format(key=key) + FILLER * (n_fill - before) + QUESTION
+
+
 def build_trial(tokenizer, length: int, depth: float, key: int) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) of about `length` tokens in all, the needle at `depth` in [0, 1]."""
     fixed = len(_ids(tokenizer, INTRO + NEEDLE.format(key=key) + QUESTION + f" {key}"))
     unit = len(_ids(tokenizer, FILLER * 8)) / 8
     n_fill = max(int((length - fixed) / unit), 1)
-    before = round(n_fill * depth)
-    prompt = INTRO + FILLER * before + NEEDLE.format(key=key) + FILLER * (n_fill - before) + QUESTION
-    prompt_ids = _ids(tokenizer, prompt)
-    full = _ids(tokenizer, prompt + f" {key}")
-    if full[: len(prompt_ids)] == prompt_ids:
-        answer = full[len(prompt_ids):]
-    else:  # the tokenizer merged across the boundary: tokenise the answer on its own
-        answer = _ids(tokenizer, f" {key}")
-    while len(prompt_ids) + len(answer) > length:  # the estimate ran over: drop filler from the end
+    while True:  # the estimate can run over by a few tokens: drop filler until it fits
+        prompt = _prompt(n_fill, depth, key)
+        prompt_ids, full = _ids(tokenizer, prompt), _ids(tokenizer, prompt + f" {key}")
+        # the answer as the prompt continues it; if the tokenizer merged across the boundary, alone
+        answer = full[len(prompt_ids):] if full[: len(prompt_ids)] == prompt_ids else _ids(tokenizer, f" {key}")
+        if len(prompt_ids) + len(answer) <= length or n_fill == 1:
+            return prompt_ids, answer
         n_fill -= 1
-        before = min(before, n_fill)
-        prompt = INTRO + FILLER * before + NEEDLE.format(key=key) + FILLER * (n_fill - before) + QUESTION
-        prompt_ids = _ids(tokenizer, prompt)
-    return prompt_ids, answer
 
 
 def trials(cfg: PasskeyConfig, length: int) -> list[tuple[float, int]]:

@@ -63,16 +63,9 @@ def bucket_label(lo: int, hi: int) -> str:
 
 def read_documents(cfg: PositionsConfig) -> list[str]:
     """The source's non-empty documents (a text file is one document)."""
-    from hyena.data import CorpusError, TokenizeConfig, iter_documents
+    from hyena.evaluate.streams import DatasetSource, read_documents
 
-    reader = TokenizeConfig(corpus=cfg.source, text_field=cfg.text_field, txt_split="file")
-    try:
-        docs = [d for d in iter_documents(reader) if d.strip()]
-    except CorpusError as err:
-        raise ValueError(f"eval.positions: {err}".replace("tokenize.corpus", "eval.positions.source")) from None
-    if not docs:
-        raise ValueError(f"eval.positions.source {cfg.source} holds no text: point it at long documents")
-    return docs
+    return read_documents("eval.positions", DatasetSource(cfg.source, text_field=cfg.text_field))
 
 
 def cut_windows(doc_tokens: list[np.ndarray], context: int, n_windows: int) -> np.ndarray:

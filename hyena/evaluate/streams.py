@@ -60,9 +60,8 @@ class DatasetError(ValueError):
     """A perplexity dataset that cannot be read; the message names it and the key to fix."""
 
 
-def _for_dataset(message: str, name: str) -> str:
-    """A message of the tokenize stage's reader, reworded for eval.datasets.<name>."""
-    key = f"eval.datasets.{name}"
+def _for_key(message: str, key: str) -> str:
+    """A message of the tokenize stage's reader, reworded for the params key that named the source."""
     return f"{key}: " + message.replace("tokenize.corpus", f"{key}.source").replace("tokenize.", f"{key}.")
 
 
@@ -76,8 +75,9 @@ def load_owt_val(tokens_dir: str | Path) -> np.ndarray:
     return np.asarray(load_tokens(tokens_dir, "val")).reshape(-1)
 
 
-def read_text(name: str, src: DatasetSource) -> str:
-    """The whole text of a local or HF source: its non-empty documents joined by "\\n\\n"."""
+def read_documents(key: str, src: DatasetSource) -> list[str]:
+    """The non-empty documents of a local or HF source (a text file is one document); errors name
+    `key`, the params key of the source (e.g. eval.datasets.wikitext)."""
     from hyena.data import CorpusError, TokenizeConfig, iter_documents
 
     reader = TokenizeConfig(corpus=src.source, text_field=src.text_field, hf_split=src.hf_split,
@@ -85,10 +85,15 @@ def read_text(name: str, src: DatasetSource) -> str:
     try:
         docs = [doc for doc in iter_documents(reader) if doc.strip()]
     except CorpusError as err:
-        raise DatasetError(_for_dataset(str(err), name)) from None
+        raise DatasetError(_for_key(str(err), key)) from None
     if not docs:
-        raise DatasetError(f"eval.datasets.{name}: {src.source} holds no text: fix eval.datasets.{name}.source")
-    return "\n\n".join(docs)
+        raise DatasetError(f"{key}: {src.source} holds no text: fix {key}.source")
+    return docs
+
+
+def read_text(name: str, src: DatasetSource) -> str:
+    """The whole text of a local or HF source: its non-empty documents joined by "\\n\\n"."""
+    return "\n\n".join(read_documents(f"eval.datasets.{name}", src))
 
 
 def describe(src: DatasetSource, text: str) -> str:
