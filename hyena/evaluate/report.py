@@ -130,12 +130,12 @@ def positions_table(results: dict) -> list[str]:
     teacher = models.get(TEACHER)
     ratios = {n: position_ratios(m, teacher) for n, m in curves.items() if n != TEACHER and teacher}
     head = ["positions"] + list(curves) + [f"{n} / teacher" for n in ratios]
-    first = next(iter(curves.values()))["positions"]
+    first = next(iter(curves.values()))["positions"]  # every curve has the same windows and buckets
     lines = ["## Perplexity by position in long documents", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, b in enumerate(position_rows(next(iter(curves.values())))):
-        row = [b["label"]] + [_fmt(position_rows(m)[i]["ppl"], 1 if position_rows(m)[i]["ppl"] < 1e4 else 0)
-                              for m in curves.values()]
+    for i, b in enumerate(first["buckets"]):
+        ppls = [position_rows(m)[i]["ppl"] for m in curves.values()]
+        row = [b["label"]] + [_fmt(v, 1 if v < 1e4 else 0) for v in ppls]
         row += [_fmt(r.get(b["label"]), 2) for r in ratios.values()]
         lines.append("| " + " | ".join(row) + " |")
     missing = [f"`{n}`: {m['positions']['na']}" for n, m in models.items() if "na" in (m.get("positions") or {})]
