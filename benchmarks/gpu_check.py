@@ -123,7 +123,7 @@ def mixer(p: dict, args, budget: Budget) -> dict:
     import torch
 
     from benchmarks.bench_operator import D_MODEL, build_attention
-    from hyena.operator import HyenaConfig, HyenaOperator
+    from hyena.model.operator import HyenaConfig, HyenaOperator
 
     dev, amp = p["device"], getattr(torch, p["dtype"])
     max_len = max(p["mixer_lengths"])
@@ -190,8 +190,8 @@ def decode(p: dict, args, budget: Budget) -> dict:
     from transformers import AutoModelForCausalLM
 
     from benchmarks import bench_generate as bg
-    from hyena.operator import HyenaConfig
-    from hyena.student import StudentConfig, build_student
+    from hyena.model.build import StudentConfig, build_student
+    from hyena.model.operator import HyenaConfig
 
     dev = p["device"]
     max_len = max(p["decode_prompts"]) + p["decode_new"] + 1
@@ -258,9 +258,9 @@ def distill(p: dict, args, budget: Budget) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from hyena.operator import HyenaConfig
-    from hyena.student import StudentConfig, build_student
-    from hyena.train.dist import setup
+    from hyena.core.dist import setup
+    from hyena.model.build import StudentConfig, build_student
+    from hyena.model.operator import HyenaConfig
     from hyena.train.distill import DistillConfig, distill_layer, trainable_fn
     from hyena.train.lm import FinetuneConfig, train_lm
 

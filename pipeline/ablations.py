@@ -100,8 +100,8 @@ def main(
                                           "experiments stopped before assemble)"),
 ) -> None:
     """Table and plot of per-layer distillation MSE across DVC experiments."""
+    from hyena.core.io import atomic_write_text
     from hyena.evaluate.ablations import markdown_table, plot_layer_mse
-    from hyena.io import atomic_write_text
 
     p = paths(load_params(params))
     out = out or Path(p.reports) / "ablations.md"

@@ -25,7 +25,6 @@ from pipeline.params import (
 
 app = stage_app()
 
-VAL_BATCH = 8  # validation sequences per forward
 
 
 @command(app)
@@ -34,12 +33,13 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from hyena.cards import ModelCard
+    from hyena.core.io import atomic_dir, claim_output, file_sha256, reading_weights
+    from hyena.data.store import REDUMP, ActivationStore, check_chunks
     from hyena.evaluate.plots import plot_layer_mse
-    from hyena.io import atomic_dir, claim_output, file_sha256, reading_weights
-    from hyena.store import REDUMP, ActivationStore, check_chunks
-    from hyena.student import HyenaStudentForCausalLM
+    from hyena.model.cards import ModelCard
+    from hyena.model.modeling import HyenaStudentForCausalLM
     from hyena.teachers import copy_tokenizer
+    from hyena.train.batches import VAL_BATCH
     from hyena.train.distill import DistillConfig
 
     params = Params.read(params_file)

@@ -37,11 +37,10 @@ def main(
 ) -> None:
     from safetensors.torch import save_file
 
-    from hyena.io import atomic_dir, claim_output, file_sha256, reading_weights
-    from hyena.store import REDUMP, ActivationStore, check_chunks
-    from hyena.student import HyenaStudentForCausalLM
-    from hyena.train.acts import open_outputs, write_outputs
-    from hyena.train.dist import setup, teardown
+    from hyena.core.dist import setup, teardown
+    from hyena.core.io import atomic_dir, claim_output, file_sha256, reading_weights
+    from hyena.data.store import REDUMP, ActivationStore, check_chunks, open_outputs, write_outputs
+    from hyena.model.modeling import HyenaStudentForCausalLM
     from hyena.train.distill import DistillConfig, layer_outputs
 
     params = Params.read(params_file)
@@ -116,10 +115,9 @@ def _distill(student, i: int, cfg, env, params, train, val, log) -> dict:
     """Train layer i's mixer (or whole layer) on its target; adds the layer-output MSE before and
     after, whatever the target, so that every recipe reports one comparable number per layer."""
     from hyena.teachers import attention_output, load_teacher
-    from hyena.train.batches import load_all
+    from hyena.train.batches import VAL_BATCH, load_all
     from hyena.train.distill import (
         RAM_BYTES,
-        VAL_BATCH,
         ComputedTargets,
         LayerOnly,
         distill_layer,
@@ -162,7 +160,8 @@ def _distill(student, i: int, cfg, env, params, train, val, log) -> dict:
 def _kept(student, i: int, val_in, val_out, env) -> dict:
     """A layer the hybrid keeps: no training; its layer-output MSE on the stage's inputs is recorded
     (zero when teacher-forced: it is the teacher's layer)."""
-    from hyena.train.distill import VAL_BATCH, layer_mse
+    from hyena.train.batches import VAL_BATCH
+    from hyena.train.distill import layer_mse
 
     m = layer_mse(lambda x: student.run_layer(i, x), val_in, val_out, env, VAL_BATCH)
     return {"kept_attention": True, "steps": 0, "train_tokens": 0, "seconds": 0.0,

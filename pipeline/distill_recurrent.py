@@ -30,8 +30,8 @@ def _load_student(path: Path):
     from transformers import AutoModelForCausalLM
 
     import hyena.recurrence  # noqa: F401  (registers the student classes)
-    from hyena.io import reading_weights
-    from hyena.student import HyenaStudentForCausalLM
+    from hyena.core.io import reading_weights
+    from hyena.model.modeling import HyenaStudentForCausalLM
 
     p = Path(path)
     if not (p / "config.json").is_file():
@@ -63,7 +63,7 @@ def _calibration_ids(cfg, tokens: str):
     import numpy as np
     import torch
 
-    from hyena.data import load_tokens
+    from hyena.data.corpus import load_tokens
 
     if cfg.calib.sequences == 0:
         return None
@@ -107,11 +107,11 @@ def _check(student, recurrent, reports: list[dict], val, cfg) -> dict:
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Fit every long filter of the student with a modal recurrence; write the recurrent student."""
-    from hyena.cards import ModelCard
-    from hyena.data import check_tokenizer
+    from hyena.core.io import atomic_dir, claim_output
+    from hyena.data.corpus import check_tokenizer
     from hyena.evaluate.plots import plot_recurrent_fit
     from hyena.evaluate.streams import load_owt_val
-    from hyena.io import atomic_dir, claim_output
+    from hyena.model.cards import ModelCard
     from hyena.recurrence import RecurrentConfig, to_recurrent
     from hyena.teachers import copy_tokenizer
 

@@ -20,11 +20,11 @@ app = stage_app()
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Run the teacher over the token budget and store every layer's output in a Zarr store."""
-    from hyena.data import check_tokenizer, load_manifest
-    from hyena.io import hold_output, reading_weights
-    from hyena.store import DumpConfig, check_store_path, dump_activations
+    from hyena.core.dist import setup, teardown
+    from hyena.core.io import hold_output, reading_weights
+    from hyena.data.corpus import check_tokenizer, load_manifest
+    from hyena.data.dump import DumpConfig, check_store_path, dump_activations
     from hyena.teachers import load_teacher, teacher_record
-    from hyena.train.dist import setup, teardown
 
     params = Params.read(params_file)
     cfg, p = params.get("dump", DumpConfig), params.paths

@@ -39,7 +39,7 @@ def untracked_inputs(cfg, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
 
     import yaml
 
-    from hyena.data import CorpusError, resolve_corpus
+    from hyena.data.corpus import CorpusError, resolve_corpus
 
     try:
         deps = yaml.safe_load(dvc_yaml.read_text())["stages"]["eval"]["deps"]

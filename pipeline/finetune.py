@@ -28,7 +28,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
 def _teacher_signal(cfg, params, n_train: int, inputs: dict):
     """(online teacher, cached top-k logits): what the KL term needs, or (None, None) without one.
     What it came from joins `inputs` (the checkpoint fingerprint)."""
-    from hyena.store import ActivationStore
+    from hyena.data.store import ActivationStore
     from hyena.teachers import load_teacher
 
     if cfg.kl_weight == 0:

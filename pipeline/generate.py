@@ -47,7 +47,7 @@ def main(
     import torch
 
     from hyena.evaluate.runner import load_model, load_model_tokenizer
-    from hyena.recurrence.generation import Sampling, generate, model_kind
+    from hyena.model.generation import Sampling, generate, model_kind
     from pipeline.evaluate import PIPELINE_MODELS, resolve_model
 
     sampling = Sampling(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -78,7 +78,7 @@ def _generate_file(lm, tokenizer, prompts_file: Path, batch_size: int, max_new_t
     import json
     import sys
 
-    from hyena.recurrence.generation import generate_batch, model_kind, read_prompts
+    from hyena.model.generation import generate_batch, model_kind, read_prompts
 
     try:
         texts = read_prompts(prompts_file)

@@ -17,10 +17,10 @@ app = stage_app()
 
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
-    from hyena.cards import ModelCard
-    from hyena.io import atomic_dir, claim_output, reading_weights
-    from hyena.store import ActivationStore
-    from hyena.student import StudentConfig, build_student
+    from hyena.core.io import atomic_dir, claim_output, reading_weights
+    from hyena.data.store import ActivationStore
+    from hyena.model.build import StudentConfig, build_student
+    from hyena.model.cards import ModelCard
     from hyena.teachers import copy_tokenizer, load_teacher, teacher_record, weights_hash
 
     params = Params.read(params_file)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hyena.store import (
+from hyena.data.store import (
     ActivationStore,
     disk_bytes,
     layer_name,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import typer
 
-from hyena.io import file_sha256
+from hyena.core.io import file_sha256
 from pipeline.params import PathsConfig, StageError, dvclive_logger, split_timings, write_metrics
 
 
 def load_split(tokens: str | Path, split: str, limit: int = 0):
-    from hyena.data import load_tokens
+    from hyena.data.corpus import load_tokens
 
     arr = load_tokens(tokens, split)
     return arr[:limit] if limit > 0 else arr
@@ -25,9 +25,9 @@ def load_split(tokens: str | Path, split: str, limit: int = 0):
 def load_input_student(path: Path, tokens: str | Path, fix: str):
     """The student a training stage starts from, checked: present, readable, and made for the
     tokenizer of the token rows it will train on."""
-    from hyena.data import check_tokenizer
-    from hyena.io import reading_weights
-    from hyena.student import HyenaStudentForCausalLM
+    from hyena.core.io import reading_weights
+    from hyena.data.corpus import check_tokenizer
+    from hyena.model.modeling import HyenaStudentForCausalLM
 
     if not (Path(path) / "config.json").is_file():
         raise StageError(f"input student not found: {path} has no config.json ({fix})")
@@ -75,11 +75,11 @@ def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer
 
     `inputs` names what the model was made from (e.g. the input model's hash): with the config,
     the tokens, the code and the output path it decides whether a checkpoint may be resumed."""
-    from hyena.cards import ModelCard
-    from hyena.data import load_manifest
-    from hyena.io import atomic_dir, claim_output
+    from hyena.core.dist import setup, teardown
+    from hyena.core.io import atomic_dir, claim_output
+    from hyena.data.corpus import load_manifest
+    from hyena.model.cards import ModelCard
     from hyena.teachers import copy_tokenizer
-    from hyena.train.dist import setup, teardown
     from hyena.train.lm import DirCheckpoint, train_lm
 
     train = load_split(p.tokens, "train", cfg.max_sequences)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import typer
 import yaml
 
-from hyena.config import Config, ConfigError, did_you_mean, load, param
+from hyena.core.config import Config, ConfigError, did_you_mean, load, param
 
 T = TypeVar("T")
 
@@ -29,9 +29,9 @@ PARAMS = Path("params.yaml")
 SECTIONS = {
     "paths": "pipeline.params:PathsConfig",
     "teacher": "hyena.teachers:TeacherConfig",
-    "tokenize": "hyena.data:TokenizeConfig",
-    "dump": "hyena.store:DumpConfig",
-    "student": "hyena.student:StudentConfig",
+    "tokenize": "hyena.data.corpus:TokenizeConfig",
+    "dump": "hyena.data.dump:DumpConfig",
+    "student": "hyena.model.build:StudentConfig",
     "distill": "hyena.train.distill:DistillConfig",
     "finetune": "hyena.train.lm:FinetuneConfig",
     "pretrain": "hyena.train.lm:PretrainConfig",
@@ -139,7 +139,7 @@ class Params:
         """The named sections as plain data with every default filled in (what a model card records)."""
         import importlib
 
-        from hyena.config import as_dict
+        from hyena.core.config import as_dict
 
         out = {}
         for name in names:
@@ -183,7 +183,7 @@ def one_line_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from hyena.io import release_outputs
+        from hyena.core.io import release_outputs
 
         try:
             return fn(*args, **kwargs)
@@ -196,7 +196,7 @@ def one_line_errors(fn):
             typer.echo(f"error: {error_line(err)}", err=True)
             sys.exit(1)
         finally:
-            release_outputs()  # the writer locks its outputs' claims took (hyena.io.hold_output)
+            release_outputs()  # the writer locks its outputs' claims took (hyena.core.io.hold_output)
 
     return wrapper
 
@@ -213,7 +213,7 @@ def dvclive_logger(directory: str | Path):
     """A `log(metrics, step)` callback writing DVCLive plots under `directory` (no DVC experiment)."""
     from dvclive import Live
 
-    from hyena.io import hold_output
+    from hyena.core.io import hold_output
 
     hold_output(directory, "dvclive")  # one writer: a second run's steps would interleave with these
     live = Live(str(directory), save_dvc_exp=False, dvcyaml=None)
@@ -229,7 +229,7 @@ def dvclive_logger(directory: str | Path):
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
     """A DVC metrics file (JSON), written atomically."""
-    from hyena.io import atomic_write_json
+    from hyena.core.io import atomic_write_json
 
     atomic_write_json(path, metrics)
 

@@ -16,7 +16,7 @@ from typing import Any
 import typer
 import yaml
 
-from hyena.config import ConfigError, as_dict, load, merge, render_section
+from hyena.core.config import ConfigError, as_dict, load, merge, render_section
 from pipeline.params import PARAMS, SECTIONS, StageError, one_line_errors
 
 app = typer.Typer(add_completion=False)

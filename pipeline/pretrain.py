@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import typer
 
-from hyena.io import file_sha256
+from hyena.core.io import file_sha256
 from pipeline.lm_stage import load_split, run, steps_for_epochs
 from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app
 
@@ -77,10 +77,10 @@ def _attention_params(config) -> int:
 
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
-    from hyena.cards import ModelCard
-    from hyena.data import check_tokenizer
-    from hyena.store import ActivationStore
-    from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
+    from hyena.data.corpus import check_tokenizer
+    from hyena.data.store import ActivationStore
+    from hyena.model.cards import ModelCard
+    from hyena.model.modeling import HyenaStudentForCausalLM, HyenaStudentHFConfig
     from hyena.teachers import teacher_record
     from hyena.train.distill import DistillConfig
     from hyena.train.lm import FinetuneConfig, PretrainConfig
@@ -93,7 +93,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     train = load_split(p.tokens, "train", cfg.max_sequences)
     seq_len = train.shape[1]
     steps_for_epochs(len(train), cfg.batch_size, 1, "pretrain")  # enough sequences for one batch
-    config = HyenaStudentConfig.from_pretrained(p.layer("00"))
+    config = HyenaStudentHFConfig.from_pretrained(p.layer("00"))
     config.init = "random"
     torch.manual_seed(cfg.seed)
     model = HyenaStudentForCausalLM(config)  # every weight random, embeddings included

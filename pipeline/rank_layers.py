@@ -30,9 +30,9 @@ def main(
     import numpy as np
     import torch
 
-    from hyena.data import load_tokens
+    from hyena.data.corpus import load_tokens
     from hyena.evaluate.substitution import layers_to_keep, substitution_costs
-    from hyena.student import HyenaStudentForCausalLM
+    from hyena.model.modeling import HyenaStudentForCausalLM
     from hyena.teachers import load_teacher
 
     params = Params.read(params_file)

@@ -38,8 +38,8 @@ def main(
     plot: Path = typer.Option(None, help="plot (default: <paths.reports>/plots/recipes.png)"),
 ) -> None:
     """Table and plot of whole recipes across DVC experiments."""
+    from hyena.core.io import atomic_write_text
     from hyena.evaluate.recipes import markdown_table, plot_recipes
-    from hyena.io import atomic_write_text
 
     p = paths(load_params(params))
     out = out or Path(p.reports) / "recipes.md"

@@ -19,7 +19,7 @@ app = stage_app()
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Load the teacher named in params and write it (fp32 safetensors, config, tokenizer, provenance)."""
-    from hyena.io import atomic_dir, claim_output
+    from hyena.core.io import atomic_dir, claim_output
     from hyena.teachers import TeacherConfig, save_teacher
 
     params = Params.read(params_file)

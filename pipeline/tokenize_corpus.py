@@ -1,4 +1,4 @@
-"""Stage `tokenize`: corpus -> paths.tokens/{train,val}.npy + manifest.json (see hyena.data)."""
+"""Stage `tokenize`: corpus -> paths.tokens/{train,val}.npy + manifest.json (see hyena.data.corpus)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     """Tokenise the corpus with the teacher's tokenizer, split by document, pack, write token arrays."""
     from transformers import AutoConfig
 
-    from hyena.data import TokenizeConfig, build_token_dataset, resolve_corpus
+    from hyena.data.corpus import TokenizeConfig, build_token_dataset, resolve_corpus
     from hyena.teachers import get_adapter, load_tokenizer, teacher_max_positions, teacher_record
 
     params = Params.read(params_file)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from hyena.config import ConfigError, load
+from hyena.core.config import ConfigError, load
 from hyena.train.distill import DistillConfig
 from hyena.train.lm import FinetuneConfig, PretrainConfig
 from pipeline.params import SECTIONS, StageError, load_params, section

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 import hyena.teachers
-from hyena.data import (
+from hyena.data.corpus import (
     TokenizeConfig,
     build_token_dataset,
     load_manifest,

@@ -8,9 +8,9 @@ import torch
 from conftest import tiny_llama_config
 from transformers import AutoModelForCausalLM
 
-from hyena.operator import HyenaConfig
-from hyena.student import StudentConfig, build_student
-from hyena.train.dist import DistEnv
+from hyena.core.dist import DistEnv
+from hyena.model.build import StudentConfig, build_student
+from hyena.model.operator import HyenaConfig
 from hyena.train.lm import FinetuneConfig, kl_to_teacher, kl_to_teacher_topk, lm_loss, train_lm
 
 

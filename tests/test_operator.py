@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hyena.operator as op_mod
-from hyena.operator import (
+import hyena.model.operator as op_mod
+from hyena.model.operator import (
     HyenaConfig,
     HyenaOperator,
     causal_depthwise_conv,

@@ -56,7 +56,7 @@ def test_every_student_directory_has_a_model_card(tiny_repo):
     """Each student's README.md names its teacher (and its weights hash), the params that made
     it, the training tokens of every stage behind it and its own stage's metrics."""
     repo = tiny_repo
-    from hyena.cards import CARD, ModelCard
+    from hyena.model.cards import CARD, ModelCard
 
     teacher = json.loads((repo / "data/teacher/teacher.json").read_text())
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hyena.config import Config, param
+from hyena.core.config import Config, param
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Evaluate a list of models (name -> path) on perplexity and zero-shot tasks; write the outputs.
 
-A model path is an HF-format directory (students: `import hyena.student` registers their
+A model path is an HF-format directory (students: `import hyena.model.modeling` registers their
 class), a `.gguf` file, a hub id, or the word `teacher` (the params' teacher.source). Models
 are loaded one at a time and freed, so memory holds one model at once.
 """
@@ -16,14 +16,14 @@ from typing import Literal
 
 import torch
 
-from hyena.config import Config, param
+from hyena.core.config import Config, param
+from hyena.core.io import atomic_write_json, atomic_write_text, reading_weights
+from hyena.core.runtime import resolve_device
 from hyena.evaluate import harness, passkey, perplexity, positions, streams
 from hyena.evaluate.passkey import PasskeyConfig
 from hyena.evaluate.positions import PositionsConfig
 from hyena.evaluate.report import flat_metrics, load_reference, render_report
 from hyena.evaluate.streams import DatasetSource
-from hyena.io import atomic_write_json, atomic_write_text, reading_weights
-from hyena.runtime import resolve_device
 
 DEFAULT_TASKS = list(harness.TASKS)
 
@@ -186,7 +186,7 @@ def check_model_sources(models: dict[str, str]) -> None:
 
     from safetensors import safe_open
 
-    from hyena.io import CorruptInputError
+    from hyena.core.io import CorruptInputError
     from hyena.teachers import read_gguf
 
     for name, source in models.items():
@@ -362,7 +362,7 @@ def model_long_context(model, windows, cfg: EvalConfig, device: str, name: str) 
 def same_tokenizer(tokens_dir: str | Path, tokenizer) -> bool:
     """Whether the tokenize stage's rows in `tokens_dir` were made with `tokenizer` (True when the
     manifest does not say)."""
-    from hyena.data import load_manifest, vocab_sha256
+    from hyena.data.corpus import load_manifest, vocab_sha256
 
     try:
         recorded = load_manifest(tokens_dir).get("tokenizer", {}).get("vocab_sha256")
@@ -379,8 +379,8 @@ def write_outputs(results: dict, out_dir: str | Path, reference: str = "") -> di
     them was written: a failure leaves the previous set (or nothing) behind, never a mix."""
     import shutil
 
+    from hyena.core.io import remove_leftovers
     from hyena.evaluate.plots import plot_positions, plot_ppl, plot_ppl_vs_context
-    from hyena.io import remove_leftovers
 
     out_dir = Path(out_dir)
     ref = load_reference(reference) if reference else None

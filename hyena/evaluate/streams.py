@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyena.config import Config, param
+from hyena.core.config import Config, param
 
 TOKENIZED_VAL = "tokenize:val"
 NAME = re.compile(r"[A-Za-z0-9_.-]+")  # report names become metric keys: ppl/<name>/<model>
@@ -51,7 +51,7 @@ class DatasetSource(Config):
 
     def local_files(self) -> list[Path] | None:
         """The files a local source names (None for the tokenize split and HF ids)."""
-        from hyena.data import resolve_corpus
+        from hyena.data.corpus import resolve_corpus
 
         return None if self.tokenized else resolve_corpus(self.source)
 
@@ -67,7 +67,7 @@ def _for_key(message: str, key: str) -> str:
 
 def load_owt_val(tokens_dir: str | Path) -> np.ndarray:
     """The validation split of the tokenize stage as one 1-D int stream (memory-mapped)."""
-    from hyena.data import load_tokens
+    from hyena.data.corpus import load_tokens
 
     path = Path(tokens_dir) / "val.npy"
     if not path.is_file():
@@ -78,7 +78,7 @@ def load_owt_val(tokens_dir: str | Path) -> np.ndarray:
 def read_documents(key: str, src: DatasetSource) -> list[str]:
     """The non-empty documents of a local or HF source (a text file is one document); errors name
     `key`, the params key of the source (e.g. eval.datasets.wikitext)."""
-    from hyena.data import CorpusError, TokenizeConfig, iter_documents
+    from hyena.data.corpus import CorpusError, TokenizeConfig, iter_documents
 
     reader = TokenizeConfig(corpus=src.source, text_field=src.text_field, hf_split=src.hf_split,
                             hf_config=src.hf_config, max_documents=src.max_documents, txt_split="file")

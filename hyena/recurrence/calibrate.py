@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from hyena.config import Config, param
-from hyena.operator import HyenaOperator, causal_conv_from_spectrum, fft_size
+from hyena.core.config import Config, param
+from hyena.core.runtime import first_output
+from hyena.model.operator import HyenaOperator, causal_conv_from_spectrum, fft_size
 from hyena.recurrence.mixer import RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFilter, _design
-from hyena.runtime import first_output
 
 
 @dataclass

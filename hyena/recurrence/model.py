@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from hyena.config import Config, param
+from hyena.core.config import Config, param
+from hyena.model.modeling import HyenaStudentForCausalLM, HyenaStudentHFConfig
 from hyena.recurrence.calibrate import (
     CalibrationConfig,
     capture_mixer_io,
@@ -30,7 +31,6 @@ from hyena.recurrence.calibrate import (
 )
 from hyena.recurrence.mixer import RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFitConfig, filter_errors, fit_modal, relative_l2
-from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
 
 
 @dataclass
@@ -49,7 +49,7 @@ class RecurrentConfig(Config):
     decode_check_tokens: int = param(32, "tokens decoded recurrently after a prefill and compared with the full pass (0: skip)", ge=0)
 
 
-class HyenaRecurrentConfig(HyenaStudentConfig):
+class HyenaRecurrentHFConfig(HyenaStudentHFConfig):
     """A Hyena student config plus the modal form of its filters."""
 
     model_type = "hyena_recurrent_student"
@@ -67,10 +67,10 @@ class HyenaRecurrentConfig(HyenaStudentConfig):
 class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
     """A Hyena student with modal long filters and a recurrent cache for generation."""
 
-    config_class = HyenaRecurrentConfig
-    config: HyenaRecurrentConfig
+    config_class = HyenaRecurrentHFConfig
+    config: HyenaRecurrentHFConfig
 
-    def __init__(self, config: HyenaRecurrentConfig):
+    def __init__(self, config: HyenaRecurrentHFConfig):
         super().__init__(config)
         hcfg, d = config.hyena_config(), config.teacher_architecture().hidden_size
         for i, layer in enumerate(self.decoder_layers()):
@@ -84,11 +84,11 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
 def register() -> None:
     """Make AutoConfig / AutoModelForCausalLM know "hyena_recurrent_student" (idempotent)."""
     try:
-        AutoConfig.register(HyenaRecurrentConfig.model_type, HyenaRecurrentConfig)
+        AutoConfig.register(HyenaRecurrentHFConfig.model_type, HyenaRecurrentHFConfig)
     except ValueError:
         pass
     try:
-        AutoModelForCausalLM.register(HyenaRecurrentConfig, HyenaRecurrentForCausalLM)
+        AutoModelForCausalLM.register(HyenaRecurrentHFConfig, HyenaRecurrentForCausalLM)
     except ValueError:
         pass
 
@@ -131,7 +131,7 @@ def to_recurrent(student: HyenaStudentForCausalLM, cfg: RecurrentConfig | None =
             report.update(_calibrate(student.mixer(i), modal, h, *io[i], calib, i))
         modals[i] = modal
         reports.append({"layer": i + 1, **report})
-    config = HyenaRecurrentConfig(**{k: v for k, v in student.config.to_dict().items()
+    config = HyenaRecurrentHFConfig(**{k: v for k, v in student.config.to_dict().items()
                                      if k not in ("model_type", "architectures", "transformers_version")})
     config.modal = {"order": fit.order, "min_decay": fit.min_decay, "fit_len": fit_len}
     param = next(student.parameters())

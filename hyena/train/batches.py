@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+VAL_BATCH = 8  # validation sequences per forward of a layer-MSE measurement (distill, assemble)
+LM_VAL_BATCH = 4  # validation sequences per forward of a language-model loss (its logits are vocabulary-wide)
+
 
 def epoch_batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
     """Global batches of row indices: a fresh seeded permutation per epoch, last partial batch dropped.

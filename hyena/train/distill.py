@@ -32,14 +32,13 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from hyena.config import ConfigError, load, param
-from hyena.runtime import first_output
-from hyena.train.batches import epoch_batches, load_all, steps_per_run, take, to_tensor
-from hyena.train.dist import DistEnv, wrap
+from hyena.core.config import ConfigError, load, param
+from hyena.core.dist import DistEnv, wrap
+from hyena.core.runtime import first_output
+from hyena.train.batches import VAL_BATCH, epoch_batches, load_all, steps_per_run, take, to_tensor
 from hyena.train.loop import LogFn, run_steps
 from hyena.train.optim import OptimConfig
 
-VAL_BATCH = 8  # validation sequences per forward
 RAM_BYTES = 4 << 30  # training arrays up to this size (inputs + targets) are read into memory once
 NOT_PER_LAYER = ("layers", "last", "log_every")  # knobs a layer entry cannot override
 

@@ -26,13 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
-from hyena.config import param
-from hyena.train.batches import epoch_batches, take
-from hyena.train.dist import DistEnv, wrap
+from hyena.core.config import param
+from hyena.core.dist import DistEnv, wrap
+from hyena.train.batches import LM_VAL_BATCH, epoch_batches, take
 from hyena.train.loop import LogFn, run_steps
 from hyena.train.optim import OptimConfig
 
-VAL_BATCH = 4  # validation sequences per forward
 FULL_DISK = 1 << 20  # free bytes below which a failed checkpoint write is taken for a full disk
 
 
@@ -101,7 +100,7 @@ def kl_to_teacher_topk(student_logits: torch.Tensor, values: torch.Tensor, ids: 
 
 
 @torch.no_grad()
-def lm_loss(model: nn.Module, tokens, env: DistEnv, batch_size: int = VAL_BATCH) -> float:
+def lm_loss(model: nn.Module, tokens, env: DistEnv, batch_size: int = LM_VAL_BATCH) -> float:
     """Mean next-token cross-entropy (nats/token) over the rows of `tokens` (n, L)."""
     n = tokens.shape[0]
     total, count = 0.0, 0

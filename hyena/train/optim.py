@@ -8,8 +8,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from hyena.config import Config, param
-from hyena.operator import HyenaOperator
+from hyena.core.config import Config, param
+from hyena.model.operator import HyenaOperator
 from hyena.train.schedule import warmup_decay
 
 

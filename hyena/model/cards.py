@@ -36,6 +36,8 @@ KINDS: dict[str, str] = {
     "recurrent": "the fine-tuned student with every long filter distilled into a modal state-space recurrence "
                  "(Laughing Hyena): generation carries an O(1) state per token instead of re-running the prefix",
 }
+# the module a user imports to load each kind ("hyena.student" keeps that import working since the
+# model moved to hyena.model.modeling: cards written before the move name it)
 REGISTERS = {"hyena_student": "hyena.student", "hyena_recurrent_student": "hyena.recurrence"}
 TAGS = ["hyena", "long-convolution", "distillation", "scavenging-hyena"]
 

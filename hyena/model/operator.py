@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from hyena.config import Config, param
+from hyena.core.config import Config, param
 
 
 @dataclass

@@ -48,10 +48,6 @@ def param(default: Any = dataclasses.MISSING, help: str = "", *, ge: float | Non
     return dataclasses.field(default=default, metadata=meta)
 
 
-def help_of(cls: type, name: str) -> str:
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
-
-
 # ----------------------------------------------------------------------------- type checking
 
 

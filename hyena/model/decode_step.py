@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from hyena.runtime import first_output
+from hyena.core.runtime import first_output
 
 # the RMSNorms whose forward is exactly weight * x / sqrt(mean(x^2) + eps) (Gemma's 1 + weight is not)
 RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})

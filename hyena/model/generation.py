@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hyena.decode_step import pack_gate_up, unpack_gate_up
+from hyena.model.decode_step import pack_gate_up, unpack_gate_up
 
 
 @dataclass
@@ -46,7 +46,7 @@ def decode_layout(model: torch.nn.Module):
     (in, out) array: same values, shape and dtype, other strides. On CPU, MKL's x @ W^T for one
     row x streams a contiguous W^T faster than a contiguous W (measured on these EPYC cores:
     BENCHMARKS.md, "Generation"); large-batch matmuls run the same either way. A gated MLP's gate
-    and up projections become two views of one such array (`hyena.decode_step.pack_gate_up`), which
+    and up projections become two views of one such array (`hyena.model.decode_step.pack_gate_up`), which
     the students' decode step reads with one GEMV. The standard layout comes back on exit
     (save_pretrained needs it). Tied weights follow (one Parameter); other devices are left alone."""
     moved, packed = [], [m for m in model.modules() if pack_gate_up(m)]
@@ -68,15 +68,10 @@ def decode_layout(model: torch.nn.Module):
 
 
 def model_kind(model) -> str:
-    """"recurrent" | "student" | "transformer"."""
-    from hyena.recurrence.model import HyenaRecurrentForCausalLM
-    from hyena.student import HyenaStudentForCausalLM
-
-    if isinstance(model, HyenaRecurrentForCausalLM):
-        return "recurrent"
-    if isinstance(model, HyenaStudentForCausalLM):
-        return "student"
-    return "transformer"
+    """"recurrent" | "student" | "transformer", by the model's `model_type` (no import of the
+    student classes, so this module serves every kind)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return {"hyena_recurrent_student": "recurrent", "hyena_student": "student"}.get(model_type, "transformer")
 
 
 @torch.no_grad()

@@ -35,10 +35,10 @@ from typing import Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from hyena.config import Config, param
-from hyena.io import CorruptInputError, atomic_dir, claim_output, file_sha256
+from hyena.core.config import Config, param
+from hyena.core.io import CorruptInputError, atomic_dir, claim_output, file_sha256
 
-STAGE = "tokenize"  # the stage whose marker a token directory carries (hyena.io.atomic_dir)
+STAGE = "tokenize"  # the stage whose marker a token directory carries (hyena.core.io.atomic_dir)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 FORMAT = "hyena-tokens/1"
@@ -46,7 +46,6 @@ JSONL_SUFFIXES = (".jsonl",)
 TEXT_SUFFIXES = (".txt", ".raw", ".text")
 PARQUET_SUFFIXES = (".parquet",)
 LOCAL_SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES
-TXT_SPLITS = ("auto", "file", "wikitext", "blank_lines")
 WIKITEXT_HEADING = re.compile(r"^ = [^=].* = $")  # level-1 heading; ' = = Sub = = ' is level 2
 
 

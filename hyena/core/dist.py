@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
-from hyena.runtime import resolve_device
+from hyena.core.runtime import resolve_device
 
 
 @dataclass

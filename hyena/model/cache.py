@@ -7,7 +7,7 @@ A decoder layer hands the cache to its mixer (under `TeacherAdapter.cache_kwarg`
   and every long filter's past inputs w (the gated v x_i), newest first, so that the output at a
   new position t is one dot product per channel with the filter's first t+1 taps:
   O(L d) per layer per token instead of re-running the whole model over the prefix.
-- "modal", `HyenaLayerState` (recurrent student): the FIR state and the modal state, O(1).
+- "modal", `ModalLayerState` (recurrent student): the FIR state and the modal state, O(1).
 - "attention", transformers' `DynamicLayer`: a KV cache, for decoder layers that kept the
   teacher's attention (hybrid students).
 
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
-from hyena.operator import (
+from hyena.model.operator import (
     HyenaOperator,
     causal_depthwise_conv,
     fft_causal_conv,
@@ -75,7 +75,7 @@ class MixerLayerState(CacheLayerMixin):
         return sum(t.numel() * t.element_size() for t in self._tensors() if t is not None)
 
 
-class HyenaLayerState(MixerLayerState):
+class ModalLayerState(MixerLayerState):
     """The recurrent student's layer state: FIR state (B, W, k-1) and modal state (B, order-1, d, N) complex."""
 
     def __init__(self):
@@ -242,7 +242,7 @@ class MixerCache(Cache):
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
             raise ValueError(f"unknown decoder layer kind(s) {unknown}; known: {', '.join(KINDS)}")
-        make = {"hyena": HyenaConvState, "modal": HyenaLayerState, "attention": DynamicLayer}
+        make = {"hyena": HyenaConvState, "modal": ModalLayerState, "attention": DynamicLayer}
         return cls([make[k]() for k in kinds])
 
     def set_input_mask(self, mask: torch.Tensor | None) -> None:
