@@ -324,7 +324,7 @@ def tiny_preset(p: dict, args, budget: Budget) -> dict:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
                "PYTHONPATH": str(repo)}
         git = ["git", "-c", "user.email=c@c", "-c", "user.name=c"]
-        for cmd in ([sys.executable, "-m", "pipeline.preset", "tiny"], git + ["init", "-q"], git + ["add", "-A"],
+        for cmd in ([sys.executable, "-m", "tools.preset", "tiny"], git + ["init", "-q"], git + ["add", "-A"],
                     git + ["commit", "-qm", "tiny"]):
             subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True, text=True)
         t0 = time.perf_counter()

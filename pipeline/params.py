@@ -36,8 +36,11 @@ SECTIONS = {
     "finetune": "hyena.train.lm:FinetuneConfig",
     "pretrain": "hyena.train.lm:PretrainConfig",
     "recurrent": "hyena.recurrence.model:RecurrentConfig",
-    "eval": "hyena.evaluate.runner:EvalConfig",
+    "eval": "hyena.evaluate.config:EvalConfig",
 }
+
+
+PIPELINE_MODELS = ("pretrained", "distilled", "finetuned", "recurrent")  # students the pipeline writes
 
 
 class StageError(Exception):
@@ -82,6 +85,15 @@ class PathsConfig(Config):
 
     def dvclive(self, name: str) -> Path:
         return Path(self.reports) / "dvclive" / name
+
+    def model_source(self, spec: str) -> str:
+        """A model named in params or on the command line -> a loadable source: `teacher` and the
+        pipeline's own students resolve to their paths; anything else is a path or hub id."""
+        if spec == "teacher":
+            return self.teacher
+        if spec in PIPELINE_MODELS:
+            return str(self.student(spec))
+        return spec
 
 
 def load_params(path: Path = PARAMS) -> dict[str, Any]:

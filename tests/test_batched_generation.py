@@ -134,7 +134,7 @@ def test_generate_cli_prompts_file_in_padded_batches(tmp_path, pythia_tokenizer)
     from typer.testing import CliRunner
 
     from hyena.model.generation import Sampling, generate
-    from pipeline.generate import app
+    from tools.generate import app
 
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(tiny_neox_config(layers=1, d=32)).eval()

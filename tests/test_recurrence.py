@@ -10,13 +10,9 @@ from conftest import TINY_CONFIGS, tiny_llama_config, tiny_neox_config, tiny_tea
 
 from hyena.model.operator import HyenaConfig, HyenaFilter, HyenaOperator, fft_causal_conv
 from hyena.recurrence import ModalFilter, ModalFitConfig, fit_modal
+from hyena.recurrence.checks import layer_output_errors
 from hyena.recurrence.mixer import HyenaRecurrentCache, RecurrentHyenaMixer
-from hyena.recurrence.model import (
-    HyenaRecurrentForCausalLM,
-    RecurrentConfig,
-    layer_output_errors,
-    to_recurrent,
-)
+from hyena.recurrence.model import HyenaRecurrentForCausalLM, RecurrentConfig, to_recurrent
 
 
 def random_modal(shape, N, seed=0, r=(0.7, 0.99)) -> ModalFilter:

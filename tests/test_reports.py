@@ -7,7 +7,8 @@ import json
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.ablations import app, variants_from_exp_show
+from tools.ablations import app
+from tools.experiments import variants_from_exp_show
 
 
 def _state(rev, name, lr, inp, mses, free, ppl=None):
@@ -92,8 +93,8 @@ def test_cli_without_any_metrics_is_a_one_line_error(tmp_path):
 
 
 def test_curves_reads_dvclive_tsvs_and_refuses_an_empty_run(tmp_path):
-    from pipeline.curves import app as curves
-    from pipeline.curves import read_tsv
+    from tools.curves import app as curves
+    from tools.curves import read_tsv
 
     live = tmp_path / "reports" / "dvclive"
     for name, column in (("distill_01", "train_mse"), ("distill_02", "train_mse"), ("finetune", "train_loss")):
@@ -126,7 +127,7 @@ def _recipe(rev, name, target, ppls, nmse, seconds):
 
 
 def test_recipes_table_compares_students_with_the_teacher_and_from_scratch(tmp_path):
-    from pipeline.recipes import app as recipes
+    from tools.recipes import app as recipes
 
     ppl = {("owt", "teacher"): 30.0, ("wikitext", "teacher"): 25.0, ("owt", "pretrained"): 2000.0}
     base = _recipe("a" * 40, "paper", "layer_output",

@@ -163,7 +163,7 @@ def test_disk_check_refuses_before_writing(tmp_path, monkeypatch, pythia_random,
 
 
 def test_inspect_verify_names_a_deleted_and_a_corrupt_chunk(tmp_path, pythia_store):
-    from pipeline.inspect_store import app
+    from tools.inspect_store import app
 
     store_dir = tmp_path / "acts.zarr"
     shutil.copytree(pythia_store.path, store_dir)

@@ -366,3 +366,25 @@ def write_outputs(path: str | Path, shapes: dict[str, tuple[int, int, int]], fil
                                  compressors=None)
         fill(name, arr)
     group.attrs.update({**(attrs or {}), "complete": True})
+
+
+def layer_pairs(teacher: ActivationStore, idx: int, prev: int, student_outputs: str | Path | None,
+                progress_bar: bool = True) -> tuple[tuple, tuple]:
+    """((train inputs, train targets), (val inputs, val targets)) for distilling decoder layer `idx`
+    (1-based): the targets are the teacher's layer idx; the inputs are the student's own output of
+    layer `prev` read from `student_outputs` (progressive), or the teacher's layer `prev` when that
+    is None (teacher-forced, or layer 1, whose input the student shares). Every array is checked
+    first (digests, decoding, finite values), so that a damaged input is named as such instead of
+    surfacing later as a diverged loss or, worse, as a plausible one."""
+    if student_outputs is not None:
+        inputs = open_outputs(student_outputs)
+        ins, fix_in, digests_in = (inputs["train"], inputs["val"]), f"rerun distill@{prev:02d}", {}
+    else:
+        ins = (teacher.layer("train", prev), teacher.layer("val", prev))
+        fix_in, digests_in = REDUMP, {s: teacher.digests(s, prev) for s in ("train", "val")}
+    outs = (teacher.layer("train", idx), teacher.layer("val", idx))
+    for split, arr in zip(("train", "val"), ins, strict=True):
+        check_chunks(arr, arr.path, fix_in, progress_bar=progress_bar, digests=digests_in.get(split))
+    for split, arr in zip(("train", "val"), outs, strict=True):
+        check_chunks(arr, arr.path, REDUMP, progress_bar=progress_bar, digests=teacher.digests(split, idx))
+    return (ins[0], outs[0]), (ins[1], outs[1])

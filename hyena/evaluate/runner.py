@@ -10,81 +10,18 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from hyena.core.config import Config, param
 from hyena.core.io import atomic_write_json, atomic_write_text, reading_weights
 from hyena.core.runtime import resolve_device
 from hyena.evaluate import harness, passkey, perplexity, positions, streams
-from hyena.evaluate.passkey import PasskeyConfig
-from hyena.evaluate.positions import PositionsConfig
+from hyena.evaluate.config import EvalConfig
 from hyena.evaluate.report import flat_metrics, load_reference, render_report
-from hyena.evaluate.streams import DatasetSource
 
 DEFAULT_TASKS = list(harness.TASKS)
-
-
-@dataclass
-class EvalConfig(Config):
-    """params.yaml `eval`: which models, which perplexity datasets and contexts, which zero-shot tasks."""
-
-    SECTION = "eval"
-
-    models: dict[str, str] = param(
-        {"teacher": "teacher", "pretrained": "pretrained", "distilled": "distilled", "finetuned": "finetuned"},
-        "report name -> model: teacher | pretrained | distilled | finetuned | recurrent (the pipeline's own), "
-        "an HF dir, a .gguf file or a hub id")
-    tokenizer: str = param("", "tokenizer for a model dir without one (\"\": the student's recorded teacher)")
-    device: str = param("auto", "auto | cpu | cuda (always fp32)")
-    context: int = param(1024, "perplexity context (paper Table 1: 1024)", ge=2)
-    stride: int = param(0, "sliding-window stride (0: non-overlapping windows)", ge=0)
-    max_windows: int = param(0, "windows per dataset (0: all)", ge=0)
-    batch_size: int = param(1, "windows per forward", ge=1)
-    datasets: dict[str, DatasetSource | str] = param(
-        help="Table 1 datasets: report name -> source (hyena/evaluate/streams.py); a local source belongs in "
-             "the eval stage's deps in dvc.yaml",
-        default_factory=lambda: {
-            "wikitext": DatasetSource("../shared/data/wikitext-2-raw/wiki.test.raw"),
-            "owt": DatasetSource(streams.TOKENIZED_VAL),
-        })
-    long_contexts: list[int] = param([2048, 4096, 8192], "extra contexts for the extrapolation curve")
-    long_context_datasets: list[str] = param(["wikitext"], "names in eval.datasets on that curve")
-    long_max_windows: int = param(0, "windows per long context (0: all)", ge=0)
-    positions: PositionsConfig = param(PositionsConfig(), "perplexity by position inside long windows (hyena/evaluate/positions.py)")
-    passkey: PasskeyConfig = param(PasskeyConfig(), "passkey retrieval at long context (hyena/evaluate/passkey.py)")
-    tasks: list[str] = param(["arc_easy", "arc_challenge", "logiqa", "piqa", "sciq", "winogrande", "wsc"],
-                             "lm-eval zero-shot tasks ([]: skip)")
-    task_source: Literal["local", "builtin"] = param(
-        "local", "local: shipped task YAMLs over task_data_dir | builtin: lm-eval's own (hub)")
-    task_data_dir: str = param("../shared/eval", "data of the offline tasks")
-    include_path: str = param("", "directory of your own lm-eval task YAMLs, run next to eval.tasks "
-                                  "(Table 2's extra rows; \"\": none)")
-    include_tasks: list[str] = param([], "tasks or groups of include_path to run ([]: every task defined there)")
-    limit: int = param(0, "examples per task (0: all)", ge=0)
-    lm_eval_batch_size: int = param(8, "lm-eval batch size", ge=1)
-    reference: str = param("../shared/eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json",
-                           "published Pythia-70M results (\"\": none)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.models:
-            raise ValueError("eval.models is empty: give at least one name: model")
-        if self.include_tasks and not self.include_path:
-            raise ValueError("eval.include_tasks needs eval.include_path (the directory that defines them)")
-        if not 0 <= self.stride <= self.context:
-            raise ValueError(f"eval.stride must be in [0, context={self.context}], got {self.stride}")
-        self.datasets = {name: DatasetSource(src) if isinstance(src, str) else src for name, src in self.datasets.items()}
-        for name in self.datasets:
-            if not streams.NAME.fullmatch(name):
-                raise ValueError(f"eval.datasets: name {name!r} may use only letters, digits and _.- (it becomes a metric key)")
-        unknown = [d for d in self.long_context_datasets if d not in self.datasets]
-        if unknown:
-            raise ValueError(f"eval.long_context_datasets: {', '.join(unknown)} not in eval.datasets "
-                             f"({', '.join(self.datasets) or 'empty'}): add it there or drop it from the curve")
 
 
 def load_model(source: str, device: str | torch.device = "cpu"):
@@ -140,11 +77,12 @@ def load_model_tokenizer(source: str, model, fallbacks: list[str]):
 
 
 def max_positions(model) -> int | None:
-    cfg = model.config
-    hyena_cfg = getattr(cfg, "hyena", None)
+    """The longest input of any HF model (a student's Hyena max_len, else its config's positions)."""
+    config = model.config  # an HF config of any family: which fields it has depends on the family
+    hyena_cfg = getattr(config, "hyena", None)
     if isinstance(hyena_cfg, dict) and hyena_cfg.get("max_len"):
         return int(hyena_cfg["max_len"])
-    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def declared_limits(source: str) -> tuple[int | None, int | None]:

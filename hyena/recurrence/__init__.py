@@ -11,7 +11,6 @@ from hyena.recurrence.model import (
     HyenaRecurrentForCausalLM,
     HyenaRecurrentHFConfig,
     RecurrentConfig,
-    layer_output_errors,
     to_recurrent,
 )
 

@@ -172,15 +172,3 @@ def _calibrate(op, modal, h, u, y, calib: CalibrationConfig, i: int) -> dict:
         "calib_output_rel_err": output_err(),
         "calib_steps": calib.steps,
     }
-
-
-@torch.no_grad()
-def layer_output_errors(student: HyenaStudentForCausalLM, recurrent: HyenaRecurrentForCausalLM,
-                        input_ids: torch.Tensor) -> list[float]:
-    """Relative L2 error of each recurrent mixer's output vs the student mixer's on the SAME input
-    (the student's real activations for `input_ids` (B, L)): ||y_rec - y|| / ||y|| per layer."""
-    errors = []
-    for i, (u, y) in capture_mixer_io(student, input_ids).items():
-        y_rec = recurrent.mixer(i).chunk(u)
-        errors.append(float(relative_l2(y_rec.flatten().double(), y.flatten().double())))
-    return errors

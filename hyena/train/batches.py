@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -28,6 +29,15 @@ def epoch_batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterator[n
 
 def steps_per_run(n: int, batch_size: int, epochs: int) -> int:
     return (n // batch_size) * epochs
+
+
+def steps_for_epochs(n_sequences: int, batch_size: int, epochs: float, section: str) -> int:
+    """Optimiser steps of `epochs` (fractional) passes over n_sequences in batches of batch_size, at
+    least one; a clear error naming params section `section` when one batch does not fit."""
+    if n_sequences < batch_size:
+        raise ValueError(f"{section}.batch_size {batch_size} exceeds the {n_sequences} training sequences: "
+                         "lower it, or tokenize more documents")
+    return max(1, math.ceil(epochs * (n_sequences // batch_size)))
 
 
 def take(array, rows: np.ndarray) -> np.ndarray:

@@ -32,6 +32,11 @@ class OptimConfig(Config):
         "auto", "matmul precision: auto (bf16 autocast on a GPU that supports it, fp32 on CPU) | fp32 | bf16 "
                 "(autocast, CPU included: ~2x the fp32 matmul rate on CPUs with avx512_bf16); the FFT stays fp32")
 
+    def readout_group_lr(self) -> float | None:
+        """The learning rate of the Hyena mixers' output projections as a group of their own
+        (`param_groups`), None for none: only the fine-tune has that knob (FinetuneConfig.readout_lr)."""
+        return None
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -72,8 +77,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, filter_lr: fl
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
     """(AdamW over `param_groups`, LambdaLR with the paper's warm-up + cosine-to-floor schedule)."""
-    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.filter_lr,
-                          readout_lr=getattr(cfg, "readout_lr", None))  # a fine-tune knob only
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.filter_lr, readout_lr=cfg.readout_group_lr())
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

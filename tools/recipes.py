@@ -11,14 +11,14 @@ the per-layer normalised layer-output MSE, and the wall time of the training sta
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import typer
 
-from pipeline.ablations import variants_from_exp_show
+from hyena.core.io import atomic_write_text
+from hyena.evaluate.recipes import plot_recipes, recipe_table
 from pipeline.params import PARAMS, StageError, load_params, one_line_errors, paths
+from tools.experiments import load_variants, pick
 
 app = typer.Typer(add_completion=False)
 
@@ -38,29 +38,13 @@ def main(
     plot: Path = typer.Option(None, help="plot (default: <paths.reports>/plots/recipes.png)"),
 ) -> None:
     """Table and plot of whole recipes across DVC experiments."""
-    from hyena.core.io import atomic_write_text
-    from hyena.evaluate.recipes import markdown_table, plot_recipes
-
     p = paths(load_params(params))
     out = out or Path(p.reports) / "recipes.md"
     plot = plot or p.plot("recipes")
-    if exp_json is not None:
-        entries = json.loads(exp_json.read_text())
-    else:
-        proc = subprocess.run(["dvc", "exp", "show", "--json", "-n", str(num)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise StageError(f"dvc exp show failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-        entries = json.loads(proc.stdout)
-    variants = [v for v in variants_from_exp_show(entries, p.reports) if v.metrics]
-    if only:
-        by_name = {v.name: v for v in reversed(variants)}
-        missing = [n for n in only if n not in by_name]
-        if missing:
-            raise StageError(f"no run with metrics named {', '.join(missing)}; have: {', '.join(by_name)}")
-        variants = [by_name[n] for n in only]
+    variants = pick([v for v in load_variants(exp_json, num, p.reports) if v.metrics], only, "run")
     if not variants:
         raise StageError("no run with metrics: run `dvc repro` or `dvc exp run` first")
-    table = markdown_table(variants, IGNORE_RECIPE)
+    table = recipe_table(variants, IGNORE_RECIPE)
     rel = plot.relative_to(out.parent) if plot.is_relative_to(out.parent) else plot
     atomic_write_text(out, f"# {title}\n\n![recipes]({rel})\n\n{table}")
     plot_recipes(variants, plot)

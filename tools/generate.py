@@ -1,9 +1,9 @@
 """`generate` CLI: sample text from the teacher, a Hyena student or a recurrent student.
 
-    python -m pipeline.generate --model recurrent --prompt "The city of" --max-new-tokens 64
-    python -m pipeline.generate --model teacher --greedy        # the pipeline's teacher (paths.teacher)
+    python -m tools.generate --model recurrent --prompt "The city of" --max-new-tokens 64
+    python -m tools.generate --model teacher --greedy        # the pipeline's teacher (paths.teacher)
 
-    python -m pipeline.generate --model recurrent --prompts-file prompts.txt --batch-size 16 --output out.jsonl
+    python -m tools.generate --model recurrent --prompts-file prompts.txt --batch-size 16 --output out.jsonl
 
 `--model` takes the pipeline's own models by name (teacher, pretrained, distilled, finetuned,
 recurrent) or any HF dir, .gguf file or hub id. Prints the continuation and the decoding speed
@@ -48,12 +48,12 @@ def main(
 
     from hyena.evaluate.runner import load_model, load_model_tokenizer
     from hyena.model.generation import Sampling, generate, model_kind
-    from pipeline.evaluate import PIPELINE_MODELS, resolve_model
+    from pipeline.params import PIPELINE_MODELS
 
     sampling = Sampling(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     source = model
     if model == "teacher" or model in PIPELINE_MODELS:
-        source = resolve_model(model, paths(load_params(params)))
+        source = paths(load_params(params)).model_source(model)
     lm = load_model(source)
     tokenizer, _ = load_model_tokenizer(source, lm, [])
     if prompts_file is not None:
