@@ -24,7 +24,8 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 
-from hyena.model.operator import HyenaConfig, fft_causal_conv
+from hyena.model.fftconv import fft_causal_conv
+from hyena.model.operator import HyenaConfig
 from hyena.recurrence.mixer import HyenaRecurrentCache, ModalLayerState, RecurrentHyenaMixer
 from hyena.recurrence.model import HyenaRecurrentForCausalLM, HyenaRecurrentHFConfig
 
@@ -40,7 +41,6 @@ def smollm2_config() -> LlamaConfig:
 class PrefixConvMixer(RecurrentHyenaMixer):
     """Decode step of the convolutional student: append this token's gated input to the history
     and recompute the long convolution over the whole prefix (FFT), keeping its last output."""
-
     def step(self, u: torch.Tensor, state: ModalLayerState) -> torch.Tensor:
         d = self.d_model
         z = self.in_proj(u)  # (B, W)

@@ -26,9 +26,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hyena.data.corpus import TokenizeConfig, build_token_dataset, load_tokens  # noqa: E402
+from hyena.data.corpus import TokenizeConfig  # noqa: E402
 from hyena.data.dump import DumpConfig, dump_activations
 from hyena.data.store import disk_bytes  # noqa: E402
+from hyena.data.tokens import build_token_dataset, load_tokens
 from hyena.teachers import load_teacher, load_tokenizer  # noqa: E402
 
 SHARED = Path(os.environ.get("HYENA_SHARED", Path(__file__).resolve().parents[2] / "shared"))

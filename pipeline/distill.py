@@ -1,10 +1,7 @@
-"""Stage `distill@XX`: distil decoder layer XX of the student by MSE to the teacher's layer XX.
-
-Inputs of layer XX: the frozen student's own output of layer XX-1 (`distill.input: student`,
-progressive, as the paper; for layer 1 that is the teacher's embedding output, which the student
-shares) or the teacher's (`teacher`, teacher-forced). Writes one directory, atomically:
-`paths.students/layer_XX/` with the trained layer's weights, the hash chain of every layer so far
-and, in progressive mode, the student's output of layer XX (`acts.zarr`, the next stage's input).
+"""Stage `distill@XX`: distil decoder layer XX of the student by MSE to the teacher's layer XX
+(`hyena.train.distill`), on the frozen student's own output of layer XX-1 (`distill.input: student`,
+progressive, the paper) or the teacher's (`teacher`). Writes `paths.students/layer_XX/` atomically:
+the layer's weights, the hash chain of every layer so far and, progressive, its outputs (`acts.zarr`).
 """
 
 from __future__ import annotations
@@ -17,11 +14,10 @@ from hyena.core.dist import setup, teardown
 from hyena.core.io import atomic_dir, claim_output, reading_weights
 from hyena.data.store import ActivationStore, layer_pairs
 from hyena.model.modeling import HyenaStudentForCausalLM
-from hyena.train.distill import STUDENT_OUTPUTS, DistillConfig, distill_one_layer, save_layer
+from hyena.train import distill
 from pipeline.params import (
     PARAMS_OPTION,
     Params,
-    StageError,
     command,
     dvclive_logger,
     read_chain,
@@ -39,32 +35,28 @@ def main(
     params_file: Path = PARAMS_OPTION,
 ) -> None:
     params = Params.read(params_file)
-    d, p = params.get("distill", DistillConfig), params.paths
+    d, p = params.get("distill", distill.DistillConfig), params.paths
     cfg = d.for_layer(layer)
     idx, prev = int(layer), d.prev(layer)
     env = setup(precision=cfg.precision)
     if env.is_main:
         claim_output(p.layer(layer), "distill")
     teacher_acts = ActivationStore.open(p.activations)
-    if not 1 <= idx <= teacher_acts.n_layers:
-        raise StageError(f"layer {layer} is outside the teacher's 1..{teacher_acts.n_layers} layers")
-    if cfg.batch_size > teacher_acts.n_sequences("train"):
-        raise StageError(f"distill.batch_size {cfg.batch_size} (layer {layer}) exceeds the "
-                         f"{teacher_acts.n_sequences('train')} dumped training sequences: lower it or raise dump.train_sequences")
+    distill.check_layer_fits(teacher_acts, layer, cfg)
     chain = read_chain(p, prev)
     with reading_weights(p.layer("00"), "rerun the init-student stage"):
         student = HyenaStudentForCausalLM.from_pretrained(p.layer("00")).to(env.device)
     student.requires_grad_(False)
     progressive = cfg.input == "student" and prev != "00"  # layer 1's input (the embeddings) is shared
-    train, val = layer_pairs(teacher_acts, idx, int(prev), p.layer(prev) / STUDENT_OUTPUTS if progressive else None,
+    train, val = layer_pairs(teacher_acts, idx, int(prev), p.layer(prev) / distill.STUDENT_OUTPUTS if progressive else None,
                              progress_bar=env.is_main)
     # every layer's stage writes its DVCLive dir (a dvc.yaml output): curves when it takes steps,
     # and always a summary (below)
     log = dvclive_logger(p.dvclive(f"distill_{layer}")) if env.is_main else None
-    result = distill_one_layer(student, idx - 1, cfg, env, train, val, params.teacher_dir(), log)
+    result = distill.distill_one_layer(student, idx - 1, cfg, env, train, val, params.teacher_dir(), log)
     if env.is_main:
         with atomic_dir(p.layer(layer), "distill") as tmp:
-            save_layer(student, idx - 1, tmp, chain, layer, (train[0], val[0]) if cfg.input == "student" else None,
+            distill.save_layer(student, idx - 1, tmp, chain, layer, (train[0], val[0]) if cfg.input == "student" else None,
                        env, cfg.batch_size, attrs={"layer": idx, "input": cfg.input})
         metrics, timing = split_timings({"layer": idx, "input": cfg.input, "target": cfg.target, **result})
         # never an empty directory (epochs 0, a kept layer): git does not keep one, so a fresh clone

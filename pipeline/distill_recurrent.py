@@ -21,7 +21,7 @@ from pathlib import Path
 import typer
 
 from hyena.core.io import atomic_dir, claim_output
-from hyena.data.corpus import check_tokenizer
+from hyena.data.tokens import check_tokenizer
 from hyena.evaluate.plots import plot_recurrent_fit
 from hyena.evaluate.streams import load_owt_val
 from hyena.model.cards import ModelCard

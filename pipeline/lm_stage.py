@@ -13,7 +13,7 @@ import hyena
 import pipeline
 from hyena.core.dist import setup, teardown
 from hyena.core.io import atomic_dir, claim_output, reading_weights
-from hyena.data.corpus import check_tokenizer, load_manifest, load_tokens
+from hyena.data.tokens import check_tokenizer, load_manifest, load_tokens
 from hyena.model.cards import ModelCard
 from hyena.model.modeling import HyenaStudentForCausalLM
 from hyena.teachers import copy_tokenizer

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from typing import Any, TypeVar
 import typer
 import yaml
 
-from hyena.core.config import Config, ConfigError, did_you_mean, load, param
+from hyena.core.config import Config, ConfigError, as_dict, did_you_mean, load, param
+from hyena.core.io import atomic_write_json, hold_output, release_outputs
 
 T = TypeVar("T")
 
@@ -149,9 +151,7 @@ class Params:
 
     def recipe(self, *names: str) -> dict[str, Any]:
         """The named sections as plain data with every default filled in (what a model card records)."""
-        import importlib
 
-        from hyena.core.config import as_dict
 
         out = {}
         for name in names:
@@ -195,8 +195,6 @@ def one_line_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from hyena.core.io import release_outputs
-
         try:
             return fn(*args, **kwargs)
         except (StageError, ConfigError, OSError, ValueError, RuntimeError, KeyError) as err:
@@ -225,7 +223,6 @@ def dvclive_logger(directory: str | Path):
     """A `log(metrics, step)` callback writing DVCLive plots under `directory` (no DVC experiment)."""
     from dvclive import Live
 
-    from hyena.core.io import hold_output
 
     hold_output(directory, "dvclive")  # one writer: a second run's steps would interleave with these
     live = Live(str(directory), save_dvc_exp=False, dvcyaml=None)
@@ -241,8 +238,6 @@ def dvclive_logger(directory: str | Path):
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
     """A DVC metrics file (JSON), written atomically."""
-    from hyena.core.io import atomic_write_json
-
     atomic_write_json(path, metrics)
 
 

@@ -14,8 +14,8 @@ import torch
 import typer
 
 from hyena.core.io import file_sha256
-from hyena.data.corpus import check_tokenizer
 from hyena.data.store import ActivationStore
+from hyena.data.tokens import check_tokenizer
 from hyena.model.cards import ModelCard
 from hyena.model.modeling import HyenaStudentForCausalLM, HyenaStudentHFConfig
 from hyena.teachers import teacher_record

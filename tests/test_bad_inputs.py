@@ -111,7 +111,8 @@ def other_tokenizer_tokens(project, tmp_path, params):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from hyena.data.corpus import TokenizeConfig, build_token_dataset
+    from hyena.data.corpus import TokenizeConfig
+    from hyena.data.tokens import build_token_dataset
 
     corpus = params["tokenize"]["corpus"]
     texts = [json.loads(line)["text"] for line in Path(corpus).read_text().splitlines()[:40]]

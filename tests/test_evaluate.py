@@ -204,7 +204,7 @@ def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model
     from typer.testing import CliRunner
 
     from hyena.core.io import file_sha256
-    from hyena.data.corpus import content_hash
+    from hyena.data.tokens import content_hash
     from pipeline.evaluate import app
 
     neox, gpt2 = tiny_model_dirs

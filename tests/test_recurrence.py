@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import TINY_CONFIGS, tiny_llama_config, tiny_neox_config, tiny_teacher
 
-from hyena.model.operator import HyenaConfig, HyenaFilter, HyenaOperator, fft_causal_conv
+from hyena.model.fftconv import fft_causal_conv
+from hyena.model.operator import HyenaConfig, HyenaFilter, HyenaOperator
 from hyena.recurrence import ModalFilter, ModalFitConfig, fit_modal
 from hyena.recurrence.checks import layer_output_errors
 from hyena.recurrence.mixer import HyenaRecurrentCache, RecurrentHyenaMixer
@@ -133,7 +134,6 @@ class ExactModalFilter(HyenaFilter):
     """A student's implicit filter whose generator returns exactly a modal filter (the operator's
     caching and FFT path stay as they are), so the convolutional student is exactly
     representable by the recurrent one."""
-
     def __init__(self, modal: ModalFilter, old: HyenaFilter):
         super().__init__(old.d_model, old.n_filters, old.cfg)
         self.modal = modal
@@ -218,7 +218,7 @@ def test_distill_recurrent_stage(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from hyena.core.io import file_sha256
-    from hyena.data.corpus import content_hash
+    from hyena.data.tokens import content_hash
     from hyena.model.build import StudentConfig, build_student
     from pipeline.distill_recurrent import app
 

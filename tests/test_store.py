@@ -17,9 +17,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from hyena.data.corpus import TokenizeConfig, build_token_dataset, load_tokens
+from hyena.data.corpus import TokenizeConfig
 from hyena.data.dump import DumpConfig, dump_activations
 from hyena.data.store import ActivationStore, StoreIncompleteError, layer_name
+from hyena.data.tokens import build_token_dataset, load_tokens
 from hyena.teachers import capture_layer_outputs, load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def test_pythia_random_dump_equals_fresh_forward(pythia_store, pythia_random, py
     assert store.complete and store.n_layers == 6 and store.d_model == 512 and store.seq_len == 32
     assert store.layer("train", 0).chunks == (4, 32, 512) and store.layer("train", 0).dtype == np.float16
     a = store.attrs
-    from hyena.data.corpus import load_manifest
+    from hyena.data.tokens import load_manifest
     from hyena.teachers import weights_hash
 
     assert a["teacher"]["weights_hash"] == weights_hash(pythia_random) and a["teacher"]["source"] == str(pythia_dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from hyena.evaluate.plots import plot_training_curves
 from pipeline.params import PARAMS, StageError, load_params, one_line_errors, paths
 
 app = typer.Typer(add_completion=False)
@@ -30,8 +31,6 @@ def main(
     out: Path = typer.Option(None, help="PNG to write (default: <paths.reports>/plots/training_curves.png)"),
 ) -> None:
     """Plot distillation MSE per layer and the fine-tune / pre-train losses."""
-    from hyena.evaluate.plots import plot_training_curves
-
     p = paths(load_params(params))
     dvclive = Path(p.reports) / "dvclive"
     out = out or p.plot("training_curves")

@@ -17,11 +17,16 @@ and its batch's seconds and tokens/s (new tokens of all rows over the batch's ge
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
+import torch
 import typer
 
-from pipeline.params import PARAMS, StageError, load_params, one_line_errors, paths
+from hyena.evaluate.runner import load_model, load_model_tokenizer
+from hyena.model.generation import Sampling, generate, generate_batch, model_kind, read_prompts
+from pipeline.params import PARAMS, PIPELINE_MODELS, StageError, load_params, one_line_errors, paths
 
 app = typer.Typer(add_completion=False)
 
@@ -44,12 +49,6 @@ def main(
     output: Path = typer.Option(None, help="JSON lines out with --prompts-file (default: stdout)"),
 ) -> None:
     """Generate a continuation of --prompt (or of every prompt in --prompts-file) and report tokens/s."""
-    import torch
-
-    from hyena.evaluate.runner import load_model, load_model_tokenizer
-    from hyena.model.generation import Sampling, generate, model_kind
-    from pipeline.params import PIPELINE_MODELS
-
     sampling = Sampling(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     source = model
     if model == "teacher" or model in PIPELINE_MODELS:
@@ -75,11 +74,6 @@ def main(
 def _generate_file(lm, tokenizer, prompts_file: Path, batch_size: int, max_new_tokens: int, sampling,
                    output: Path | None, name: str) -> None:
     """--prompts-file: batches of left-padded prompts, one JSON line per prompt."""
-    import json
-    import sys
-
-    from hyena.model.generation import generate_batch, model_kind, read_prompts
-
     try:
         texts = read_prompts(prompts_file)
     except ValueError as err:

@@ -11,8 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
 import typer
 
+from hyena.data.tokens import load_tokens
+from hyena.evaluate.substitution import layers_to_keep, substitution_costs
+from hyena.model.modeling import HyenaStudentForCausalLM
+from hyena.teachers import load_teacher
 from pipeline.params import PARAMS, Params, StageError, one_line_errors, write_metrics
 
 app = typer.Typer(add_completion=False)
@@ -27,14 +33,6 @@ def main(
     params_file: Path = typer.Option(PARAMS, "--params", help="params.yaml"),
 ) -> None:
     """Rank the student's Hyena layers by what each costs the teacher when substituted alone."""
-    import numpy as np
-    import torch
-
-    from hyena.data.corpus import load_tokens
-    from hyena.evaluate.substitution import layers_to_keep, substitution_costs
-    from hyena.model.modeling import HyenaStudentForCausalLM
-    from hyena.teachers import load_teacher
-
     params = Params.read(params_file)
     p = params.paths
     src = Path(model) if Path(model).is_dir() else p.student(model)

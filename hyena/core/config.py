@@ -18,6 +18,7 @@ A key left out takes the field's default. `render(...)` writes instances back as
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -80,17 +81,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return value if isinstance(value, tp) else load(tp, value, key)  # an instance checked itself
     if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arm in get_args(tp):
-            try:
-                return _coerce(value, arm, key)
-            except ConfigError as err:
-                errors.append(err)
-                if isinstance(value, dict) and dataclasses.is_dataclass(arm):
-                    break  # a mapping meant for that section: its own error says what is wrong inside
-        if isinstance(value, dict) and dataclasses.is_dataclass(get_args(tp)[len(errors) - 1]):
-            raise errors[-1]
-        raise _wrong(key, value, tp)
+        return _coerce_union(value, tp, key)
     if origin is Literal:
         if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
             return value
@@ -136,6 +127,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """`value` as the first arm of the union `tp` that takes it."""
+    errors = []
+    for arm in get_args(tp):
+        try:
+            return _coerce(value, arm, key)
+        except ConfigError as err:
+            errors.append(err)
+            if isinstance(value, dict) and dataclasses.is_dataclass(arm):
+                break  # a mapping meant for that section: its own error says what is wrong inside
+    if isinstance(value, dict) and dataclasses.is_dataclass(get_args(tp)[len(errors) - 1]):
+        raise errors[-1]
+    raise _wrong(key, value, tp)
+
+
 def _wrong(key: str, value: Any, tp: Any) -> ConfigError:
     return ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
 
@@ -155,7 +161,6 @@ class Config:
     """Base of the params dataclasses: every field's type and bounds are checked on construction
     too, so library callers get the same one-line errors as params.yaml does. Subclasses that add
     their own `__post_init__` call `super().__post_init__()` first."""
-
     SECTION: ClassVar[str] = ""  # name in error messages ("distill"); the class name if empty
 
     def __post_init__(self) -> None:
@@ -172,8 +177,6 @@ class Config:
 
 def did_you_mean(unknown: list, known) -> str:
     """' (did you mean X?)' for the closest known name to each unknown one, or ''."""
-    import difflib
-
     hints = [m[0] for u in unknown if (m := difflib.get_close_matches(str(u), list(map(str, known)), n=1, cutoff=0.6))]
     return f" (did you mean {', '.join(hints)}?)" if hints else ""
 

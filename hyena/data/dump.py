@@ -30,15 +30,11 @@ from tqdm.auto import tqdm
 from hyena.core.config import Config, param
 from hyena.core.io import (
     DIGEST,
-    MARKER,
-    OutputConflictError,
     atomic_dir,
     hold_output,
-    output_owner,
     release_output,
-    remove_leftovers,
 )
-from hyena.data.corpus import SPLITS, load_manifest, load_tokens
+from hyena.data.resume import finalise, resumable_store, unmark_damaged
 from hyena.data.store import (
     DIGESTS,
     FORMAT,
@@ -53,6 +49,7 @@ from hyena.data.store import (
     layer_name,
     make_compressors,
 )
+from hyena.data.tokens import SPLITS, load_manifest, load_tokens
 from hyena.teachers import capture, get_adapter, weights_hash
 
 HEADROOM = 1.10  # refuse to start unless free disk >= 110% of the bytes still to write
@@ -61,7 +58,6 @@ HEADROOM = 1.10  # refuse to start unless free disk >= 110% of the bytes still t
 @dataclass
 class DumpConfig(Config):
     """params.yaml `dump`: which sequences' teacher activations are cached, and how they are stored."""
-
     SECTION = "dump"
 
     train_sequences: int | None = param(39063, "first N training sequences whose teacher activations are cached (null: all; paper: 40M tokens)", ge=0)
@@ -143,7 +139,6 @@ def _check_disk(path: Path, needed: int) -> None:
 
 class _ChunkWriter(threading.Thread):
     """Writes queued (split, chunk, rows, buffer) units so the teacher's forward pass never waits on I/O."""
-
     def __init__(self, group: zarr.Group, n_layers: int, maxsize: int,
                  on_chunk_written: Callable[[str, int], None] | None):
         super().__init__(name="activation-writer", daemon=True)
@@ -198,7 +193,6 @@ class _ChunkWriter(threading.Thread):
 @dataclass
 class DumpPlan:
     """What a dump will write: token rows and sizes per split, shapes, and the store's provenance."""
-
     rows: dict[str, np.ndarray]  # split -> (n, L) token rows (memory-mapped)
     sizes: dict[str, int]  # split -> sequences to dump
     seq_len: int
@@ -268,9 +262,9 @@ def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | 
     newly_held = rank == 0 and hold_output(out, STAGE)  # one writer per store for the whole dump
     try:
         if rank == 0:
-            store = _resumable_store(out, plan.fingerprint)
+            store = resumable_store(out, plan.fingerprint)
             if store is not None:
-                store = _unmark_damaged(out, store)
+                store = unmark_damaged(out, store)
             _check_disk(out, _bytes_to_write(plan, p, store))
             if store is None:
                 _create_store(out, plan.attrs, plan.sizes, plan.seq_len, plan.d_model, plan.n_layers, p)
@@ -285,7 +279,7 @@ def dump_activations(model: torch.nn.Module, tokens_dir: str | Path, out: str | 
                           progress_bar and rank == 0, on_chunk_written)
         barrier()
         if rank == 0 and not store.complete:
-            _finalise(out)
+            finalise(out)
         barrier()
         return ActivationStore.open(out)
     finally:
@@ -338,91 +332,3 @@ def _write_chunks(model: torch.nn.Module, plan: DumpPlan, group: zarr.Group, tod
         if writer.is_alive():  # an error on this side: let queued chunks land, then stop
             writer.queue.put(None)
             writer.join()
-
-
-def _is_store_output(out: Path) -> bool:
-    """Whether `out` is a directory a dump wrote: its marker, or (stores made before markers
-    existed) a root zarr.json of this store format."""
-    if output_owner(out) == STAGE:
-        return True
-    try:
-        return json.loads((out / "zarr.json").read_text())["attributes"]["format"] == FORMAT
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _remove_partial_files(out: Path) -> None:
-    """zarr writes each file as `NAME.<uuid>.partial` and renames it: a killed write leaves one."""
-    for f in out.rglob("*.partial"):
-        f.unlink(missing_ok=True)
-
-
-def check_store_path(out: str | Path) -> None:
-    """Refuse (one line) an `out` that exists and is not a store a dump wrote (or an empty dir)."""
-    out = Path(out)
-    if not out.exists() and not out.is_symlink():
-        return
-    if out.is_symlink():
-        raise OutputConflictError(f"refusing to write through the symbolic link {out}: set paths.activations "
-                                  "to the real directory")
-    if not out.is_dir() or (any(out.iterdir()) and not _is_store_output(out)):
-        raise OutputConflictError(f"refusing to replace {out}: it is not an activation store (no {MARKER} "
-                                  "marker); move it away or set paths.activations to another path")
-
-
-def _resumable_store(out: Path, fingerprint: str) -> ActivationStore | None:
-    """The existing store at `out` if it was made with the same fingerprint; otherwise remove it.
-    Anything at `out` that a dump did not write is refused, never removed."""
-    check_store_path(out)
-    remove_leftovers(out)
-    if not out.exists():
-        return None
-    try:
-        store = ActivationStore.open(out, allow_incomplete=True)
-        if store.attrs.get("fingerprint") == fingerprint and store.has_digests:
-            _remove_partial_files(out)
-            return store
-        reason = ("it was made with other teacher weights, tokens or params" if store.has_digests
-                  else "it predates chunk digests, so its chunks cannot be checked")
-    except Exception as err:  # noqa: BLE001 - anything unreadable is rebuilt
-        reason = f"it is unreadable ({type(err).__name__})"
-    tqdm.write(f"dump: removing the existing {out}: {reason}")
-    shutil.rmtree(out) if out.is_dir() else out.unlink()
-    return None
-
-
-def _unmark_damaged(out: Path, store: ActivationStore) -> ActivationStore:
-    """Check every finished chunk against its digest (one read of the store); mark the chunks that
-    no longer match as not done (and the store incomplete), so that the dump writes them again."""
-    group = zarr.open_group(str(out), mode="r+", zarr_format=3)
-    damaged = 0
-    for split in SPLITS:
-        for chunk, names in sorted(store.damaged_chunks(split).items()):
-            tqdm.write(f"dump: {out}/{split} chunk {chunk} ({', '.join(names)}) does not match its recorded "
-                       "digest (damaged on disk): writing it again")
-            group[f"{PROGRESS}/{split}"][chunk] = np.full(store.n_layers + 1, -1, dtype=np.int64)
-            damaged += 1
-    if damaged and store.complete:
-        group.attrs.update({"complete": False})
-    return ActivationStore.open(out, allow_incomplete=True)
-
-
-def _finalise(out: Path) -> ActivationStore:
-    """Check every chunk is marked done, then write the summary and `complete: true` last."""
-    store = ActivationStore.open(out, allow_incomplete=True)
-    summary = {}
-    for split in SPLITS:
-        prog = store.progress(split)  # (n_chunks, N+1)
-        if (prog < 0).any():
-            raise RuntimeError(f"{out}: chunks {np.flatnonzero(prog[:, 0] < 0).tolist()} of {split} were not written")
-        summary[split] = {"sequences": store.n_sequences(split), "chunks": int(len(prog)),
-                          "non_finite_per_layer": prog.sum(axis=0).tolist()}
-    nonfinite = sum(sum(v["non_finite_per_layer"]) for v in summary.values())
-    if nonfinite:
-        tqdm.write(f"dump: warning: {nonfinite} non-finite values stored (fp16 overflow?): see `inspect`")
-    group = zarr.open_group(str(out), mode="r+", zarr_format=3)
-    group.attrs.update({"summary": summary, "complete": True})  # one atomic zarr.json write
-    return ActivationStore.open(out)
-
-
-# ----------------------------------------------------------------------------- inspection

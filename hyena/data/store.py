@@ -15,14 +15,8 @@ Layout (`data/activations.zarr`):
                                 by the root attribute `digest`) of each chunk file as written, one
                                 column per array of the split (attribute `arrays`)
 
-Writing it (`dump_activations`, resuming an interrupted dump) is `hyena.data.dump`.
-
-Resumability: the dump is cut into units of one sequence chunk (chunk_sequences rows, forwarded in
-batches of batch_size that never cross a chunk boundary). A unit is written layer by layer (zarr's
-LocalStore writes every file atomically) and only then marked done in `_progress`; a rerun with the
-same fingerprint (teacher weights, token manifest, params) skips the units marked done and redoes
-the others with the same batches, so the final store is byte-identical to an uninterrupted run.
-Missing chunks read as NaN (fill value), never as plausible zeros.
+Writing it (`dump_activations`, resuming an interrupted dump chunk by chunk, byte-identical to an
+uninterrupted run) is `hyena.data.dump`. Missing chunks read as NaN (fill value), never as zeros.
 
 Integrity: every chunk file's digest is recorded when it is written and checked when a dump resumes
 (a chunk that no longer matches is written again, so the store comes back byte-identical), when a
@@ -43,7 +37,7 @@ from hyena.core.io import (
     CorruptInputError,
     digest,
 )
-from hyena.data.corpus import SPLITS
+from hyena.data.tokens import SPLITS
 
 FORMAT = "hyena-activations/1"
 STAGE = "dump-activations"  # the stage whose marker a store carries (hyena.core.io.atomic_dir)
@@ -97,7 +91,6 @@ def make_compressors(codec: str, level: int, itemsize: int):
 
 class ActivationStore:
     """Read access to a finished activation store."""
-
     def __init__(self, path: Path, group: zarr.Group):
         self.path = path
         self.group = group
@@ -281,7 +274,6 @@ def _plain_bytes(arr: zarr.Array) -> bool:
 
 class ChunkError(CorruptInputError):
     """A damaged chunk file: `kind` is missing | unreadable | digest, `detail` the decoder's words."""
-
     def __init__(self, kind: str, where: str, detail: str = ""):
         self.kind, self.where, self.detail = kind, where, detail
         super().__init__({

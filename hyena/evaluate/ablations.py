@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hyena.evaluate.plots import _save
+
 
 @dataclass
 class Variant:
@@ -89,7 +91,6 @@ def plot_variants_layer_mse(variants: list[Variant], path: str | Path, ignore: t
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hyena.evaluate.plots import _save
 
     diff = differing_params(variants, ignore)
     fig, ax = plt.subplots(figsize=(8, 4.5))

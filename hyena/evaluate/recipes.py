@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from hyena.evaluate.ablations import Variant, differing_params, render_table
+from hyena.evaluate.plots import _save
 
 STUDENTS = ("distilled", "finetuned", "pretrained")
 
@@ -103,7 +104,6 @@ def plot_recipes(variants: list[Variant], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hyena.evaluate.plots import _save
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
     width = 0.8 / len(STUDENTS)

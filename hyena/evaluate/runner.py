@@ -8,18 +8,32 @@ are loaded one at a time and freed, so memory holds one model at once.
 from __future__ import annotations
 
 import gc
+import json
 import os
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hyena.core.io import atomic_write_json, atomic_write_text, reading_weights
+import hyena.recurrence  # noqa: F401
+from hyena.core.io import (
+    CorruptInputError,
+    atomic_write_json,
+    atomic_write_text,
+    reading_weights,
+    remove_leftovers,
+)
 from hyena.core.runtime import resolve_device
+from hyena.data.tokens import load_manifest, vocab_sha256
 from hyena.evaluate import harness, passkey, perplexity, positions, streams
 from hyena.evaluate.config import EvalConfig
+from hyena.evaluate.plots import plot_positions, plot_ppl, plot_ppl_vs_context
 from hyena.evaluate.report import flat_metrics, load_reference, render_report
+from hyena.teachers import has_tokenizer, load_teacher, load_tokenizer, read_gguf
 
 DEFAULT_TASKS = list(harness.TASKS)
 
@@ -27,10 +41,7 @@ DEFAULT_TASKS = list(harness.TASKS)
 def load_model(source: str, device: str | torch.device = "cpu"):
     """An fp32 causal LM in eval mode from an HF directory, a .gguf file or a hub id (students and
     recurrent students included: importing hyena.recurrence registers their classes)."""
-    from transformers import AutoModelForCausalLM
 
-    import hyena.recurrence  # noqa: F401
-    from hyena.teachers import load_teacher
 
     p = Path(source)
     if source.endswith(".gguf"):
@@ -52,9 +63,7 @@ def load_model(source: str, device: str | torch.device = "cpu"):
 
 def load_model_tokenizer(source: str, model, fallbacks: list[str]):
     """The model's own tokenizer if its dir/id has one, else the first loadable fallback source."""
-    from transformers import AutoTokenizer
 
-    from hyena.teachers import has_tokenizer, load_tokenizer
 
     recorded = getattr(model.config, "teacher_source", "")  # students record their teacher
     candidates = [c for c in [source, recorded, *fallbacks] if c]
@@ -88,8 +97,6 @@ def max_positions(model) -> int | None:
 def declared_limits(source: str) -> tuple[int | None, int | None]:
     """(max positions, modal fit_len) that a local model directory's config.json declares, read
     without loading the model; (None, None) for other sources."""
-    import json
-
     try:
         cfg = json.loads((Path(source) / "config.json").read_text())
     except (OSError, ValueError):
@@ -120,12 +127,8 @@ def check_model_sources(models: dict[str, str]) -> None:
     tensor table must parse and its tensor data fit the file; a directory needs a config.json
     that is a JSON object and weights whose safetensors headers parse and cover their files.
     Cheap (headers only); hub ids are left to the load."""
-    import json
 
-    from safetensors import safe_open
 
-    from hyena.core.io import CorruptInputError
-    from hyena.teachers import read_gguf
 
     for name, source in models.items():
         p = Path(source)
@@ -257,16 +260,7 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
         if cfg.passkey.lengths:
             entry["passkey"] = passkey.model_passkey(model, tokenizer, cfg.passkey, device, name, context_limit(model))
         if cfg.tasks or user_tasks:
-            try:
-                entry["tasks"] = harness.run_tasks(
-                    model, tokenizer, cfg.tasks, source=cfg.task_source, data_dir=cfg.task_data_dir,
-                    limit=cfg.limit or None, batch_size=cfg.lm_eval_batch_size, device=device,
-                    include_path=cfg.include_path, include_tasks=user_tasks,
-                )
-            except (AssertionError, RuntimeError, IndexError, torch.OutOfMemoryError) as err:
-                # lm-eval cannot run this model (e.g. prompts longer than its positions): say so in the report
-                entry["tasks"], entry["tasks_na"] = {}, _na_reason(err)
-                print(f"warning: lm-eval failed for model {name}: {entry['tasks_na']}", file=sys.stderr)
+            entry.update(model_tasks(model, tokenizer, cfg, user_tasks, device, name))
         results["models"][name] = entry
         del model
         gc.collect()
@@ -274,6 +268,21 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
 
 
 POSITIONS = "positions"  # key of the position curve's windows in the per-tokenizer cache
+
+
+def model_tasks(model, tokenizer, cfg: EvalConfig, user_tasks: list[str], device: str, name: str) -> dict:
+    """{"tasks": lm-eval results} of one model on cfg.tasks and `user_tasks`; where lm-eval cannot
+    run the model (e.g. prompts longer than its positions), {} and the reason under "tasks_na"."""
+    try:
+        return {"tasks": harness.run_tasks(
+            model, tokenizer, cfg.tasks, source=cfg.task_source, data_dir=cfg.task_data_dir,
+            limit=cfg.limit or None, batch_size=cfg.lm_eval_batch_size, device=device,
+            include_path=cfg.include_path, include_tasks=user_tasks,
+        )}
+    except (AssertionError, RuntimeError, IndexError, torch.OutOfMemoryError) as err:
+        reason = _na_reason(err)
+        print(f"warning: lm-eval failed for model {name}: {reason}", file=sys.stderr)
+        return {"tasks": {}, "tasks_na": reason}
 
 
 def context_limit(model) -> int | None:
@@ -300,8 +309,6 @@ def model_long_context(model, windows, cfg: EvalConfig, device: str, name: str) 
 def same_tokenizer(tokens_dir: str | Path, tokenizer) -> bool:
     """Whether the tokenize stage's rows in `tokens_dir` were made with `tokenizer` (True when the
     manifest does not say)."""
-    from hyena.data.corpus import load_manifest, vocab_sha256
-
     try:
         recorded = load_manifest(tokens_dir).get("tokenizer", {}).get("vocab_sha256")
     except FileNotFoundError:
@@ -315,10 +322,7 @@ def write_outputs(results: dict, out_dir: str | Path, reference: str = "") -> di
 
     All six are made in a temporary directory first and moved into place only when every one of
     them was written: a failure leaves the previous set (or nothing) behind, never a mix."""
-    import shutil
 
-    from hyena.core.io import remove_leftovers
-    from hyena.evaluate.plots import plot_positions, plot_ppl, plot_ppl_vs_context
 
     out_dir = Path(out_dir)
     ref = load_reference(reference) if reference else None

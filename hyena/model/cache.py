@@ -29,19 +29,18 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
-from hyena.model.operator import (
-    HyenaOperator,
+from hyena.model.fftconv import (
     causal_depthwise_conv,
     fft_causal_conv,
     fft_dtype,
     fft_size,
     gated_long_conv_inputs,
 )
+from hyena.model.operator import HyenaOperator
 
 
 class MixerLayerState(CacheLayerMixin):
     """What a Hyena mixer's state shares: no keys/values, a token count, a fixed per-step cost."""
-
     is_sliding = False
     is_compileable = False
     is_croppable = False
@@ -77,7 +76,6 @@ class MixerLayerState(CacheLayerMixin):
 
 class ModalLayerState(MixerLayerState):
     """The recurrent student's layer state: FIR state (B, W, k-1) and modal state (B, order-1, d, N) complex."""
-
     def __init__(self):
         super().__init__()
         self.fir: torch.Tensor | None = None
@@ -104,7 +102,6 @@ class HyenaConvState(MixerLayerState):
     of the filter. filters / bias: the mixer's filters (F, d, >= capacity) and pass-through (F, d),
     taken when the history is (re)allocated, so decoding never regenerates them.
     """
-
     GROW = 2  # capacity multiplier when the history is full (at most the filters' max_len)
     DOT_BLOCK = 2048  # time steps multiplied at once in a decode step's dot products
 
@@ -233,7 +230,6 @@ KINDS = ("hyena", "modal", "attention")
 
 class MixerCache(Cache):
     """One state per decoder layer, of the layer's kind ("hyena", "modal" or "attention")."""
-
     def __init__(self, layers: list[CacheLayerMixin]):
         super().__init__(layers=layers)
 

@@ -13,8 +13,10 @@ streams fastest (BENCHMARKS.md, "Generation").
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -100,9 +102,6 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, sampling: Samp
 def read_prompts(path) -> list[str]:
     """Prompts from a text file, one per line (blank lines skipped), or from a .jsonl file of
     objects with a "prompt" field (or bare JSON strings)."""
-    import json
-    from pathlib import Path
-
     path = Path(path)
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if path.suffix != ".jsonl":

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hyena.core.io import reading_weights
-from hyena.data.corpus import load_tokens
+from hyena.data.tokens import load_tokens
 from hyena.evaluate.perplexity import stream_perplexity
 from hyena.model.modeling import HyenaStudentForCausalLM
 from hyena.recurrence.calibrate import capture_mixer_io

@@ -26,19 +26,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hyena.model.cache import MixerCache, ModalLayerState, layer_state, mask_pads
-from hyena.model.operator import (
-    HyenaConfig,
-    HyenaOperator,
-    causal_depthwise_conv,
-    fft_causal_conv,
-    project_channel_major,
-)
+from hyena.model.fftconv import causal_depthwise_conv, fft_causal_conv, project_channel_major
+from hyena.model.operator import HyenaConfig, HyenaOperator
 from hyena.recurrence.modal import ModalFilter, modal_absorb, modal_powers, modal_response
 
 
 class HyenaRecurrentCache(MixerCache):
     """Recurrent states of `n_layers` decoder layers that are all modal mixers (a `MixerCache`)."""
-
     def __init__(self, n_layers: int):
         super().__init__([ModalLayerState() for _ in range(n_layers)])
 
@@ -51,7 +45,6 @@ class RecurrentHyenaMixer(nn.Module):
     layer's state (prefill or chunk by FFT, single tokens by the recurrence); without one it is a
     stateless causal mixer, exactly the convolution with the modal filters.
     """
-
     cache_kind = "modal"  # the MixerCache layer state this mixer keeps (hyena/model/cache.py)
 
     def __init__(self, d_model: int, cfg: HyenaConfig, modal_order: int, layer_idx: int = 0,

@@ -4,14 +4,19 @@ from the config alone."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from hyena.core.config import Config, param
+from hyena.core.io import CorruptInputError
 from hyena.teachers.families import get_adapter
 
 
@@ -41,11 +46,9 @@ def read_gguf(source: str | Path, fix: str = GGUF_FIX):
 
     A truncated download or a file that is not a GGUF is one line naming the file and `fix`,
     instead of a reshape or struct error from deep inside the loader."""
-    import struct
 
     from gguf import GGUFReader
 
-    from hyena.core.io import CorruptInputError
 
     p = Path(source).expanduser()
     if not p.is_file():
@@ -97,8 +100,6 @@ def has_tokenizer(directory: str | Path) -> bool:
 
 def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
     """Copy the tokenizer files of model directory `src` into `dst` (a student stays self-contained)."""
-    import shutil
-
     for name in TOKENIZER_FILES:
         if (Path(src) / name).is_file():
             shutil.copy2(Path(src) / name, Path(dst) / name)
@@ -106,8 +107,6 @@ def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
 
 def load_tokenizer(source: str):
     """Tokenizer for a hub id, a local directory or a local .gguf file."""
-    from transformers import AutoTokenizer
-
     where, kwargs = _split_source(source)
     try:
         return AutoTokenizer.from_pretrained(where, **kwargs)
@@ -124,8 +123,6 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config_only: b
     weights are fetched. `config_only=True` builds the architecture with weights drawn from
     `seed`: for configs whose weights are not available (Pythia-70M offline) and for tests.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     where, kwargs = _split_source(source)
     if kwargs:
         read_gguf(source)  # a truncated file: one line, not a reshape error from the loader
@@ -194,7 +191,6 @@ def teacher_max_positions(source: str) -> int | None:
         arch = field("general.architecture")
         value = field(f"{arch}.context_length") if arch else None
         return int(value) if value is not None else None
-    from transformers import AutoConfig
 
     where, kwargs = _split_source(source)
     try:
@@ -237,8 +233,6 @@ def teacher_depth(source: str, materialised: str | Path | None = None) -> int | 
 
 def weights_hash(model: nn.Module, max_bytes_per_tensor: int = 1 << 16) -> str:
     """A cheap content hash of a model's weights (names, shapes and a prefix of every tensor)."""
-    import hashlib
-
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())

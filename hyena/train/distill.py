@@ -51,7 +51,6 @@ NOT_PER_LAYER = ("layers", "last", "log_every")  # knobs a layer entry cannot ov
 @dataclass
 class DistillConfig(OptimConfig):
     """params.yaml `distill`: how each decoder layer is distilled (one DVC stage per layer)."""
-
     SECTION = "distill"
 
     input: Literal["student", "teacher"] = param(
@@ -103,7 +102,6 @@ class DistillConfig(OptimConfig):
 
 class LayerOnly(nn.Module):
     """A Hyena decoder layer called on hidden states alone (its mixer needs no positions or masks)."""
-
     def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer
@@ -114,7 +112,6 @@ class LayerOnly(nn.Module):
 
 class MixerOnly(nn.Module):
     """What a layer's mixer adds to the residual stream: mixer(norm(h)), the attention-transfer output."""
-
     def __init__(self, norm: nn.Module, mixer: nn.Module):
         super().__init__()
         self.norm, self.mixer = norm, mixer
@@ -126,7 +123,6 @@ class MixerOnly(nn.Module):
 class ComputedTargets:
     """Targets made batch by batch from the inputs by a frozen function (the teacher's attention),
     readable like a row-indexed array by `take`: `targets.take_rows(rows)` -> fn(inputs[rows])."""
-
     def __init__(self, inputs, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
         self.inputs, self.fn, self.device = inputs, fn, device
         self.shape, self.dtype = tuple(inputs.shape), np.dtype(np.float32)
@@ -205,6 +201,13 @@ def readout_norm(mixer: nn.Module) -> float:
     return torch.linalg.matrix_norm(mixer.out_proj.weight.detach().double(), ord=2).item()
 
 
+def _seconds(fn: Callable[[], None]) -> float:
+    """Wall seconds of fn()."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def distill_layer(
     fn: nn.Module,
     train_inputs,
@@ -229,11 +232,7 @@ def distill_layer(
     train_inputs = load_all(train_inputs, RAM_BYTES // 2)
     train_targets = load_all(train_targets, RAM_BYTES // 2)
     fn = fn.to(env.device)
-    solve_seconds = 0.0
-    if readout is not None:
-        t0 = time.perf_counter()
-        readout()
-        solve_seconds += time.perf_counter() - t0
+    solve_seconds = _seconds(readout) if readout is not None else 0.0
     before = layer_mse(fn.eval(), val_inputs, val_targets, env, VAL_BATCH)
 
     model = wrap(fn, env)
@@ -257,9 +256,7 @@ def distill_layer(
         {"train_loss_final": None, "seconds": 0.0}
     fn.eval()
     if readout is not None and total:
-        t0 = time.perf_counter()
-        readout()
-        solve_seconds += time.perf_counter() - t0
+        solve_seconds += _seconds(readout)
     after = layer_mse(fn, val_inputs, val_targets, env, VAL_BATCH)
     fn.requires_grad_(False)
     return {
@@ -281,6 +278,16 @@ def layer_outputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs, env: DistE
         with env.autocast():
             out = fn(to_tensor(take(inputs, rows), env.device))
         write(start, out.float().cpu().numpy().astype(dtype))
+
+
+def check_layer_fits(store, key: str, cfg: DistillConfig) -> None:
+    """Refuse a layer key outside the teacher's layers of activation store `store`, or a batch
+    larger than its training sequences."""
+    if not 1 <= int(key) <= store.n_layers:
+        raise ValueError(f"layer {key} is outside the teacher's 1..{store.n_layers} layers")
+    if cfg.batch_size > store.n_sequences("train"):
+        raise ValueError(f"distill.batch_size {cfg.batch_size} (layer {key}) exceeds the "
+                         f"{store.n_sequences('train')} dumped training sequences: lower it or raise dump.train_sequences")
 
 
 def distill_one_layer(student: nn.Module, i: int, cfg: DistillConfig, env: DistEnv, train: tuple, val: tuple,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,7 +34,6 @@ class Objective:
     """What a language-model training run minimises, and over which weights:
     ce_weight * cross-entropy + kl_weight * KL(teacher || student) at kl_temperature; `train`
     "all" (every weight) or "mixers" (only the Hyena mixers)."""
-
     ce_weight: float = 1.0
     kl_weight: float = 0.0
     kl_temperature: float = 1.0
@@ -43,7 +43,6 @@ class Objective:
 @dataclass
 class LMTrainConfig(OptimConfig):
     """Knobs of every cross-entropy training stage (fine-tune and from-scratch baseline)."""
-
     micro_batch_size: int = param(0, "sequences per forward per process (0: all; lower it if logits run out of memory)", ge=0)
     max_sequences: int = param(0, "first N training sequences (0: all)", ge=0)
     val_sequences: int = param(64, "validation sequences for the final loss (0: all)", ge=0)
@@ -57,7 +56,6 @@ class LMTrainConfig(OptimConfig):
 @dataclass
 class FinetuneConfig(LMTrainConfig):
     """params.yaml `finetune`: the cross-entropy fine-tune of the whole MSE-distilled student."""
-
     SECTION = "finetune"
 
     lr: float = param(6.0e-4, "peak learning rate", gt=0)
@@ -89,7 +87,6 @@ class FinetuneConfig(LMTrainConfig):
 @dataclass
 class PretrainConfig(LMTrainConfig):
     """params.yaml `pretrain`: the same student from random weights, the paper's baseline."""
-
     SECTION = "pretrain"
 
     budget: Literal["auto"] | int = param("auto", "auto: the FLOPs of distillation + fine-tuning (equal compute), or a token count", ge=1)
@@ -150,6 +147,50 @@ def set_trainable(model: nn.Module, what: str) -> None:
             model.mixer(i).requires_grad_(True)
 
 
+def objective_loss(logits: torch.Tensor, ids: torch.Tensor, objective: Objective, teacher: nn.Module | None = None,
+                   top: tuple | None = None) -> torch.Tensor:
+    """ce_weight * next-token cross-entropy of `logits` (b, L, V) on `ids` (b, L), plus kl_weight *
+    KL(teacher || student): from `teacher` run on the same ids, or from `top` = (values, ids), its
+    cached top-k logits of these rows."""
+    loss = objective.ce_weight * F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
+    if objective.kl_weight > 0 and teacher is not None:
+        with torch.no_grad():
+            t_logits = teacher(input_ids=ids).logits
+        loss = loss + objective.kl_weight * kl_to_teacher(logits, t_logits, objective.kl_temperature)
+    elif objective.kl_weight > 0:
+        values, top_ids = top
+        loss = loss + objective.kl_weight * kl_to_teacher_topk(logits, values, top_ids.long(), objective.kl_temperature)
+    return loss
+
+
+def _lm_step(ddp: nn.Module, train_tokens, objective: Objective, env: DistEnv, local: slice, micro: int,
+             teacher: nn.Module | None, teacher_topk: tuple | None) -> Callable[[np.ndarray], float]:
+    """One optimiser step's gradients for global batch `rows`: this rank's `local` share, in micro
+    batches of `micro` (gradients synchronised on the last); returns the mean loss."""
+    local_n = local.stop - local.start
+
+    def step(rows: np.ndarray) -> float:
+        rows = rows[local]
+        ids_all = torch.from_numpy(np.asarray(take(train_tokens, rows), dtype=np.int64)).to(env.device)
+        if objective.kl_weight > 0 and teacher is None:
+            top_all = [torch.from_numpy(np.ascontiguousarray(take(a, rows))).to(env.device) for a in teacher_topk]
+        total = 0.0
+        for m0 in range(0, local_n, micro):
+            ids = ids_all[m0:m0 + micro]  # (b, L)
+            frac = ids.shape[0] / local_n
+            sync = m0 + micro >= local_n
+            ctx = ddp.no_sync() if env.distributed and not sync else contextlib.nullcontext()
+            with ctx, env.autocast():
+                logits = ddp(input_ids=ids).logits  # (b, L, V)
+                top = tuple(t[m0:m0 + micro] for t in top_all) if objective.kl_weight > 0 and teacher is None else None
+                loss = objective_loss(logits, ids, objective, teacher, top)
+            (loss * frac).backward()
+            total += loss.item() * frac
+        return total
+
+    return step
+
+
 def train_lm(
     model: nn.Module,
     train_tokens,
@@ -169,13 +210,12 @@ def train_lm(
     `teacher` run online, or from `teacher_topk` = (values, ids), the teacher's top-k logits of the
     same rows (each (n, L, k), row-aligned with train_tokens)."""
     objective = cfg.objective()
-    kl_weight, kl_temperature, ce_weight = objective.kl_weight, objective.kl_temperature, objective.ce_weight
     if steps < 1:
         raise ValueError(f"LM training needs at least one step (got {steps})")
     torch.manual_seed(cfg.seed)
     model.to(env.device)
     set_trainable(model, objective.train)
-    if kl_weight > 0 and teacher is None and teacher_topk is None:
+    if objective.kl_weight > 0 and teacher is None and teacher_topk is None:
         raise ValueError("kl_weight > 0 needs a teacher or its cached top-k logits")
     if teacher is not None:
         teacher.to(env.device).eval().requires_grad_(False)
@@ -183,8 +223,7 @@ def train_lm(
     n, seq_len = train_tokens.shape
     epochs = math.ceil(steps / max(n // cfg.batch_size, 1))
     local = env.local_slice(cfg.batch_size)
-    local_n = local.stop - local.start
-    micro = cfg.micro_batch_size or local_n
+    micro = cfg.micro_batch_size or (local.stop - local.start)
     resumed_at = checkpoint.resumable() if checkpoint is not None else 0
     run_state = checkpoint.state if resumed_at else {}
     val_before = run_state["val_loss_before"] if resumed_at else lm_loss(model, val_tokens, env)
@@ -196,30 +235,7 @@ def train_lm(
             log(metrics, logged_step)
         log = _recording(log, history)
 
-    def step(rows: np.ndarray) -> float:
-        rows = rows[local]
-        ids_all = torch.from_numpy(np.asarray(take(train_tokens, rows), dtype=np.int64)).to(env.device)
-        if kl_weight > 0 and teacher is None:
-            top_all = [torch.from_numpy(np.ascontiguousarray(take(a, rows))).to(env.device) for a in teacher_topk]
-        total = 0.0
-        for m0 in range(0, local_n, micro):
-            ids = ids_all[m0:m0 + micro]  # (b, L)
-            frac = ids.shape[0] / local_n
-            sync = m0 + micro >= local_n
-            ctx = ddp.no_sync() if env.distributed and not sync else contextlib.nullcontext()
-            with ctx, env.autocast():
-                logits = ddp(input_ids=ids).logits  # (b, L, V)
-                loss = ce_weight * F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
-                if kl_weight > 0 and teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(input_ids=ids).logits
-                    loss = loss + kl_weight * kl_to_teacher(logits, t_logits, kl_temperature)
-                elif kl_weight > 0:
-                    values, top_ids = (t[m0:m0 + micro] for t in top_all)
-                    loss = loss + kl_weight * kl_to_teacher_topk(logits, values, top_ids.long(), kl_temperature)
-            (loss * frac).backward()
-            total += loss.item() * frac
-        return total
+    step = _lm_step(ddp, train_tokens, objective, env, local, micro, teacher, teacher_topk)
 
     model.train()
     run = run_steps(model, cfg, epoch_batches(n, cfg.batch_size, epochs, cfg.seed), steps, step, env, log=log,
