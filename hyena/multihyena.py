@@ -1,0 +1,234 @@
+"""MultiHyena (Laughing Hyena, arXiv 2310.18780, section 4): one long filter per head, shared by
+the head's N x N channels. For head m of size N with queries q, keys k and values v:
+
+    z^m_t = k^m_t (v^m_t)^T        (N x N channels)
+    w^m   = h^m * z^m              (one causal long filter per head, "*" over time)
+    y^m_t = (q^m_t)^T w^m_t        i.e.  y_t = sum_{s<=t} h^m[t-s] (q_t . k_s) v_s
+
+This is linear attention whose softmax is replaced by a learned causal decay kernel T_h[t, s] =
+h[t-s]: the form closest to the teacher's attention that a long convolution can take, so the
+teacher's W_q, W_k, W_v, W_o map onto it head for head (`init_from_attention`). Grouped-query
+attention maps too: a key/value head serves `heads // kv_heads` query heads, each with its own
+filter. There is no rotary embedding: the filter carries position.
+
+As in the Hyena operator (hyena/operator.py) the projections go through a causal depthwise short
+conv (q, k and v alike) and h is the implicit filter `HyenaFilter` (sine FFN of a positional
+embedding times an exponential window, `decay_len` included) with one channel per head; its
+per-head pass-through b adds b (q_t . k_t) v_t, i.e. h[0] + b on the diagonal.
+
+Two exact ways to compute the mix, chosen by length (`mix`, thresholds measured on CPU in
+BENCHMARKS.md, "MultiHyena"):
+
+- masked quadratic, Y = ((Q K^T) o T_h) V, in query blocks: O(L^2 N) per head but all in large
+  matmuls; the fastest form up to a few thousand tokens (distillation runs at 512), and the one
+  whose backward autograd handles with small memory;
+- FFT over the N^2 channels of k (x) v: O(N^2 L log L) per head, so it wins only once
+  L >> N log L; one key/value head at a time, value columns in blocks, so memory stays bounded at
+  64K tokens. Its spectra of k (x) v are shared by the query heads of a GQA group.
+
+A chunked form with a carried state needs h as a sum of exponentials: that is the recurrent
+student's job (`hyena.recurrence`), not this module's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from hyena.operator import (
+    HyenaConfig,
+    HyenaFilter,
+    causal_depthwise_conv,
+    fft_dtype,
+    fft_size,
+    project_channel_major,
+)
+
+QUADRATIC_MAX_LEN = 4096  # "auto" uses the masked quadratic form up to this length (BENCHMARKS.md)
+BLOCK_ELEMENTS = 1 << 24  # scores per query block, (B, H, block, keys): ~64 MB in fp32
+FFT_ELEMENTS = 1 << 27  # spectrum entries per key/value-column block of the FFT form (~1 GB complex64)
+
+
+def head_layout(d_model: int, heads: int, kv_heads: int) -> int:
+    """The head size N for `heads` query heads over d_model channels and `kv_heads` key/value
+    heads; a one-line error when they do not fit together."""
+    if heads < 1 or d_model % heads:
+        raise ValueError(f"student.heads = {heads} must be >= 1 and divide the model width {d_model}")
+    if kv_heads < 1 or heads % kv_heads:
+        raise ValueError(f"student.kv_heads = {kv_heads} must be >= 1 and divide student.heads = {heads}")
+    return d_model // heads
+
+
+# ----------------------------------------------------------------------------------------------
+# The mix, y_t = sum_{s<=t} h[t-s] (q_t . k_s) v_s, in two exact forms
+# ----------------------------------------------------------------------------------------------
+
+
+def reversed_decay(h: torch.Tensor, row0: int, rows: int, keys: int) -> torch.Tensor:
+    """T_h for query rows row0..row0+rows-1 against the keys keys-1, ..., 0 in REVERSED order:
+    D[m, i, j] = h[m, row0 + i - (keys-1-j)], 0 where that lag is negative. (H, rows, keys), a
+    Hankel matrix (the index grows with i + j), so it is a strided view of one zero-padded copy
+    of h: no gather, no (H, rows, keys) allocation. h (H, L') with L' >= keys >= row0 + rows."""
+    H = h.shape[0]
+    padded = torch.cat([h.new_zeros(H, keys), h[:, :keys]], dim=1)  # padded[keys + x] = h[x]
+    return padded.as_strided((H, rows, keys), (padded.stride(0), 1, 1), padded.storage_offset() + row0 + 1)
+
+
+def mix_quadratic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor,
+                  start: int = 0, block: int | None = None) -> torch.Tensor:
+    """((Q K^T) o T_h) V in query blocks. q (B, H, T, N) are the queries of positions
+    start..start+T-1; k, v (B, G, start+T, N) the keys/values of positions 0..start+T-1, G key/value
+    heads each shared by H/G query heads; h (H, >= start+T) the filters with the pass-through in
+    h[:, 0]. Returns (B, H, T, N).
+
+    A query block reads only the keys up to its own last position. Keys and values enter in
+    reversed time order, which turns the Toeplitz T_h into a Hankel matrix, a strided view of h
+    (`reversed_decay`): building T_h by gathering cost more than both matmuls at 4K tokens.
+    Blocks keep the scores under BLOCK_ELEMENTS."""
+    B, H, T, N = q.shape
+    G = k.shape[1]
+    qg = q.view(B, G, H // G, T, N)  # a GQA group's query heads share one key/value head
+    if block is None:
+        block = max(64, BLOCK_ELEMENTS // max(B * H * (start + T), 1))
+    outs = []
+    for t0 in range(0, T, block):
+        t1 = min(T, t0 + block)
+        end = start + t1  # keys this block may see
+        k_rev, v_rev = k[:, :, None, :end].flip(-2), v[:, :, None, :end].flip(-2)  # (B, G, 1, S, N)
+        decay = reversed_decay(h.to(q.dtype), start + t0, t1 - t0, end).view(G, H // G, t1 - t0, end)
+        scores = (qg[..., t0:t1, :] @ k_rev.mT) * decay  # (B, G, g, R, S)
+        outs.append(scores @ v_rev)  # (B, G, g, R, N)
+    return torch.cat(outs, dim=-2).view(B, H, T, N)
+
+
+def mix_fft(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The same mix as a long convolution of the N^2 channels k_s[i] v_s[j] with each head's
+    filter, by FFT: w_t = sum_s h[t-s] k_s v_s^T, y_t = q_t^T w_t. q (B, H, L, N), k and v
+    (B, G, L, N), h (H, >= L) pass-through in h[:, 0]. Loops over key/value heads, and over blocks
+    of value columns so that a (B, N, cols, n/2+1) spectrum stays under FFT_ELEMENTS; each
+    spectrum of k (x) v serves every query head of its group. Runs in >= fp32."""
+    B, H, L, N = q.shape
+    G, g = k.shape[1], H // k.shape[1]
+    n, fdt = fft_size(L), fft_dtype(q.dtype)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        spectra = torch.fft.rfft(h[:, :L].to(fdt), n=n)  # (H, n/2+1)
+        cols = max(1, min(N, FFT_ELEMENTS // max(B * N * (n // 2 + 1), 1)))
+        out = q.new_zeros(B, H, L, N, dtype=fdt)
+        for j in range(G):
+            kj = k[:, j].mT.to(fdt)  # (B, N, L)
+            for c0 in range(0, N, cols):
+                vj = v[:, j, :, c0:c0 + cols].mT.to(fdt)  # (B, c, L)
+                z = torch.fft.rfft(kj[:, :, None] * vj[:, None], n=n)  # (B, N, c, n/2+1)
+                for m in range(j * g, (j + 1) * g):
+                    w = torch.fft.irfft(z * spectra[m], n=n)[..., :L]  # (B, N, c, L)
+                    out[:, m, :, c0:c0 + cols] = torch.einsum("bli,bicl->blc", q[:, m].to(fdt), w)
+    return out.to(q.dtype)
+
+
+def mix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, path: str = "auto") -> torch.Tensor:
+    """y_t = sum_{s<=t} h[t-s] (q_t . k_s) v_s for every head: (B, H, L, N). path: "quadratic",
+    "fft", or "auto" (quadratic up to QUADRATIC_MAX_LEN tokens, FFT beyond)."""
+    if path == "auto":
+        path = "quadratic" if q.shape[2] <= QUADRATIC_MAX_LEN else "fft"
+    if path == "quadratic":
+        return mix_quadratic(q, k, v, h)
+    if path == "fft":
+        return mix_fft(q, k, v, h)
+    raise ValueError(f"MultiHyena path must be auto, quadratic or fft (got {path!r})")
+
+
+def mix_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The definition, one output at a time (tests only): (B, H, L, N)."""
+    B, H, L, N = q.shape
+    g = H // k.shape[1]
+    y = torch.zeros_like(q)
+    for m in range(H):
+        for t in range(L):
+            for s in range(t + 1):
+                dot = (q[:, m, t] * k[:, m // g, s]).sum(-1, keepdim=True)  # (B, 1)
+                y[:, m, t] += h[m, t - s] * dot * v[:, m // g, s]
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# The operator
+# ----------------------------------------------------------------------------------------------
+
+
+class MultiHyenaOperator(nn.Module):
+    """Sequence mixer (B, L, d) -> (B, L, d): projections q | k | v, the short conv, the per-head
+    long-filter mix, the output projection over the concatenated heads.
+
+    `path` picks the computation ("auto" by length, see `mix`). `features(u)` (B, d_heads, L) is
+    everything before the output projection, the same contract as `HyenaOperator.features`, so the
+    least-squares readout (`distill.readout`) solves this mixer's W_o unchanged.
+    """
+
+    def __init__(self, d_model: int, heads: int, kv_heads: int | None = None, cfg: HyenaConfig | None = None,
+                 path: str = "auto"):
+        super().__init__()
+        cfg = cfg or HyenaConfig()
+        kv_heads = kv_heads or heads
+        self.head_dim = head_layout(d_model, heads, kv_heads)
+        self.cfg, self.d_model, self.heads, self.kv_heads, self.path = cfg, d_model, heads, kv_heads, path
+        self.d_kv = kv_heads * self.head_dim
+        width = d_model + 2 * self.d_kv  # q | k | v
+        self.in_proj = nn.Linear(d_model, width)
+        self.short_filter = nn.Conv1d(width, width, cfg.short_filter_len, padding=cfg.short_filter_len - 1,
+                                      groups=width)
+        self.filter_fn = HyenaFilter(heads, 1, cfg)  # one channel per head: h (1, H, L), pass-through (1, H)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def filters(self, L: int) -> torch.Tensor:
+        """Each head's causal filter with its pass-through folded into tap 0: (H, L)."""
+        h = self.filter_fn(L)[0]  # (H, L)
+        return torch.cat([h[:, :1] + self.filter_fn.bias[0][:, None], h[:, 1:]], dim=1)
+
+    def projections(self, u: torch.Tensor) -> torch.Tensor:
+        """W_in u + b_in through the short conv, channel-major: (B, L, d) -> (B, d + 2 d_kv, L)."""
+        return causal_depthwise_conv(project_channel_major(self.in_proj, u), self.short_filter)
+
+    def split_heads(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, d + 2 d_kv, L) -> q (B, H, L, N), k and v (B, G, L, N) (views, no copies)."""
+        B, _, L = z.shape
+        q, k, v = z.split([self.d_model, self.d_kv, self.d_kv], dim=1)
+        return (q.view(B, self.heads, self.head_dim, L).mT, k.view(B, self.kv_heads, self.head_dim, L).mT,
+                v.view(B, self.kv_heads, self.head_dim, L).mT)
+
+    def mixed(self, u: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs concatenated, before W_o: (B, L, d) -> (B, L, d)."""
+        B, L, _ = u.shape
+        self.filter_fn._check_len(L)
+        q, k, v = self.split_heads(self.projections(u))
+        y = mix(q, k, v, self.filters(L), self.path)  # (B, H, L, N)
+        return y.transpose(1, 2).reshape(B, L, self.d_model)
+
+    def features(self, u: torch.Tensor) -> torch.Tensor:
+        """`mixed` channel-major, (B, d, L): what the least-squares readout regresses on."""
+        return self.mixed(u).mT
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.mixed(u))  # (B, L, d)
+
+    @torch.no_grad()
+    def fit_filter_envelope(self, L: int | None = None) -> float:
+        """Set the filter FFN's last layer by least squares so that FFN(z(t)) ~ 1 over the first L
+        taps (default: max_len; 4 x decay_len when set), leaving h^m[t] ~ exp(-|delta_m| t): each head an
+        exponentially decaying average, slow to fast across heads, the closed-form probe's "fixed
+        decays". Why: a random FFN starts the filters with random signs, and linear attention with
+        a sign-flipping kernel mixes nothing useful; this gives the teacher-initialised mixer a
+        sensible kernel to start training from. Returns the relative RMS error of the fit."""
+        c = self.cfg
+        L = L or min(c.max_len, 4 * c.decay_len if c.decay_len else c.max_len)
+        from hyena.operator import positional_embedding
+
+        _, z = positional_embedding(L, c.emb_dim, c.max_len, device=self.filter_fn.bias.device)
+        hidden = self.filter_fn.ffn[:-1](z.to(self.filter_fn.bias.dtype)).double()  # (L, F)
+        ones = torch.ones(L, 1, dtype=hidden.dtype, device=hidden.device)
+        w = torch.linalg.lstsq(hidden, ones).solution  # (F, 1)
+        last = self.filter_fn.ffn[-1].weight  # (H, F)
+        last.copy_(w.T.expand_as(last).to(last.dtype))
+        self.filter_fn.bias.zero_()
+        return ((hidden @ w - 1).norm() / math.sqrt(L)).item()
