@@ -232,3 +232,57 @@ class MultiHyenaOperator(nn.Module):
         last.copy_(w.T.expand_as(last).to(last.dtype))
         self.filter_fn.bias.zero_()
         return ((hidden @ w - 1).norm() / math.sqrt(L)).item()
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation from the teacher's attention
+# ----------------------------------------------------------------------------------------------
+
+
+def teacher_heads(config) -> tuple[int, int]:
+    """(query heads, key/value heads) of a teacher config, for any supported family (GPT-2 and
+    GPT-NeoX have no GQA: as many key/value heads as query heads)."""
+    heads = config.num_attention_heads
+    return heads, getattr(config, "num_key_value_heads", None) or heads
+
+
+@torch.no_grad()
+def init_from_attention(mixer: MultiHyenaOperator, attention: nn.Module, teacher_config) -> None:
+    """Make the mixer the teacher's attention with softmax(q k^T / sqrt(N)) replaced by T_h:
+
+        q <- W_Q / sqrt(N)   (the softmax temperature, folded in: the mixer has no scale of its own)
+        k <- W_K, v <- W_V   (one row block per key/value head: GQA maps head for head)
+        W_o <- W_O           (biases copied where the teacher has them, zero elsewhere)
+
+    The short conv becomes the identity (so q, k, v ARE the teacher's, without rotary), and the
+    filters get a smooth decaying envelope (`fit_filter_envelope`) instead of random signs.
+    Every family goes through `attention_projections` (GPT-NeoX's interleaved and GPT-2's fused
+    c_attn de-fused there); it widens K/V to one block per query head, and the first query head
+    of each group gives back the key/value head."""
+    from hyena.teachers import attention_projections
+
+    heads, kv_heads = teacher_heads(teacher_config)
+    if (mixer.heads, mixer.kv_heads, mixer.d_model) != (heads, kv_heads, teacher_config.hidden_size):
+        raise ValueError(f"student heads {mixer.heads}/{mixer.kv_heads} differ from the teacher's {heads}/{kv_heads}: "
+                         "init teacher_attention needs student.heads and kv_heads at 0 (the teacher's); or use init random")
+    p = attention_projections(attention, teacher_config)
+    N, g = mixer.head_dim, heads // kv_heads
+
+    def narrow(t: torch.Tensor | None) -> torch.Tensor | None:  # (H N, ...) -> (G N, ...): one block per group
+        return None if t is None else t.view(heads, N, *t.shape[1:])[::g].reshape(kv_heads * N, *t.shape[1:])
+
+    scale = N ** -0.5
+    blocks = [(p.q_weight * scale, None if p.q_bias is None else p.q_bias * scale),
+              (narrow(p.k_weight), narrow(p.k_bias)), (narrow(p.v_weight), narrow(p.v_bias))]
+    rows = 0
+    for weight, bias in blocks:
+        sl = slice(rows, rows + weight.shape[0])
+        mixer.in_proj.weight[sl].copy_(weight)
+        mixer.in_proj.bias[sl].copy_(bias) if bias is not None else mixer.in_proj.bias[sl].zero_()
+        rows += weight.shape[0]
+    mixer.out_proj.weight.copy_(p.o_weight)
+    mixer.out_proj.bias.copy_(p.o_bias) if p.o_bias is not None else mixer.out_proj.bias.zero_()
+    mixer.short_filter.weight.zero_()
+    mixer.short_filter.weight[..., -1] = 1.0  # the last tap multiplies the current input
+    mixer.short_filter.bias.zero_()
+    mixer.fit_filter_envelope()

@@ -1,0 +1,177 @@
+"""MultiHyena (hyena/multihyena.py): causality, every computation path against the definition,
+initialisation from each family's attention, and its place in the student."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import NEW_FAMILIES, reference_qkv, tiny_llama_config, tiny_neox_config, tiny_teacher
+
+from hyena.multihyena import (
+    MultiHyenaOperator,
+    head_layout,
+    init_from_attention,
+    mix,
+    mix_fft,
+    mix_loop,
+    mix_quadratic,
+)
+from hyena.operator import HyenaConfig, causality_violation
+from hyena.teachers import get_adapter
+
+HCFG = HyenaConfig(max_len=64, decay_len=16)
+
+
+def make_op(d: int = 32, heads: int = 4, kv_heads: int = 2, path: str = "auto", seed: int = 0) -> MultiHyenaOperator:
+    torch.manual_seed(seed)
+    op = MultiHyenaOperator(d, heads, kv_heads, HCFG, path=path)
+    with torch.no_grad():  # a non-trivial short conv and pass-through, so both are exercised
+        op.short_filter.weight.normal_()
+    return op
+
+
+def random_qkvh(B=2, H=4, G=2, L=29, N=8, extra=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
+    return r(B, H, L, N), r(B, G, L, N), r(B, G, L, N), r(H, L + extra)
+
+
+# --- the mix against its definition ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("G", [1, 2, 4])
+def test_every_path_equals_the_loop(G):
+    q, k, v, h = random_qkvh(G=G)
+    want = mix_loop(q, k, v, h)
+    for got in (mix_quadratic(q, k, v, h), mix_quadratic(q, k, v, h, block=5), mix_fft(q, k, v, h),
+                mix(q, k, v, h, "quadratic"), mix(q, k, v, h, "fft"), mix(q, k, v, h)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_fft_path_in_value_column_blocks(monkeypatch):
+    import hyena.multihyena as mh
+
+    q, k, v, h = random_qkvh()
+    monkeypatch.setattr(mh, "FFT_ELEMENTS", 1)  # one value column at a time
+    torch.testing.assert_close(mix_fft(q, k, v, h), mix_loop(q, k, v, h), rtol=1e-10, atol=1e-10)
+
+
+def test_quadratic_continues_from_an_offset():
+    """Queries of positions start.. against all keys so far: what cached decoding computes."""
+    q, k, v, h = random_qkvh()
+    want = mix_loop(q, k, v, h)
+    for start in (0, 1, 17, 28):
+        got = mix_quadratic(q[:, :, start:], k, v, h, start=start, block=4)
+        torch.testing.assert_close(got, want[:, :, start:], rtol=1e-10, atol=1e-10)
+
+
+def test_gradients_of_both_paths_agree():
+    q, k, v, h = (t.requires_grad_(True) for t in random_qkvh(L=13))
+    grads = []
+    for path in ("quadratic", "fft"):
+        (mix(q, k, v, h, path) ** 2).sum().backward()
+        grads.append([t.grad.clone() for t in (q, k, v, h)])
+        for t in (q, k, v, h):
+            t.grad = None
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+# --- the operator -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["quadratic", "fft"])
+def test_operator_is_causal(path):
+    """Exactly zero for the masked form; FFT round-off (~1e-16) for the FFT form."""
+    leak = causality_violation(make_op(path=path).double(), 32, L=24)
+    assert leak == 0.0 if path == "quadratic" else leak < 1e-12
+
+
+def test_operator_paths_agree_and_features_feed_the_readout():
+    u = torch.randn(2, 40, 32, dtype=torch.float64)
+    a, b = make_op(path="quadratic").double(), make_op(path="fft").double()
+    torch.testing.assert_close(a(u), b(u), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(a.out_proj(a.features(u).mT), a(u))
+
+
+def test_operator_equals_the_definition_by_hand():
+    """Projection, causal short conv, per-head mix with the pass-through on the diagonal, W_o."""
+    op = make_op().double()
+    u = torch.randn(2, 11, 32, dtype=torch.float64)
+    p = op.in_proj(u).mT  # (B, C, L)
+    K = op.short_filter.kernel_size[0]
+    z = op.short_filter(p)[..., : u.shape[1]]  # Conv1d padded K-1 both sides: keep the causal first L
+    assert K == 3
+    q, k, v = op.split_heads(z)
+    h = op.filter_fn(11)[0].clone()
+    h[:, 0] += op.filter_fn.bias[0]
+    want = op.out_proj(mix_loop(q, k, v, h).transpose(1, 2).reshape(2, 11, 32))
+    torch.testing.assert_close(op(u), want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("d, heads, kv", [(30, 4, 1), (32, 4, 3), (32, 0, 1)])
+def test_bad_head_layouts_are_one_line_errors(d, heads, kv):
+    with pytest.raises(ValueError, match="student.(kv_)?heads"):
+        head_layout(d, heads, kv)
+
+
+def test_filter_envelope_makes_decaying_positive_filters():
+    op = make_op()
+    err = op.fit_filter_envelope()
+    h = op.filters(64).detach()
+    assert err < 1e-3
+    assert (h > 0).all() and (h[:, 1:] <= h[:, :-1] + 1e-6).all()  # positive, non-increasing
+
+
+# --- initialisation from the teacher's attention ----------------------------------------------------
+
+
+def _neox_reference(attn, config, u):
+    """q, k, v (B, L, d) of a GPT-NeoX attention as its forward splits the fused, per-head
+    interleaved projection; plus W_o and b_o."""
+    B, L, _ = u.shape
+    heads = config.num_attention_heads
+    qkv = attn.query_key_value(u).view(B, L, heads, -1)  # (B, L, heads, 3 hd)
+    q, k, v = (t.reshape(B, L, -1) for t in qkv.chunk(3, dim=-1))
+    return q, k, v, attn.dense.weight, attn.dense.bias
+
+
+def _teacher(family: str):
+    from transformers import AutoModelForCausalLM
+
+    if family in NEW_FAMILIES:
+        return tiny_teacher(family)
+    torch.manual_seed(0)
+    config = tiny_neox_config(vocab_size=512) if family == "gpt_neox" else tiny_llama_config(vocab_size=512)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "llama", "qwen2", "mistral", "gpt2"])
+@torch.no_grad()
+def test_init_is_the_teachers_attention_with_softmax_replaced_by_h(family):
+    """y = W_O sum_s h[t-s] (q_t . k_s / sqrt(N)) v_s with the teacher's own q, k, v (GQA
+    repeated, GPT-2 de-fused, NeoX de-interleaved), the student's filter h and no rotary."""
+    teacher = _teacher(family)
+    cfg = teacher.config
+    attn = get_adapter(teacher).attention(get_adapter(teacher).layers(teacher)[1])
+    heads = cfg.num_attention_heads
+    op = MultiHyenaOperator(cfg.hidden_size, heads, getattr(cfg, "num_key_value_heads", None) or heads, HCFG)
+    init_from_attention(op, attn, cfg)
+    u = torch.randn(2, 9, cfg.hidden_size)
+    ref = _neox_reference if family == "gpt_neox" else reference_qkv
+    q, k, v, o_w, o_b = ref(attn, cfg, u)
+    N = cfg.hidden_size // heads
+    split = lambda t: t.view(2, 9, heads, N).transpose(1, 2).double()  # noqa: E731
+    y = mix_loop(split(q) / N ** 0.5, split(k), split(v), op.filters(9).double())  # (B, H, L, N)
+    want = torch.nn.functional.linear(y.transpose(1, 2).reshape(2, 9, -1).float(), o_w, o_b)
+    torch.testing.assert_close(op(u), want, rtol=1e-4, atol=1e-5)
+
+
+def test_init_refuses_other_head_counts():
+    teacher = _teacher("llama")
+    attn = get_adapter(teacher).attention(get_adapter(teacher).layers(teacher)[0])
+    with pytest.raises(ValueError, match="differ from the teacher"):
+        init_from_attention(MultiHyenaOperator(64, 8, 8, HCFG), attn, teacher.config)
