@@ -175,3 +175,48 @@ def test_init_refuses_other_head_counts():
     attn = get_adapter(teacher).attention(get_adapter(teacher).layers(teacher)[0])
     with pytest.raises(ValueError, match="differ from the teacher"):
         init_from_attention(MultiHyenaOperator(64, 8, 8, HCFG), attn, teacher.config)
+
+
+# --- Laughing Hyena: modal filters per head, recurrent decoding ---------------------------------------
+
+
+def _recurrent(order: int = 8):
+    from hyena.recurrence.modal import ModalFitConfig
+    from hyena.recurrence.multihyena import to_recurrent_multihyena
+
+    op = make_op().double().float()
+    return op, *to_recurrent_multihyena(op, 64, ModalFitConfig(order=order, steps=0))
+
+
+@torch.no_grad()
+def test_recurrent_equals_convolutional_with_the_modal_filters():
+    """Chunks and single tokens through the state == one stateless pass with the modal kernel."""
+    from hyena.recurrence.multihyena import MultiHyenaModalState
+
+    op, rec, report = _recurrent()
+    assert report["filter_rel_l2_max"] < 1e-2
+    u = torch.randn(2, 40, 32)
+    whole, _ = rec(u)
+    direct = op.out_proj(mix(*op.split_heads(op.projections(u)), rec.kernel(40)).transpose(1, 2).reshape(2, 40, 32))
+    torch.testing.assert_close(whole, direct, rtol=1e-4, atol=1e-5)
+    state = MultiHyenaModalState()
+    parts = [rec.chunk(u[:, :17], state), rec.chunk(u[:, 17:30], state)]
+    parts += [rec.chunk(u[:, t:t + 1], state) for t in range(30, 40)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-4, atol=1e-5)
+    assert state.seen == 40 and state.S.shape == (2, 4, 8, 8, 8)  # (B, H, modes, N, N)
+
+
+@torch.no_grad()
+def test_recurrent_is_close_to_the_operator_it_was_fitted_to():
+    op, rec, _ = _recurrent(order=12)
+    u = torch.randn(2, 48, 32)
+    y, ref = rec(u)[0], op(u)
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-3
+
+
+def test_state_size_table_matches_the_formula():
+    from hyena.recurrence.multihyena import state_bytes_table
+
+    rows = state_bytes_table(30, 9, 3, 64, 16, lengths=(1024,))
+    assert rows[0]["multihyena_state_mb"] == 30 * 9 * 16 * 64 * 64 * 8 / 2**20  # 135 MiB, whatever the length
+    assert rows[0]["kv_cache_mb"] == 2 * 30 * 3 * 64 * 1024 * 4 / 2**20  # 45 MiB at 1K tokens
