@@ -49,6 +49,7 @@ from hyena.operator import (
 QUADRATIC_MAX_LEN = 4096  # "auto" uses the masked quadratic form up to this length (BENCHMARKS.md)
 BLOCK_ELEMENTS = 1 << 24  # scores per query block, (B, H, block, keys): ~64 MB in fp32
 FFT_ELEMENTS = 1 << 27  # spectrum entries per key/value-column block of the FFT form (~1 GB complex64)
+TAIL_TOL = 1e-7  # filter taps below this fraction of a head's largest are treated as zero (fp32 eps ~1.2e-7)
 
 
 def head_layout(d_model: int, heads: int, kv_heads: int) -> int:
@@ -77,30 +78,42 @@ def reversed_decay(h: torch.Tensor, row0: int, rows: int, keys: int) -> torch.Te
 
 
 def mix_quadratic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor,
-                  start: int = 0, block: int | None = None) -> torch.Tensor:
+                  start: int = 0, block: int | None = None, window: int | None = None) -> torch.Tensor:
     """((Q K^T) o T_h) V in query blocks. q (B, H, T, N) are the queries of positions
     start..start+T-1; k, v (B, G, start+T, N) the keys/values of positions 0..start+T-1, G key/value
     heads each shared by H/G query heads; h (H, >= start+T) the filters with the pass-through in
-    h[:, 0]. Returns (B, H, T, N).
+    h[:, 0]; window: taps of h that can be non-zero (None: all), so a query block reads only the
+    keys within `window` of it (banded: O(L window N) instead of O(L^2 N)). Returns (B, H, T, N).
 
-    A query block reads only the keys up to its own last position. Keys and values enter in
-    reversed time order, which turns the Toeplitz T_h into a Hankel matrix, a strided view of h
-    (`reversed_decay`): building T_h by gathering cost more than both matmuls at 4K tokens.
-    Blocks keep the scores under BLOCK_ELEMENTS."""
+    Keys and values enter in reversed time order, which turns the Toeplitz T_h into a Hankel
+    matrix, a strided view of h (`reversed_decay`): building T_h by gathering cost more than both
+    matmuls at 4K tokens. Blocks keep the scores under BLOCK_ELEMENTS."""
     B, H, T, N = q.shape
     G = k.shape[1]
     qg = q.view(B, G, H // G, T, N)  # a GQA group's query heads share one key/value head
-    if block is None:
-        block = max(64, BLOCK_ELEMENTS // max(B * H * (start + T), 1))
+    if block is None:  # keys per block: all so far, or at most the window plus the block itself
+        keys = start + T if window is None else min(start + T, 2 * window)
+        block = max(64, BLOCK_ELEMENTS // max(B * H * keys, 1))
+        block = block if window is None else min(block, max(64, window // 4))  # keys read: window + block
     outs = []
     for t0 in range(0, T, block):
         t1 = min(T, t0 + block)
-        end = start + t1  # keys this block may see
-        k_rev, v_rev = k[:, :, None, :end].flip(-2), v[:, :, None, :end].flip(-2)  # (B, G, 1, S, N)
-        decay = reversed_decay(h.to(q.dtype), start + t0, t1 - t0, end).view(G, H // G, t1 - t0, end)
-        scores = (qg[..., t0:t1, :] @ k_rev.mT) * decay  # (B, G, g, R, S)
+        end = start + t1  # keys this block may see: first .. end-1
+        first = 0 if window is None else max(0, start + t0 - window + 1)
+        k_rev, v_rev = (t[:, :, None, first:end].flip(-2) for t in (k, v))  # (B, G, 1, S, N)
+        decay = reversed_decay(h.to(q.dtype), start + t0, t1 - t0, end)[..., : end - first]
+        scores = (qg[..., t0:t1, :] @ k_rev.mT) * decay.view(G, H // G, t1 - t0, end - first)  # (B, G, g, R, S)
         outs.append(scores @ v_rev)  # (B, G, g, R, N)
     return torch.cat(outs, dim=-2).view(B, H, T, N)
+
+
+def filter_support(h: torch.Tensor, tol: float = TAIL_TOL) -> int:
+    """Taps up to the last one where any head's |h| exceeds tol x its largest |h|: past it the
+    filters are below fp32 resolution of the output (decaying windows, `decay_len`), and the
+    banded form skips those keys. h (H, L) -> 1..L."""
+    a = h.detach().abs()
+    big = (a > tol * a.amax(dim=1, keepdim=True)).any(dim=0).nonzero()
+    return int(big[-1]) + 1 if len(big) else 1
 
 
 def mix_fft(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -129,14 +142,21 @@ def mix_fft(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor) 
 
 def mix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, path: str = "auto") -> torch.Tensor:
     """y_t = sum_{s<=t} h[t-s] (q_t . k_s) v_s for every head: (B, H, L, N). path: "quadratic",
-    "fft", or "auto" (quadratic up to QUADRATIC_MAX_LEN tokens, FFT beyond)."""
+    "fft", "banded" (quadratic over the filters' support only, `filter_support`) or "auto":
+    quadratic up to QUADRATIC_MAX_LEN tokens; beyond, banded when the filters die out within
+    QUADRATIC_MAX_LEN taps (decaying windows), else FFT."""
+    L = q.shape[2]
     if path == "auto":
-        path = "quadratic" if q.shape[2] <= QUADRATIC_MAX_LEN else "fft"
+        path = "quadratic" if L <= QUADRATIC_MAX_LEN else "banded"
+        if path == "banded" and filter_support(h[:, :L]) > QUADRATIC_MAX_LEN:
+            path = "fft"
     if path == "quadratic":
         return mix_quadratic(q, k, v, h)
+    if path == "banded":
+        return mix_quadratic(q, k, v, h, window=filter_support(h[:, :L]))
     if path == "fft":
         return mix_fft(q, k, v, h)
-    raise ValueError(f"MultiHyena path must be auto, quadratic or fft (got {path!r})")
+    raise ValueError(f"MultiHyena path must be auto, quadratic, banded or fft (got {path!r})")
 
 
 def mix_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from conftest import NEW_FAMILIES, reference_qkv, tiny_llama_config, tiny_neox_c
 from hyena.multihyena import (
     MultiHyenaOperator,
     head_layout,
+    filter_support,
     init_from_attention,
     mix,
     mix_fft,
@@ -47,8 +48,33 @@ def test_every_path_equals_the_loop(G):
     q, k, v, h = random_qkvh(G=G)
     want = mix_loop(q, k, v, h)
     for got in (mix_quadratic(q, k, v, h), mix_quadratic(q, k, v, h, block=5), mix_fft(q, k, v, h),
-                mix(q, k, v, h, "quadratic"), mix(q, k, v, h, "fft"), mix(q, k, v, h)):
+                mix(q, k, v, h, "quadratic"), mix(q, k, v, h, "fft"), mix(q, k, v, h, "banded"), mix(q, k, v, h)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("block", [3, 8, None])
+def test_banded_form_equals_the_loop_for_filters_that_die_out(block):
+    """Filters zero past tap 9: the banded form reads only the keys within 9 of each query."""
+    q, k, v, h = random_qkvh(L=37)
+    h[:, 9:] = 0
+    assert filter_support(h) == 9
+    want = mix_loop(q, k, v, h)
+    torch.testing.assert_close(mix_quadratic(q, k, v, h, window=9, block=block), want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(mix(q, k, v, h, "banded"), want, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_path_choice(monkeypatch):
+    import hyena.multihyena as mh
+
+    q, k, v, h = random_qkvh(L=20)
+    calls = []
+    monkeypatch.setattr(mh, "QUADRATIC_MAX_LEN", 8)
+    monkeypatch.setattr(mh, "mix_fft", lambda *a: calls.append("fft"))
+    monkeypatch.setattr(mh, "mix_quadratic", lambda *a, window=None: calls.append(("quad", window)))
+    mh.mix(q, k, v, h)  # filters alive over all 20 taps: FFT
+    h[:, 5:] = 0
+    mh.mix(q, k, v, h)  # dead after 5 taps: banded
+    assert calls == ["fft", ("quad", 5)]
 
 
 def test_fft_path_in_value_column_blocks(monkeypatch):
