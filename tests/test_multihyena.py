@@ -246,3 +246,20 @@ def test_state_size_table_matches_the_formula():
     rows = state_bytes_table(30, 9, 3, 64, 16, lengths=(1024,))
     assert rows[0]["multihyena_state_mb"] == 30 * 9 * 16 * 64 * 64 * 8 / 2**20  # 135 MiB, whatever the length
     assert rows[0]["kv_cache_mb"] == 2 * 30 * 3 * 64 * 1024 * 4 / 2**20  # 45 MiB at 1K tokens
+
+
+@torch.no_grad()
+def test_cached_decoding_equals_the_stateless_pass():
+    """Prompt, chunk and single tokens through the KV state == one pass over the whole sequence."""
+    from hyena.multihyena_mixer import MultiHyenaKVState, MultiHyenaMixer
+
+    torch.manual_seed(0)
+    m = MultiHyenaMixer(32, 4, 2, HCFG)
+    m.short_filter.weight.normal_()
+    u = torch.randn(2, 40, 32)
+    whole, _ = m(u)
+    state = MultiHyenaKVState()
+    parts = [m.cached(u[:, :17], state), m.cached(u[:, 17:30], state)]
+    parts += [m.cached(u[:, t:t + 1], state) for t in range(30, 40)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-5, atol=1e-6)
+    assert state.nbytes() == 2 * (2 * 2 * 40 * 8) * 4 + state.fir.numel() * 4  # keys+values (B, G, 40, N), fp32
