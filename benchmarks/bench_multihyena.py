@@ -1,8 +1,9 @@
 """MultiHyena forward vs the Hyena mixer vs SDPA attention on CPU, side by side in one run.
 
 All three at SmolLM2-135M's width: d = 576, 9 query heads of 64, 3 key/value heads, fp32.
-  * multihyena-quadratic / multihyena-fft: hyena.multihyena.MultiHyenaOperator with its path forced
-    (masked quadratic in query blocks / FFT over the N^2 channels of k (x) v);
+  * multihyena-quadratic / -banded / -fft: hyena.multihyena.MultiHyenaOperator with its path forced
+    (masked quadratic in query blocks / the same over the filters' support only / FFT over the N^2
+    channels of k (x) v), filters as the student's default (decay_len 256: support ~1.2K taps);
   * hyena: hyena.operator.HyenaOperator (order 2), the current student's mixer;
   * sdpa: q/k/v/o projections and torch's scaled_dot_product_attention(is_causal=True) with GQA
     (no rotary: the same work as the teacher's attention minus a few element-wise ops).
@@ -11,7 +12,8 @@ Cells: the distillation shape (batch --train-batch at --train-length, fwd and fw
 --lengths at batch 1 (fwd only). Each cell runs in its own subprocess under --timeout seconds: a
 cell that runs out of time or memory is reported as skipped, not as a crash. Time = the fastest of
 --repeats calls after one warm-up (one call when the warm-up exceeds 20 s). Ratios are against
-multihyena-auto's choice for that length.
+what MultiHyena's "auto" path runs at that length (quadratic while the filters' ~1.2K-tap
+support covers half the sequence, banded beyond).
 
     python benchmarks/bench_multihyena.py                      # prints a markdown table
     python benchmarks/bench_multihyena.py --lengths 1024 2048   # where the paths cross over
@@ -30,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 D_MODEL, HEADS, KV_HEADS = 576, 9, 3
-MIXERS = ("multihyena-quadratic", "multihyena-fft", "hyena", "sdpa")
+SUPPORT = 1221  # taps of the default filters above 1e-7 of their peak (decay_len 256)
+MIXERS = ("multihyena-quadratic", "multihyena-banded", "multihyena-fft", "hyena", "sdpa")
 
 
 def build(mixer: str, max_len: int):
@@ -106,12 +109,10 @@ def run_cell(mixer: str, L: int, batch: int, mode: str, args) -> dict:
 
 
 def table(cells: list[tuple[str, int, int, str, dict]]) -> str:
-    from hyena.multihyena import QUADRATIC_MAX_LEN
-
     rows = ["| shape | mode | mixer | seconds | peak MB | auto MultiHyena / this |", "|---|---|---|---:|---:|---:|"]
     for (L, batch, mode) in dict.fromkeys((c[1], c[2], c[3]) for c in cells):
         group = {c[0]: c[4] for c in cells if c[1:4] == (L, batch, mode)}
-        auto = group.get("multihyena-quadratic" if L <= QUADRATIC_MAX_LEN else "multihyena-fft", {})
+        auto = group.get("multihyena-quadratic" if L < 2 * SUPPORT else "multihyena-banded", {})
         for mixer, r in group.items():
             if "skipped" in r:
                 rows.append(f"| B={batch} T={L} | {mode} | {mixer} | skipped: {r['skipped']} | | |")
@@ -146,6 +147,8 @@ def main() -> None:
     cells = []
     for L, batch, mode in shapes:
         for mixer in args.mixers:
+            if mixer == "multihyena-banded" and L < 2 * SUPPORT:
+                continue  # the support covers half the sequence: auto runs quadratic
             r = run_cell(mixer, L, batch, mode, args)
             print(f"{mixer:22s} B={batch} T={L} {mode}: {r}", flush=True)
             cells.append((mixer, L, batch, mode, r))

@@ -16,15 +16,21 @@ conv (q, k and v alike) and h is the implicit filter `HyenaFilter` (sine FFN of 
 embedding times an exponential window, `decay_len` included) with one channel per head; its
 per-head pass-through b adds b (q_t . k_t) v_t, i.e. h[0] + b on the diagonal.
 
-Two exact ways to compute the mix, chosen by length (`mix`, thresholds measured on CPU in
-BENCHMARKS.md, "MultiHyena"):
+Three ways to compute the mix, chosen by length and by the filters' support (`mix`; measured on
+CPU in BENCHMARKS.md, "MultiHyena"):
 
-- masked quadratic, Y = ((Q K^T) o T_h) V, in query blocks: O(L^2 N) per head but all in large
-  matmuls; the fastest form up to a few thousand tokens (distillation runs at 512), and the one
-  whose backward autograd handles with small memory;
-- FFT over the N^2 channels of k (x) v: O(N^2 L log L) per head, so it wins only once
-  L >> N log L; one key/value head at a time, value columns in blocks, so memory stays bounded at
-  64K tokens. Its spectra of k (x) v are shared by the query heads of a GQA group.
+- masked quadratic, Y = ((Q K^T) o T_h) V, in query blocks: O(L^2 N) per head, all in large
+  matmuls, and a backward that autograd handles with small memory. Distillation runs at 512
+  tokens, where it is as fast as the Hyena mixer's FFT path forward (B=8: 0.48 s vs 0.45 s);
+- banded: the same over only the keys within the filters' support. The implicit filters decay
+  exponentially (`decay_len`: 256 tokens by default), so every tap past ~1.2K is below 1e-7 of
+  its head's peak, i.e. below fp32 resolution of the output (`filter_support`, TAIL_TOL):
+  O(L W N) per head, linear in L. "auto" takes it once the support is at most half the length;
+- FFT over the N^2 channels of k (x) v: O(N^2 L log L) per head. It only beats the quadratic
+  form at L >> N log L (measured: 6x slower at 4K, still slower at 16K on CPU), so "auto" uses
+  it only for long sequences whose filters do not die out (decay_len 0). One key/value head at a
+  time, value columns in blocks, so memory stays bounded; the spectra of k (x) v are shared by
+  the query heads of a GQA group.
 
 A chunked form with a carried state needs h as a sum of exponentials: that is the recurrent
 student's job (`hyena.recurrence`), not this module's.
@@ -143,17 +149,16 @@ def mix_fft(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor) 
 def mix(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, path: str = "auto") -> torch.Tensor:
     """y_t = sum_{s<=t} h[t-s] (q_t . k_s) v_s for every head: (B, H, L, N). path: "quadratic",
     "fft", "banded" (quadratic over the filters' support only, `filter_support`) or "auto":
-    quadratic up to QUADRATIC_MAX_LEN tokens; beyond, banded when the filters die out within
-    QUADRATIC_MAX_LEN taps (decaying windows), else FFT."""
+    banded when the filters die out within half the sequence (decaying windows), else quadratic
+    up to QUADRATIC_MAX_LEN tokens and FFT beyond."""
     L = q.shape[2]
+    support = filter_support(h[:, :L]) if path in ("auto", "banded") else L
     if path == "auto":
-        path = "quadratic" if L <= QUADRATIC_MAX_LEN else "banded"
-        if path == "banded" and filter_support(h[:, :L]) > QUADRATIC_MAX_LEN:
-            path = "fft"
+        path = "banded" if 2 * support <= L else "quadratic" if L <= QUADRATIC_MAX_LEN else "fft"
     if path == "quadratic":
         return mix_quadratic(q, k, v, h)
     if path == "banded":
-        return mix_quadratic(q, k, v, h, window=filter_support(h[:, :L]))
+        return mix_quadratic(q, k, v, h, window=support)
     if path == "fft":
         return mix_fft(q, k, v, h)
     raise ValueError(f"MultiHyena path must be auto, quadratic, banded or fft (got {path!r})")

@@ -68,13 +68,14 @@ def test_auto_path_choice(monkeypatch):
 
     q, k, v, h = random_qkvh(L=20)
     calls = []
-    monkeypatch.setattr(mh, "QUADRATIC_MAX_LEN", 8)
     monkeypatch.setattr(mh, "mix_fft", lambda *a: calls.append("fft"))
     monkeypatch.setattr(mh, "mix_quadratic", lambda *a, window=None: calls.append(("quad", window)))
-    mh.mix(q, k, v, h)  # filters alive over all 20 taps: FFT
-    h[:, 5:] = 0
-    mh.mix(q, k, v, h)  # dead after 5 taps: banded
-    assert calls == ["fft", ("quad", 5)]
+    mh.mix(q, k, v, h)  # filters alive over all 20 taps, short: quadratic
+    monkeypatch.setattr(mh, "QUADRATIC_MAX_LEN", 8)
+    mh.mix(q, k, v, h)  # long: FFT
+    h[:, 10:] = 0
+    mh.mix(q, k, v, h)  # dead after 10 of 20 taps: banded
+    assert calls == [("quad", None), "fft", ("quad", 10)]
 
 
 def test_fft_path_in_value_column_blocks(monkeypatch):
