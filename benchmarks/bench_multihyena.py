@@ -1,10 +1,10 @@
 """MultiHyena forward vs the Hyena mixer vs SDPA attention on CPU, side by side in one run.
 
 All three at SmolLM2-135M's width: d = 576, 9 query heads of 64, 3 key/value heads, fp32.
-  * multihyena-quadratic / -banded / -fft: hyena.multihyena.MultiHyenaOperator with its path forced
+  * multihyena-quadratic / -banded / -fft: hyena.model.multihyena.MultiHyenaOperator with its path forced
     (masked quadratic in query blocks / the same over the filters' support only / FFT over the N^2
     channels of k (x) v), filters as the student's default (decay_len 256: support ~1.2K taps);
-  * hyena: hyena.operator.HyenaOperator (order 2), the current student's mixer;
+  * hyena: hyena.model.operator.HyenaOperator (order 2), the current student's mixer;
   * sdpa: q/k/v/o projections and torch's scaled_dot_product_attention(is_causal=True) with GQA
     (no rotary: the same work as the teacher's attention minus a few element-wise ops).
 
@@ -40,8 +40,8 @@ def build(mixer: str, max_len: int):
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from hyena.multihyena import MultiHyenaOperator
-    from hyena.operator import HyenaConfig, HyenaOperator
+    from hyena.model.multihyena import MultiHyenaOperator
+    from hyena.model.operator import HyenaConfig, HyenaOperator
 
     cfg = HyenaConfig(max_len=max(max_len, 2), decay_len=256)
     if mixer.startswith("multihyena-"):

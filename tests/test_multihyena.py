@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import NEW_FAMILIES, reference_qkv, tiny_llama_config, tiny_neox_config, tiny_teacher
 
-from hyena.multihyena import (
+from hyena.model.multihyena import (
     MultiHyenaOperator,
     head_layout,
     filter_support,
@@ -17,7 +17,7 @@ from hyena.multihyena import (
     mix_loop,
     mix_quadratic,
 )
-from hyena.operator import HyenaConfig, causality_violation
+from hyena.model.operator import HyenaConfig, causality_violation
 from hyena.teachers import get_adapter
 
 HCFG = HyenaConfig(max_len=64, decay_len=16)
@@ -64,7 +64,7 @@ def test_banded_form_equals_the_loop_for_filters_that_die_out(block):
 
 
 def test_auto_path_choice(monkeypatch):
-    import hyena.multihyena as mh
+    import hyena.model.multihyena as mh
 
     q, k, v, h = random_qkvh(L=20)
     calls = []
@@ -79,7 +79,7 @@ def test_auto_path_choice(monkeypatch):
 
 
 def test_fft_path_in_value_column_blocks(monkeypatch):
-    import hyena.multihyena as mh
+    import hyena.model.multihyena as mh
 
     q, k, v, h = random_qkvh()
     monkeypatch.setattr(mh, "FFT_ELEMENTS", 1)  # one value column at a time
@@ -252,7 +252,7 @@ def test_state_size_table_matches_the_formula():
 @torch.no_grad()
 def test_cached_decoding_equals_the_stateless_pass():
     """Prompt, chunk and single tokens through the KV state == one pass over the whole sequence."""
-    from hyena.multihyena_mixer import MultiHyenaKVState, MultiHyenaMixer
+    from hyena.model.multihyena_mixer import MultiHyenaKVState, MultiHyenaMixer
 
     torch.manual_seed(0)
     m = MultiHyenaMixer(32, 4, 2, HCFG)

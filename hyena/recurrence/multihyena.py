@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from hyena.cache import MixerLayerState, _short_conv_continued, layer_state, mask_pads
-from hyena.multihyena import MultiHyenaOperator, mix_quadratic
-from hyena.operator import project_channel_major
+from hyena.model.cache import MixerLayerState, _short_conv_continued, layer_state, mask_pads
+from hyena.model.multihyena import MultiHyenaOperator, mix_quadratic
+from hyena.model.operator import project_channel_major
 from hyena.recurrence.modal import ModalFilter, ModalFitConfig, fit_modal, modal_powers
 
 CHUNK = 1024  # prompt tokens absorbed per chunk (bounds the quadratic intra-chunk mix)

@@ -43,7 +43,7 @@ import math
 import torch
 import torch.nn as nn
 
-from hyena.operator import (
+from hyena.model.operator import (
     HyenaConfig,
     HyenaFilter,
     causal_depthwise_conv,
@@ -247,7 +247,7 @@ class MultiHyenaOperator(nn.Module):
         sensible kernel to start training from. Returns the relative RMS error of the fit."""
         c = self.cfg
         L = L or min(c.max_len, 4 * c.decay_len if c.decay_len else c.max_len)
-        from hyena.operator import positional_embedding
+        from hyena.model.operator import positional_embedding
 
         _, z = positional_embedding(L, c.emb_dim, c.max_len, device=self.filter_fn.bias.device)
         hidden = self.filter_fn.ffn[:-1](z.to(self.filter_fn.bias.dtype)).double()  # (L, F)

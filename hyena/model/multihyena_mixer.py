@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 from transformers import initialization as hf_init
 
-from hyena.cache import MixerLayerState, _short_conv_continued, layer_state, mask_pads
-from hyena.multihyena import QUADRATIC_MAX_LEN, MultiHyenaOperator, filter_support, mix_quadratic
-from hyena.operator import HyenaFilter, Sin, project_channel_major
+from hyena.model.cache import MixerLayerState, _short_conv_continued, layer_state, mask_pads
+from hyena.model.multihyena import QUADRATIC_MAX_LEN, MultiHyenaOperator, filter_support, mix_quadratic
+from hyena.model.operator import HyenaFilter, Sin, project_channel_major
 
 
 class MultiHyenaKVState(MixerLayerState):
