@@ -264,3 +264,100 @@ def test_cached_decoding_equals_the_stateless_pass():
     parts += [m.cached(u[:, t:t + 1], state) for t in range(30, 40)]
     torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-5, atol=1e-6)
     assert state.nbytes() == 2 * (2 * 2 * 40 * 8) * 4 + state.fir.numel() * 4  # keys+values (B, G, 40, N), fp32
+
+
+# --- the student ----------------------------------------------------------------------------------
+
+
+def _student(family: str = "llama", **cfg):
+    from hyena.model.build import StudentConfig, build_student
+
+    teacher = _teacher(family)
+    cfg.setdefault("init", "teacher_attention")
+    return teacher, build_student(teacher, StudentConfig(mixer="multihyena", hyena=HCFG, **cfg))
+
+
+@torch.no_grad()
+def test_student_round_trips_through_save_pretrained(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hyena.model.multihyena_mixer import MultiHyenaMixer
+
+    _, student = _student()
+    student.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded.mixer(0), MultiHyenaMixer) and (loaded.config.heads, loaded.config.kv_heads) == (4, 2)
+    ids = torch.randint(0, 512, (2, 13))
+    torch.testing.assert_close(loaded(input_ids=ids).logits, student(input_ids=ids).logits, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_generate_with_the_cache_equals_the_argmax_loop():
+    _, student = _student()
+    ids = torch.randint(0, 512, (1, 7))
+    out = student.generate(ids, max_new_tokens=6, do_sample=False)
+    seq = ids
+    for _ in range(6):
+        nxt = student(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(out, seq)
+
+
+@torch.no_grad()
+def test_hybrid_keeps_the_listed_attention():
+    from hyena.model.multihyena_mixer import MultiHyenaMixer
+
+    teacher, student = _student(keep_attention=[2])
+    assert isinstance(student.mixer(0), MultiHyenaMixer) and not isinstance(student.mixer(1), MultiHyenaMixer)
+    ids = torch.randint(0, 512, (1, 9))
+    assert student(input_ids=ids).logits.shape == (1, 9, 512)
+    assert torch.equal(student.generate(ids, max_new_tokens=3, do_sample=False)[:, :9], ids)
+
+
+def test_random_init_and_other_head_counts():
+    _, student = _student(init="random", heads=8, kv_heads=2)
+    m = student.mixer(0)
+    assert (m.heads, m.kv_heads, m.head_dim) == (8, 2, 8)
+    assert student(input_ids=torch.randint(0, 512, (1, 5))).logits.isfinite().all()
+
+
+@pytest.mark.parametrize("cfg, match", [({"heads": 5}, "student.heads"), ({"heads": 4, "kv_heads": 3}, "student.kv_heads")])
+def test_bad_heads_are_one_line_errors(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        _student(init="random", **cfg)
+
+
+def test_heads_without_multihyena_are_refused():
+    from hyena.model.build import StudentConfig
+
+    with pytest.raises(ValueError, match="mixer: multihyena"):
+        StudentConfig(heads=4)
+
+
+def test_least_squares_readout_and_gradient_steps_fit_the_attention_output():
+    """Attention transfer as the distill stage runs it: readout solve, steps on q/k/v and filters,
+    readout again."""
+    import numpy as np
+
+    from hyena.core.dist import DistEnv
+    from hyena.teachers import attention_output
+    from hyena.train.distill import ComputedTargets, DistillConfig, MixerOnly, distill_layer, fit_readout
+
+    teacher, student = _student()
+    layer = student.decoder_layers()[1]
+    mixer = student.mixer(1)
+    fn = MixerOnly(student.adapter.input_norm(layer), mixer)
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((12, 24, 64)).astype(np.float32)
+    target = ComputedTargets(x, lambda t: attention_output(teacher, 1, t), torch.device("cpu"))
+    cfg = DistillConfig(epochs=3, lr=3e-3, batch_size=4, input="teacher", target="mixer_output",
+                        readout="least_squares")
+    mixer.requires_grad_(True)
+    mixer.out_proj.requires_grad_(False)
+    env = DistEnv()
+    before = mixer.in_proj.weight.detach().clone()
+    y = target.take_rows(np.arange(8))
+    r = distill_layer(fn, x[:8], y, x[:8], y, cfg, env,  # scored on the fitted rows: the solve's own residual
+                      readout=lambda: fit_readout(mixer, fn.norm, x[:8], y, cfg, env))
+    assert r["val_nmse_before"] < 0.9
+    assert r["steps"] == 6 and not torch.equal(mixer.in_proj.weight, before) and np.isfinite(r["val_nmse"])

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 
 from hyena.core.config import Config, param
+from hyena.model import multihyena
+from hyena.model.multihyena import teacher_heads
 from hyena.model.modeling import INITS, HyenaMixer, HyenaStudentForCausalLM, HyenaStudentHFConfig
 from hyena.model.operator import HyenaConfig
 from hyena.teachers import TeacherAdapter, attention_projections, get_adapter
@@ -34,12 +36,33 @@ class StudentConfig(Config):
     keep_attention: list[int] = param([], "decoder layers (1-based) that keep the teacher's attention: a hybrid "
                                           "student ([]: every attention becomes Hyena, the paper)")
     seed: int = param(0, "seed of the Hyena weights' initialisation")
+    mixer: Literal["hyena", "multihyena"] = param(
+        "hyena", "hyena: the paper's operator, one filter per channel | multihyena: Laughing Hyena's, one filter per head "
+                 "over q.k v (linear attention with a learned decay kernel; hyena/model/multihyena.py)")
+    heads: int = param(0, "MultiHyena query heads (0: the teacher's attention heads; init teacher_attention needs 0)", ge=0)
+    kv_heads: int = param(0, "MultiHyena key/value heads, each shared by heads/kv_heads query heads (0: the teacher's "
+                             "when heads is 0, else heads)", ge=0)
     hyena: HyenaConfig = param(HyenaConfig(), "HyenaConfig (hyena/model/operator.py)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if any(k < 1 for k in self.keep_attention) or len(set(self.keep_attention)) != len(self.keep_attention):
             raise ValueError(f"student.keep_attention must list distinct layer numbers >= 1, got {self.keep_attention}")
+        if self.mixer == "hyena" and (self.heads or self.kv_heads):
+            raise ValueError("student.heads / kv_heads apply to mixer: multihyena only (the Hyena mixer has no heads)")
+
+    def head_layout(self, teacher_config) -> tuple[int | None, int | None]:
+        """(heads, kv_heads) of a MultiHyena student of this teacher, checked against its width
+        (one-line error); (None, None) for the Hyena mixer."""
+        if self.mixer != "multihyena":
+            return None, None
+        heads, kv_heads = teacher_heads(teacher_config)
+        if self.heads and self.heads != heads:
+            heads, kv_heads = self.heads, self.kv_heads or self.heads
+        elif self.kv_heads:
+            kv_heads = self.kv_heads
+        multihyena.head_layout(teacher_config.hidden_size, heads, kv_heads)
+        return heads, kv_heads
 
 
 def _mixer_prefixes(model: nn.Module, adapter: TeacherAdapter, layers: list[int]) -> list[str]:
@@ -107,12 +130,13 @@ def init_mixer_from_attention(mixer: HyenaMixer, attention: nn.Module, teacher_c
 
 
 def build_student(teacher: nn.Module, cfg: StudentConfig | None = None, teacher_source: str = "") -> HyenaStudentForCausalLM:
-    """The teacher with every attention replaced by a Hyena mixer of the teacher's width.
+    """The teacher with every attention replaced by a Hyena mixer of the teacher's width (or a
+    MultiHyena mixer with the teacher's heads, `cfg.mixer`).
 
     Every non-attention weight (embeddings, norms, MLPs, unembedding) is copied from the teacher;
     tied embeddings stay tied. `init="random"` keeps the Hyena reference initialisation drawn from
     `cfg.seed` (the paper); `init="teacher_attention"` seeds each mixer from its attention block
-    (`init_mixer_from_attention`). The student has the teacher's dtype and is returned in eval mode.
+    (`init_mixer_from_attention`; MultiHyena: `hyena.model.multihyena.init_from_attention`). The student has the teacher's dtype and is returned in eval mode.
 
     `cfg.hyena.max_len` is used as given: it is the longest sequence the student accepts AND the
     time scale of the implicit filters (t = n / (max_len-1)), so set it to the longest context
@@ -124,6 +148,7 @@ def build_student(teacher: nn.Module, cfg: StudentConfig | None = None, teacher_
         raise ValueError(f"student init must be one of {', '.join(INITS)} (got {init!r})")
     torch.manual_seed(cfg.seed)
     adapter = get_adapter(teacher)
+    heads, kv_heads = cfg.head_layout(teacher.config)
     teacher_config = teacher.config.to_dict()
     # a GGUF teacher's quantization_config describes its file, not the architecture
     teacher_config.pop("quantization_config", None)
@@ -133,6 +158,9 @@ def build_student(teacher: nn.Module, cfg: StudentConfig | None = None, teacher_
         hyena=hyena_cfg.to_dict(),
         init=init,
         keep_attention=list(cfg.keep_attention),
+        mixer=cfg.mixer,
+        heads=heads,
+        kv_heads=kv_heads,
     )
     dtype = next(teacher.parameters()).dtype
     student = HyenaStudentForCausalLM(config).to(dtype)
@@ -140,7 +168,8 @@ def build_student(teacher: nn.Module, cfg: StudentConfig | None = None, teacher_
     for i in student.hyena_layers():
         mixer = student.mixer(i)
         if init == "teacher_attention":
-            init_mixer_from_attention(mixer, adapter.attention(adapter.layers(teacher)[i]), teacher.config)
+            seed = multihyena.init_from_attention if cfg.mixer == "multihyena" else init_mixer_from_attention
+            seed(mixer, adapter.attention(adapter.layers(teacher)[i]), teacher.config)
         if cfg.out_scale != 1.0:
             with torch.no_grad():
                 mixer.out_proj.weight.mul_(cfg.out_scale)

@@ -10,6 +10,8 @@ A decoder layer hands the cache to its mixer (under `TeacherAdapter.cache_kwarg`
 - "modal", `ModalLayerState` (recurrent student): the FIR state and the modal state, O(1).
 - "attention", transformers' `DynamicLayer`: a KV cache, for decoder layers that kept the
   teacher's attention (hybrid students).
+- "multihyena" / "multihyena_modal": a MultiHyena mixer's past keys and values (exact, O(L)) /
+  its modal matrix state (O(1)); hyena/model/multihyena_mixer.py, hyena/recurrence/multihyena.py.
 
 `MixerCache.for_kinds(["hyena", "attention", ...])` builds the cache from one kind per layer.
 
@@ -225,7 +227,7 @@ def conv_forward(op: HyenaOperator, u: torch.Tensor, state: HyenaConvState) -> t
     return op.out_proj(y.mT)  # (B, T, d)
 
 
-KINDS = ("hyena", "modal", "attention")
+KINDS = ("hyena", "modal", "attention", "multihyena", "multihyena_modal")
 
 
 class MixerCache(Cache):
@@ -238,7 +240,11 @@ class MixerCache(Cache):
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
             raise ValueError(f"unknown decoder layer kind(s) {unknown}; known: {', '.join(KINDS)}")
-        make = {"hyena": HyenaConvState, "modal": ModalLayerState, "attention": DynamicLayer}
+        from hyena.model.multihyena_mixer import MultiHyenaKVState  # they build on this module's classes
+        from hyena.recurrence.multihyena import MultiHyenaModalState
+
+        make = {"hyena": HyenaConvState, "modal": ModalLayerState, "attention": DynamicLayer,
+                "multihyena": MultiHyenaKVState, "multihyena_modal": MultiHyenaModalState}
         return cls([make[k]() for k in kinds])
 
     def set_input_mask(self, mask: torch.Tensor | None) -> None:

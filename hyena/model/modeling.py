@@ -36,9 +36,12 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from hyena.core.runtime import first_output
 from hyena.model.cache import HyenaConvState, MixerCache, conv_forward, layer_state
 from hyena.model.decode_step import fusable, layer_step
+from hyena.model.multihyena import teacher_heads
+from hyena.model.multihyena_mixer import MultiHyenaMixer
 from hyena.model.operator import HyenaConfig, HyenaFilter, HyenaOperator, Sin
 from hyena.teachers import TeacherAdapter, causal_mask, get_adapter, position_inputs, sliding_window
 
+MIXERS = ("hyena", "multihyena")
 INITS = ("random", "teacher_attention")
 
 
@@ -94,6 +97,9 @@ class HyenaStudentHFConfig(PretrainedConfig):
     teacher_source: str = ""  # where the teacher came from (hub id, directory or .gguf path)
     hyena: dict | None = None  # HyenaConfig.to_dict() of every mixer
     init: str = "random"  # how the mixers were initialised: "random" | "teacher_attention"
+    mixer: str = "hyena"  # "hyena" (the paper's operator) | "multihyena" (per-head filters, hyena/model/multihyena.py)
+    heads: int | None = None  # MultiHyena query heads (None: the teacher's)
+    kv_heads: int | None = None  # MultiHyena key/value heads (None: the teacher's)
     keep_attention: list[int] | None = None  # decoder layers (1-based) that keep the teacher's attention
     vocab_size: int | None = None
     hidden_size: int | None = None
@@ -108,6 +114,8 @@ class HyenaStudentHFConfig(PretrainedConfig):
     def __post_init__(self, **kwargs):
         if self.init not in INITS:
             raise ValueError(f"student init must be one of {', '.join(INITS)} (got {self.init!r})")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"student mixer must be one of {', '.join(MIXERS)} (got {self.mixer!r})")
         if self.teacher_config is not None:
             tc = self.teacher_config
             if "model_type" not in tc:
@@ -131,6 +139,14 @@ class HyenaStudentHFConfig(PretrainedConfig):
 
     def hyena_config(self) -> HyenaConfig:
         return HyenaConfig(**(self.hyena or {}))
+
+    def new_mixer(self, teacher_arch: PretrainedConfig) -> nn.Module:
+        """One student mixer of this config's kind, at the teacher's width."""
+        if self.mixer == "multihyena":
+            heads, kv_heads = teacher_heads(teacher_arch)
+            return MultiHyenaMixer(teacher_arch.hidden_size, self.heads or heads, self.kv_heads or kv_heads,
+                                   self.hyena_config())
+        return HyenaMixer(teacher_arch.hidden_size, self.hyena_config())
 
     def teacher_architecture(self) -> PretrainedConfig:
         """The teacher's config object rebuilt from the recorded dict."""
@@ -165,10 +181,9 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         teacher_arch = config.teacher_architecture()
         self.adapter: TeacherAdapter = get_adapter(teacher_arch)
         self.backbone = AutoModelForCausalLM.from_config(teacher_arch)
-        hcfg = config.hyena_config()
         for i, layer in enumerate(self.adapter.layers(self.backbone)):
             if config.is_hyena(i):
-                self.adapter.set_attention(layer, HyenaMixer(teacher_arch.hidden_size, hcfg))
+                self.adapter.set_attention(layer, config.new_mixer(teacher_arch))
         self.post_init()
         self.generation_config.use_cache = True
 
@@ -180,7 +195,7 @@ class HyenaStudentForCausalLM(PreTrainedModel, GenerationMixin):
         (normal(0, 0.02) for every Linear) could reach them; both skip loaded parameters."""
         with hf_init.guard_torch_init_functions():
             for module in self.modules():
-                if isinstance(module, HyenaMixer) and not getattr(module, "_is_hf_initialized", False):
+                if hasattr(module, "reset_hyena_parameters") and not getattr(module, "_is_hf_initialized", False):
                     module.reset_hyena_parameters()
                     for sub in module.modules():
                         sub._is_hf_initialized = True

@@ -91,7 +91,7 @@ class MultiHyenaMixer(MultiHyenaOperator):
         return self.out_proj(y.transpose(1, 2).reshape(B, T, self.d_model))
 
     @torch.no_grad()
-    def reset_multihyena_parameters(self) -> None:
+    def reset_hyena_parameters(self) -> None:
         """The Hyena initialisation (hyena.student.HyenaMixer.reset_hyena_parameters): PyTorch
         defaults for the projections, short conv and filter FFN, N(0, 1) pass-through, the sine
         frequency of the config; through torch.nn.init primitives that HF's guard respects."""
