@@ -224,7 +224,7 @@ def test_recurrent_equals_convolutional_with_the_modal_filters():
     assert report["filter_rel_l2_max"] < 1e-2
     u = torch.randn(2, 40, 32)
     whole, _ = rec(u)
-    direct = op.out_proj(mix(*op.split_heads(op.projections(u)), rec.kernel(40)).transpose(1, 2).reshape(2, 40, 32))
+    direct = op.out_proj(mix(*op.split_heads(op.projections(u)), rec.filters(40)).transpose(1, 2).reshape(2, 40, 32))
     torch.testing.assert_close(whole, direct, rtol=1e-4, atol=1e-5)
     state = MultiHyenaModalState()
     parts = [rec.chunk(u[:, :17], state), rec.chunk(u[:, 17:30], state)]
@@ -361,3 +361,29 @@ def test_least_squares_readout_and_gradient_steps_fit_the_attention_output():
                       readout=lambda: fit_readout(mixer, fn.norm, x[:8], y, cfg, env))
     assert r["val_nmse_before"] < 0.9
     assert r["steps"] == 6 and not torch.equal(mixer.in_proj.weight, before) and np.isfinite(r["val_nmse"])
+
+
+@torch.no_grad()
+def test_recurrent_student_matches_the_student_and_decodes_its_own_logits(tmp_path):
+    """to_recurrent fits every head's filter; the recurrent student's logits follow the student's,
+    its cached generate equals its own argmax loop, and it round-trips through save_pretrained."""
+    from transformers import AutoModelForCausalLM
+
+    from hyena.recurrence import RecurrentConfig, to_recurrent
+    from hyena.recurrence.modal import ModalFitConfig
+    from hyena.recurrence.multihyena import RecurrentMultiHyena
+
+    _, student = _student()
+    rec, reports = to_recurrent(student, RecurrentConfig(fit_len=64, fit=ModalFitConfig(order=12, steps=0)), progress=False)
+    assert isinstance(rec.mixer(0), RecurrentMultiHyena) and len(reports) == 2
+    ids = torch.randint(0, 512, (1, 20))
+    a, b = rec(input_ids=ids).logits, student(input_ids=ids).logits
+    assert ((a - b).norm() / b.norm()).item() < 1e-3
+    out = rec.generate(ids[:, :8], max_new_tokens=5, do_sample=False)
+    seq = ids[:, :8]
+    for _ in range(5):
+        seq = torch.cat([seq, rec(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+    rec.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(again(input_ids=ids).logits, a, rtol=0, atol=0)

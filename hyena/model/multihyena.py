@@ -222,10 +222,14 @@ class MultiHyenaOperator(nn.Module):
         return (q.view(B, self.heads, self.head_dim, L).mT, k.view(B, self.kv_heads, self.head_dim, L).mT,
                 v.view(B, self.kv_heads, self.head_dim, L).mT)
 
+    def check_len(self, L: int) -> None:
+        """A one-line error for lengths the implicit filters cannot make (past max_len)."""
+        self.filter_fn._check_len(L)
+
     def mixed(self, u: torch.Tensor) -> torch.Tensor:
         """The heads' outputs concatenated, before W_o: (B, L, d) -> (B, L, d)."""
         B, L, _ = u.shape
-        self.filter_fn._check_len(L)
+        self.check_len(L)
         q, k, v = self.split_heads(self.projections(u))
         y = mix(q, k, v, self.filters(L), self.path)  # (B, H, L, N)
         return y.transpose(1, 2).reshape(B, L, self.d_model)

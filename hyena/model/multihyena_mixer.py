@@ -78,7 +78,7 @@ class MultiHyenaMixer(MultiHyenaOperator):
         """T new tokens u (B, T, d) after the `state.seen` positions the state holds; updates it."""
         B, T, _ = u.shape
         start = state.seen
-        self.filter_fn._check_len(start + T)
+        self.check_len(start + T)
         p = mask_pads(project_channel_major(self.in_proj, u), state.input_mask)  # (B, W, T)
         z = mask_pads(_short_conv_continued(self, p, state), state.input_mask)
         q, k, v = self.split_heads(z)  # (B, H, T, N), (B, G, T, N) x 2

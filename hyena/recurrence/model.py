@@ -31,6 +31,7 @@ from hyena.recurrence.calibrate import (
 )
 from hyena.recurrence.mixer import RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFitConfig, filter_errors, fit_modal, relative_l2
+from hyena.recurrence.multihyena import RecurrentMultiHyena
 
 
 @dataclass
@@ -76,7 +77,11 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
         for i, layer in enumerate(self.decoder_layers()):
             if not config.is_hyena(i):
                 continue  # a kept attention layer decodes with its KV cache
-            mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay())
+            if config.mixer == "multihyena":  # per-head modal filters, matrix state (recurrence/multihyena.py)
+                mixer = RecurrentMultiHyena(d, config.heads, config.kv_heads, hcfg, config.modal_order(), config.min_decay())
+                mixer.layer_idx = i
+            else:
+                mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay())
             self.adapter.set_attention(layer, mixer.to(self.dtype))
         self.generation_config.use_cache = True
 
@@ -101,7 +106,8 @@ register()
 
 @torch.no_grad()
 def student_filters(student: HyenaStudentForCausalLM, i: int, L: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer i's materialised long filters (order-1, d, L) and pass-through bias (order-1, d), fp32."""
+    """Layer i's materialised long filters (order-1, d, L) and pass-through bias (order-1, d), fp32
+    (a MultiHyena layer: one filter per head, (1, H, L) and (1, H))."""
     mixer = student.mixer(i)
     return mixer.filter_fn(L).float(), mixer.filter_fn.bias.float()
 
@@ -122,7 +128,8 @@ def to_recurrent(student: HyenaStudentForCausalLM, cfg: RecurrentConfig | None =
         raise ValueError(f"recurrent.fit_len must be in [3, {max_len}] (the student's hyena.max_len), got {fit_len}")
     if calib_ids is not None and calib_ids.shape[-1] > fit_len:
         raise ValueError(f"calibration windows ({calib_ids.shape[-1]} tokens) must not exceed fit_len {fit_len}")
-    io = capture_mixer_io(student, calib_ids) if calib_ids is not None else None
+    calibrate = calib_ids is not None and student.config.mixer == "hyena"  # MultiHyena: filter fit only
+    io = capture_mixer_io(student, calib_ids) if calibrate else None
     modals, reports = {}, []
     for i in tqdm(student.hyena_layers(), desc="modal fit", unit="layer", disable=not progress):
         h, bias = student_filters(student, i, fit_len)

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from hyena.model.cache import MixerLayerState, _short_conv_continued, layer_state, mask_pads
 from hyena.model.multihyena import MultiHyenaOperator, mix_quadratic
-from hyena.model.operator import project_channel_major
+from hyena.model.operator import HyenaConfig, project_channel_major
 from hyena.recurrence.modal import ModalFilter, ModalFitConfig, fit_modal, modal_powers
 
 CHUNK = 1024  # prompt tokens absorbed per chunk (bounds the quadratic intra-chunk mix)
@@ -52,62 +52,78 @@ class MultiHyenaModalState(MixerLayerState):
         return [self.fir, self.S]
 
 
-class RecurrentMultiHyena(nn.Module):
-    """A MultiHyena operator whose per-head filters are modal: same projections and short conv.
+class RecurrentMultiHyena(MultiHyenaOperator):
+    """A MultiHyena operator whose per-head filters are modal (`modal`, shape (1, H) like the
+    student's filter_fn): same projections and short conv, no implicit filter, any length.
     forward(hidden_states, **kwargs) -> (y, None); with a cache (`cache` / `layer_past`) it
-    continues that layer's `MultiHyenaModalState`, without one it is the stateless mixer."""
+    continues that layer's `MultiHyenaModalState`, without one it is the stateless operator with
+    the modal kernel (any of `mix`'s paths)."""
 
     cache_kind = "multihyena_modal"
     layer_idx: int | None = None
 
-    def __init__(self, op: MultiHyenaOperator, modal: ModalFilter):
-        super().__init__()
-        if modal.shape != (op.heads,):
-            raise ValueError(f"modal filter shape {modal.shape} does not match the operator's ({op.heads},)")
-        self.op, self.modal = op, modal
+    def __init__(self, d_model: int, heads: int, kv_heads: int, cfg: HyenaConfig, modal_order: int,
+                 min_decay: float = 1e-6):
+        super().__init__(d_model, heads, kv_heads, cfg)
+        del self.filter_fn  # the modal form replaces it
+        self.modal = ModalFilter((1, heads), modal_order, min_decay)
 
-    def kernel(self, L: int) -> torch.Tensor:
+    @classmethod
+    def from_operator(cls, op: MultiHyenaOperator, modal: ModalFilter) -> RecurrentMultiHyena:
+        """Share `op`'s projections and short conv; the filters come from `modal` (1, H)."""
+        if modal.shape != (1, op.heads):
+            raise ValueError(f"modal filter shape {modal.shape} does not match the operator's (1, {op.heads})")
+        mixer = cls(op.d_model, op.heads, op.kv_heads, op.cfg, modal.order, modal.min_decay)
+        mixer.in_proj, mixer.out_proj, mixer.short_filter, mixer.modal = op.in_proj, op.out_proj, op.short_filter, modal
+        return mixer.to(op.in_proj.weight.device)
+
+    def check_len(self, L: int) -> None:
+        pass  # a modal filter has every length
+
+    def filters(self, L: int) -> torch.Tensor:
         """The modal filters materialised with D at tap 0: (H, L)."""
-        tail = self.modal.tail_kernel(L)  # (H, L), tap 0 = 0
-        return torch.cat([tail[:, :1] + self.modal.D[:, None], tail[:, 1:]], dim=1)
+        tail = self.modal.tail_kernel(L)[0]  # (H, L), tap 0 = 0
+        return torch.cat([tail[:, :1] + self.modal.D[0][:, None], tail[:, 1:]], dim=1)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
         state = layer_state(kwargs, self.layer_idx)
-        if state is not None and not isinstance(state, MultiHyenaModalState):
+        if state is None:
+            return super().forward(hidden_states), None
+        if not isinstance(state, MultiHyenaModalState):
             raise TypeError(f"decoder layer {self.layer_idx} is a modal MultiHyena mixer but its cache layer "
                             f"is a {type(state).__name__}")
-        state = state if state is not None else MultiHyenaModalState()
-        outs = [self.chunk(hidden_states[:, t0:t0 + CHUNK], state) for t0 in range(0, hidden_states.shape[1], CHUNK)]
-        return torch.cat(outs, dim=1), None
+        T = hidden_states.shape[1]
+        return torch.cat([self.chunk(hidden_states[:, t0:t0 + CHUNK], state) for t0 in range(0, T, CHUNK)], dim=1), None
 
-    def chunk(self, u: torch.Tensor, state: MultiHyenaModalState) -> torch.Tensor:
-        """The mixer on T new tokens u (B, T, d) after the state; updates it. (B, T, d)."""
-        op, T = self.op, u.shape[1]
-        p = mask_pads(project_channel_major(op.in_proj, u), state.input_mask)  # (B, W, T)
-        z = mask_pads(_short_conv_continued(op, p, state), state.input_mask)
-        q, k, v = op.split_heads(z)  # (B, H, T, N), (B, G, T, N) x 2
-        y = mix_quadratic(q, k, v, self.kernel(T).to(q.dtype))  # within the chunk
-        g = op.heads // op.kv_heads
+    def chunk(self, u: torch.Tensor, state: MultiHyenaModalState | None = None) -> torch.Tensor:
+        """The mixer on T new tokens u (B, T, d) after the state (None: a fresh one); updates it."""
+        state = state if state is not None else MultiHyenaModalState()
+        T = u.shape[1]
+        p = mask_pads(project_channel_major(self.in_proj, u), state.input_mask)  # (B, W, T)
+        z = mask_pads(_short_conv_continued(self, p, state), state.input_mask)
+        q, k, v = self.split_heads(z)  # (B, H, T, N), (B, G, T, N) x 2
+        y = mix_quadratic(q, k, v, self.filters(T).to(q.dtype))  # within the chunk
+        g = self.heads // self.kv_heads
         k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # (B, H, T, N): per-head state
-        poles, R = self.modal.poles(), self.modal.residues()  # (H, n)
+        decay, theta = self.modal.decay()[0], self.modal.theta[0]  # (H, n)
         if state.S is not None:
-            ahead = modal_powers(self.modal.decay(), self.modal.theta, 0, T)  # (H, n, T): p^(t - t0)
+            ahead = modal_powers(decay, theta, 0, T)  # (H, n, T): p^(t - t0)
             read = torch.einsum("bhti,bhnij->bhtnj", q.to(torch.complex64), state.S)  # (B, H, T, n, N)
-            y = y + torch.einsum("bhtnj,hnt->bhtj", read, R[..., None] * ahead).real.to(y.dtype)
-            state.S = state.S * (poles ** T)[None, :, :, None, None]
+            y = y + torch.einsum("bhtnj,hnt->bhtj", read, self.modal.residues()[0][..., None] * ahead).real.to(y.dtype)
+            state.S = state.S * (self.modal.poles()[0] ** T)[None, :, :, None, None]
         else:
-            state.S = q.new_zeros(u.shape[0], op.heads, self.modal.order, op.head_dim, op.head_dim, dtype=torch.complex64)
-        back = modal_powers(self.modal.decay(), self.modal.theta, 0, T).flip(-1)  # (H, n, T): p^(T-1-j)
+            state.S = q.new_zeros(u.shape[0], self.heads, self.modal.order, self.head_dim, self.head_dim,
+                                  dtype=torch.complex64)
+        back = modal_powers(decay, theta, 0, T).flip(-1)  # (H, n, T): p^(T-1-j)
         kv = torch.einsum("bhti,bhtj->bhtij", k, v).to(torch.complex64).flatten(-2)  # (B, H, T, N*N)
         state.S = state.S + torch.einsum("hnt,bhtc->bhnc", back, kv).view_as(state.S)
         state.seen += T
-        return op.out_proj(y.transpose(1, 2).reshape(u.shape[0], T, op.d_model))
+        return self.out_proj(y.transpose(1, 2).reshape(u.shape[0], T, self.d_model))
 
     def state_bytes(self, batch: int = 1) -> int:
         """Bytes of this layer's decoding state for `batch` sequences (modal state + FIR)."""
-        op = self.op
-        fir = op.short_filter.in_channels * (op.short_filter.kernel_size[0] - 1) * 4
-        return batch * (op.heads * self.modal.order * op.head_dim ** 2 * 8 + fir)
+        fir = self.short_filter.in_channels * (self.short_filter.kernel_size[0] - 1) * 4
+        return batch * (self.heads * self.modal.order * self.head_dim ** 2 * 8 + fir)
 
 
 def to_recurrent_multihyena(op: MultiHyenaOperator, fit_len: int, cfg: ModalFitConfig | None = None
@@ -116,9 +132,9 @@ def to_recurrent_multihyena(op: MultiHyenaOperator, fit_len: int, cfg: ModalFitC
     pass-through b folds into D). Returns the recurrent mixer (sharing op's projections) and the
     fit report (relative L2 error of the filters)."""
     with torch.no_grad():
-        h = op.filter_fn(fit_len)[0].float()  # (H, L)
-    modal, report = fit_modal(h, cfg, passthrough=op.filter_fn.bias[0])
-    return RecurrentMultiHyena(op, modal.to(h.device)), report
+        h = op.filter_fn(fit_len).float()  # (1, H, L)
+    modal, report = fit_modal(h, cfg, passthrough=op.filter_fn.bias)
+    return RecurrentMultiHyena.from_operator(op, modal.to(h.device)), report
 
 
 def kv_cache_bytes(n_layers: int, kv_heads: int, head_dim: int, tokens: int, bytes_per: int = 4) -> int:
