@@ -78,7 +78,7 @@ def probe(teacher, i: int, x: np.ndarray, mixer: str, epochs: int, args) -> dict
     fn = MixerOnly(get_adapter(teacher).input_norm(layer), op)
     fn.norm.requires_grad_(False)
     dcfg = DistillConfig(epochs=epochs, lr=args.lr, batch_size=8, input="teacher", target="mixer_output",
-                         readout="least_squares", log_every=1000)
+                         readout="least_squares", log_every=1000, skip_first=args.skip_first)
     env = DistEnv()
     train_in, val_in = x[: args.train], x[args.train: args.train + args.val]
     target = lambda t: attention_output(teacher, i - 1, t)  # noqa: E731
@@ -88,7 +88,7 @@ def probe(teacher, i: int, x: np.ndarray, mixer: str, epochs: int, args) -> dict
     t0 = time.perf_counter()
     r = distill_layer(fn, train_in, train_t, val_in, val_t, dcfg, env,
                       readout=lambda: fit_readout(op, fn.norm, train_in, train_t, dcfg, env))
-    return {"layer": i, "mixer": mixer, "epochs": epochs, "lr": args.lr, "nmse_readout": round(r["val_nmse_before"], 4),
+    return {"layer": i, "mixer": mixer, "epochs": epochs, "lr": args.lr, "skip_first": args.skip_first, "nmse_readout": round(r["val_nmse_before"], 4),
             "nmse_final": round(r["val_nmse"], 4), "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -98,6 +98,7 @@ def main() -> None:
     p.add_argument("--mixers", nargs="+", default=["multihyena", "hyena"])
     p.add_argument("--epochs", type=int, nargs="+", default=[0, 4])
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--skip-first", type=int, default=0, help="distill.skip_first: positions left out of the loss and readout")
     p.add_argument("--train", type=int, default=32)
     p.add_argument("--val", type=int, default=8)
     p.add_argument("--cache", type=Path, default=Path("/tmp/multihyena_probe"))

@@ -314,6 +314,18 @@ def test_hybrid_keeps_the_listed_attention():
     assert torch.equal(student.generate(ids, max_new_tokens=3, do_sample=False)[:, :9], ids)
 
 
+def test_parameter_report_counts_the_multihyena_mixer():
+    from hyena.model.build import parameter_report
+
+    teacher, student = _student(family="gpt2")
+    r = parameter_report(teacher, student)
+    m = student.mixer(0)
+    assert r["mixer"] == "multihyena" and r["per_mixer"] == sum(p.numel() for p in m.parameters())
+    assert r["student_total"] == r["shared"] + 2 * r["per_mixer"]
+    # q, k, v, o at the teacher's size (GPT-2: no GQA) plus short conv and the per-head filter
+    assert r["per_mixer"] == r["per_attention"] + 3 * 64 * 4 + r["per_mixer_filter"]
+
+
 def test_random_init_and_other_head_counts():
     _, student = _student(init="random", heads=8, kv_heads=2)
     m = student.mixer(0)

@@ -184,8 +184,9 @@ def _count(module: nn.Module) -> int:
 def parameter_report(teacher: nn.Module, student: HyenaStudentForCausalLM) -> dict:
     """Parameter counts (unique tensors, tied embeddings counted once).
 
-    Keys: teacher_total, student_total, per_attention (one teacher attention block), per_mixer
-    (one Hyena mixer), per_mixer_filter (its implicit filter FFN + pass-through bias),
+    Keys: mixer ("hyena" | "multihyena"), teacher_total, student_total, per_attention (one teacher
+    attention block), per_mixer (one mixer), per_mixer_filter (its implicit filter FFN + pass-through
+    bias; MultiHyena: one output channel per head instead of per model channel),
     n_layers, hyena_layers and kept_attention_layers (a hybrid's split), shared (everything but
     the attention/mixers, identical in both)."""
     adapter = get_adapter(teacher)
@@ -194,6 +195,7 @@ def parameter_report(teacher: nn.Module, student: HyenaStudentForCausalLM) -> di
     hyena = student.hyena_layers()
     mixer = student.mixer(hyena[0]) if hyena else None
     report = {
+        "mixer": student.config.mixer,
         "teacher_total": _count(teacher),
         "student_total": _count(student),
         "per_attention": per_attention,

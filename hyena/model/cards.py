@@ -108,6 +108,7 @@ class ModelCard:
             f"- Model type `{model_type}`: the teacher's own architecture with Hyena long-convolution mixers in "
             "place of attention (arXiv 2401.17574)"
             + ("; modal recurrences for the long filters (arXiv 2310.18780)." if model_type == "hyena_recurrent_student" else "."),
+            *self._mixer_lines(),
             "",
             "## Training", "",
         ]
@@ -143,6 +144,16 @@ class ModelCard:
             yaml.safe_dump(_plain(self.recipe), sort_keys=False).rstrip() if self.recipe else "{}", "```", "",
         ]
         return "\n".join(lines)
+
+    def _mixer_lines(self) -> list[str]:
+        """A line for MultiHyena students (none for the Hyena mixer, whose cards stay as they were)."""
+        student = self.recipe.get("student", {}) if isinstance(self.recipe.get("student"), dict) else {}
+        if student.get("mixer") != "multihyena":
+            return []
+        return ["- Mixer: MultiHyena (Laughing Hyena, section 4): per head, y_t = sum_{s<=t} h[t-s] (q_t . k_s) v_s, one "
+                "long filter per head, heads "
+                + (f"{student.get('heads')}/{student.get('kv_heads')} (query/key-value; 0: the teacher's)."
+                   if "heads" in student else "as the teacher's.")]
 
     def write(self, directory: str | Path, model=None, location: str = "path/to/this/directory") -> Path:
         """Write README.md into `directory` (the model's config names its model_type)."""
