@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from hyena.core.config import Config, param
+from hyena.model.multihyena import MultiHyenaOperator
 from hyena.model.operator import HyenaOperator
 from hyena.train.schedule import warmup_decay
 
@@ -52,7 +53,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, filter_lr: fl
     it should move slowly, and decay would pull it off). Frozen parameters are left out."""
     readout = set()
     if readout_lr is not None:
-        readout = {id(p) for m in model.modules() if isinstance(m, HyenaOperator) for p in m.out_proj.parameters()}
+        readout = {id(p) for m in model.modules() if isinstance(m, (HyenaOperator, MultiHyenaOperator))
+                   for p in m.out_proj.parameters()}
     filt, decay, no_decay, read = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
