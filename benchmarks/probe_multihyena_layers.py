@@ -68,7 +68,7 @@ def probe(teacher, i: int, x: np.ndarray, mixer: str, epochs: int, args) -> dict
     from hyena.train.distill import RAM_BYTES, ComputedTargets, DistillConfig, MixerOnly, distill_layer, fit_readout
 
     torch.manual_seed(0)
-    cfg = HyenaConfig(max_len=8192, decay_len=256)
+    cfg = HyenaConfig(max_len=8192, decay_len=args.decay_len)
     layer = get_adapter(teacher).layers(teacher)[i - 1]
     if mixer == "multihyena":
         op = MultiHyenaOperator(576, 9, 3, cfg)
@@ -88,7 +88,8 @@ def probe(teacher, i: int, x: np.ndarray, mixer: str, epochs: int, args) -> dict
     t0 = time.perf_counter()
     r = distill_layer(fn, train_in, train_t, val_in, val_t, dcfg, env,
                       readout=lambda: fit_readout(op, fn.norm, train_in, train_t, dcfg, env))
-    return {"layer": i, "mixer": mixer, "epochs": epochs, "lr": args.lr, "skip_first": args.skip_first, "nmse_readout": round(r["val_nmse_before"], 4),
+    return {"layer": i, "mixer": mixer, "epochs": epochs, "lr": args.lr, "skip_first": args.skip_first,
+            "decay_len": args.decay_len, "nmse_readout": round(r["val_nmse_before"], 4),
             "nmse_final": round(r["val_nmse"], 4), "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -99,6 +100,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, nargs="+", default=[0, 4])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--skip-first", type=int, default=0, help="distill.skip_first: positions left out of the loss and readout")
+    p.add_argument("--decay-len", type=int, default=256, help="student.hyena.decay_len (cpu-smoke: 256)")
     p.add_argument("--train", type=int, default=32)
     p.add_argument("--val", type=int, default=8)
     p.add_argument("--cache", type=Path, default=Path("/tmp/multihyena_probe"))
