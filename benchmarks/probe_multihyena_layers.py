@@ -60,12 +60,19 @@ def layer_inputs(teacher, tokenizer, layers: list[int], n_rows: int, cache: Path
 
 
 def probe(teacher, i: int, x: np.ndarray, mixer: str, epochs: int, args) -> dict:
+    from hyena.core.dist import DistEnv
     from hyena.model.multihyena import MultiHyenaOperator, init_from_attention
     from hyena.model.operator import HyenaConfig, HyenaOperator
     from hyena.teachers import attention_output, get_adapter
     from hyena.train.batches import load_all
-    from hyena.core.dist import DistEnv
-    from hyena.train.distill import RAM_BYTES, ComputedTargets, DistillConfig, MixerOnly, distill_layer, fit_readout
+    from hyena.train.distill import (
+        RAM_BYTES,
+        ComputedTargets,
+        DistillConfig,
+        MixerOnly,
+        distill_layer,
+        fit_readout,
+    )
 
     torch.manual_seed(0)
     cfg = HyenaConfig(max_len=8192, decay_len=args.decay_len)

@@ -9,8 +9,8 @@ from conftest import NEW_FAMILIES, reference_qkv, tiny_llama_config, tiny_neox_c
 
 from hyena.model.multihyena import (
     MultiHyenaOperator,
-    head_layout,
     filter_support,
+    head_layout,
     init_from_attention,
     mix,
     mix_fft,
@@ -353,7 +353,13 @@ def test_least_squares_readout_and_gradient_steps_fit_the_attention_output():
 
     from hyena.core.dist import DistEnv
     from hyena.teachers import attention_output
-    from hyena.train.distill import ComputedTargets, DistillConfig, MixerOnly, distill_layer, fit_readout
+    from hyena.train.distill import (
+        ComputedTargets,
+        DistillConfig,
+        MixerOnly,
+        distill_layer,
+        fit_readout,
+    )
 
     teacher, student = _student()
     layer = student.decoder_layers()[1]

@@ -17,8 +17,8 @@ import torch.nn as nn
 
 from hyena.core.config import Config, param
 from hyena.model import multihyena
-from hyena.model.multihyena import teacher_heads
 from hyena.model.modeling import INITS, HyenaMixer, HyenaStudentForCausalLM, HyenaStudentHFConfig
+from hyena.model.multihyena import teacher_heads
 from hyena.model.operator import HyenaConfig
 from hyena.teachers import TeacherAdapter, attention_projections, get_adapter
 

@@ -240,8 +240,10 @@ class MixerCache(Cache):
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
             raise ValueError(f"unknown decoder layer kind(s) {unknown}; known: {', '.join(KINDS)}")
-        from hyena.model.multihyena_mixer import MultiHyenaKVState  # they build on this module's classes
-        from hyena.recurrence.multihyena import MultiHyenaModalState
+        from hyena.model.multihyena_mixer import (  # built on this module
+            MultiHyenaKVState,
+            MultiHyenaModalState,
+        )
 
         make = {"hyena": HyenaConvState, "modal": ModalLayerState, "attention": DynamicLayer,
                 "multihyena": MultiHyenaKVState, "multihyena_modal": MultiHyenaModalState}

@@ -18,7 +18,12 @@ import torch.nn as nn
 from transformers import initialization as hf_init
 
 from hyena.model.cache import MixerLayerState, _short_conv_continued, layer_state, mask_pads
-from hyena.model.multihyena import QUADRATIC_MAX_LEN, MultiHyenaOperator, filter_support, mix_quadratic
+from hyena.model.multihyena import (
+    QUADRATIC_MAX_LEN,
+    MultiHyenaOperator,
+    filter_support,
+    mix_quadratic,
+)
 from hyena.model.operator import HyenaFilter, Sin, project_channel_major
 
 
@@ -56,6 +61,26 @@ class MultiHyenaKVState(MixerLayerState):
             self.keys, self.values = grown
         self.keys[:, :, start:start + T], self.values[:, :, start:start + T] = k, v
         return self.keys[:, :, :start + T], self.values[:, :, :start + T]
+
+
+class MultiHyenaModalState(MixerLayerState):
+    """One modal MultiHyena layer's decoding state (hyena/recurrence/multihyena.py): fir (B, W, k-1) and S (B, H, modes, N, N) complex."""
+
+    def __init__(self):
+        super().__init__()
+        self.fir: torch.Tensor | None = None
+        self.S: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.fir, self.S, self.seen = None, None, 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.fir is not None:
+            self.fir = self.fir.index_select(0, beam_idx.to(self.fir.device))
+            self.S = self.S.index_select(0, beam_idx.to(self.S.device))
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [self.fir, self.S]
 
 
 class MultiHyenaMixer(MultiHyenaOperator):

@@ -22,34 +22,14 @@ A chunk of T tokens after a state S (prefill: S = 0) is exact without a token lo
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from hyena.model.cache import MixerLayerState, _short_conv_continued, layer_state, mask_pads
+from hyena.model.cache import _short_conv_continued, layer_state, mask_pads
 from hyena.model.multihyena import MultiHyenaOperator, mix_quadratic
+from hyena.model.multihyena_mixer import MultiHyenaModalState
 from hyena.model.operator import HyenaConfig, project_channel_major
 from hyena.recurrence.modal import ModalFilter, ModalFitConfig, fit_modal, modal_powers
 
 CHUNK = 1024  # prompt tokens absorbed per chunk (bounds the quadratic intra-chunk mix)
-
-
-class MultiHyenaModalState(MixerLayerState):
-    """One modal MultiHyena layer's decoding state: fir (B, W, k-1) and S (B, H, modes, N, N) complex."""
-
-    def __init__(self):
-        super().__init__()
-        self.fir: torch.Tensor | None = None
-        self.S: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        self.fir, self.S, self.seen = None, None, 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        if self.fir is not None:
-            self.fir = self.fir.index_select(0, beam_idx.to(self.fir.device))
-            self.S = self.S.index_select(0, beam_idx.to(self.S.device))
-
-    def _tensors(self) -> list[torch.Tensor]:
-        return [self.fir, self.S]
 
 
 class RecurrentMultiHyena(MultiHyenaOperator):
