@@ -51,12 +51,14 @@ def variants_from_exp_show(entries: list[dict], reports: str = "reports"):
         params = {}
         for _, p in sorted((data.get("params") or {}).items()):
             params.update(flatten((p or {}).get("data") or {}))
-        layer_mse, layer_nmse, other, timings = {}, {}, {}, {}
+        layer_mse, layer_nmse, attention_nmse, other, timings = {}, {}, {}, {}, {}
         for path, values in metrics.items():
             if path.startswith(layer_metrics) and "val_mse" in values:
                 layer = int(Path(path).stem.split("_")[-1])  # every target also reports the layer-output MSE
                 layer_mse[layer] = float(values.get("val_layer_mse", values["val_mse"]))
                 layer_nmse[layer] = float(values.get("val_layer_nmse", values.get("val_nmse", float("nan"))))
+                if values.get("target") == "mixer_output" and not values.get("kept_attention"):
+                    attention_nmse[layer] = float(values["val_nmse"])  # the mixer against the attention output
             elif f"{reports}/timings/" in path:
                 timings[Path(path).stem] = sum(float(v) for v in values.values() if isinstance(v, (int, float)))
             elif path != assemble_metrics:
@@ -64,7 +66,7 @@ def variants_from_exp_show(entries: list[dict], reports: str = "reports"):
                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
         free = {int(k): float(v) for k, v in (metrics.get(assemble_metrics, {}).get("free_running_val_mse") or {}).items()}
         return Variant(name=name, params=params, layer_mse=layer_mse, free_mse=free, metrics=other,
-                       layer_nmse=layer_nmse, timings=timings)
+                       layer_nmse=layer_nmse, timings=timings, attention_nmse=attention_nmse)
 
     out, workspace = [], None
     for entry in entries:

@@ -26,6 +26,7 @@ class Variant:
     metrics: dict[str, float] = field(default_factory=dict)  # other scalars, flattened
     layer_nmse: dict[int, float] = field(default_factory=dict)  # layer -> normalised layer-output MSE after training
     timings: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
+    attention_nmse: dict[int, float] = field(default_factory=dict)  # layer -> mixer vs attention output nMSE (target mixer_output)
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -31,6 +31,11 @@ def _ratio(a, b) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else None
+
+
 def row_values(v: Variant) -> dict:
     """The numbers of one recipe's row (None where the run did not produce them)."""
     teacher = {ds: ppl(v, ds, "teacher") for ds in ("owt", "wikitext")}
@@ -44,6 +49,7 @@ def row_values(v: Variant) -> dict:
         "nmse_mean": sum(nmse) / len(nmse) if nmse else None,
         "nmse_max": max(nmse) if nmse else None,
         "nmse_above_1": sum(x >= 1 for x in nmse) if nmse else None,
+        "attn_nmse_mean": _mean(v.attention_nmse.values()),
         "distill_s": sum(s for k, s in v.timings.items() if k.startswith("distill_")) or None,
         "finetune_s": v.timings.get("finetune"),
         "pretrain_s": v.timings.get("pretrain"),
@@ -81,6 +87,7 @@ def recipe_table(variants: list[Variant], ignore: tuple[str, ...] = ()) -> str:
         ("distilled / from scratch (OWT)", col(lambda r: _f(r["owt_distilled_over_scratch"], 2))),
         ("layer nMSE mean / max / layers >= 1", col(lambda r: f"{_f(r['nmse_mean'], 2)} / {_f(r['nmse_max'], 2)} / "
                                                             f"{r['nmse_above_1'] if r['nmse_above_1'] is not None else '–'}")),
+        ("attention-output nMSE mean", col(lambda r: _f(r["attn_nmse_mean"], 2))),
         ("fine-tuned / teacher by position: first / last bucket",
          col(lambda r: f"{_f(r['pos_first_ratio'], 1)}x / {_f(r['pos_last_ratio'], 1)}x ({r['pos_last_label']})"
              if r["pos_last_label"] else "–")),
