@@ -17,6 +17,7 @@ support covers half the sequence, banded beyond).
 
     python benchmarks/bench_multihyena.py                      # prints a markdown table
     python benchmarks/bench_multihyena.py --lengths 1024 2048   # where the paths cross over
+    python benchmarks/bench_multihyena.py --interleave          # B=8 T=512, mixers in turn (shared machines)
 """
 
 from __future__ import annotations
@@ -95,6 +96,35 @@ def worker(mixer: str, L: int, batch: int, mode: str, repeats: int) -> dict:
     return {"seconds": best, "n": max(1, len(times) - 1), "peak_mb": peak / 1024}
 
 
+def interleaved(args) -> str:
+    """The distillation shape with the three main mixers called in turn, --repeats rounds, the
+    fastest of each: on a shared machine every mixer sees the same load."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    mixers = ("multihyena-quadratic", "hyena", "sdpa")
+    mods = {m: build(m, args.train_length) for m in mixers}
+    u = torch.randn(args.train_batch, args.train_length, D_MODEL)
+    best = {(m, mode): float("inf") for m in mixers for mode in ("fwd", "fwd+bwd")}
+    for _ in range(args.repeats + 1):
+        for m, mod in mods.items():
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                mod.eval()(u)
+            best[m, "fwd"] = min(best[m, "fwd"], time.perf_counter() - t0)
+            x = u.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            mod.train()(x).sum().backward()
+            best[m, "fwd+bwd"] = min(best[m, "fwd+bwd"], time.perf_counter() - t0)
+    ref = {mode: best["multihyena-quadratic", mode] for mode in ("fwd", "fwd+bwd")}
+    rows = ["| mixer | fwd (s) | fwd+bwd (s) | MultiHyena fwd / this | MultiHyena fwd+bwd / this |",
+            "| --- | ---: | ---: | ---: | ---: |"]
+    rows += [f"| {m} | {best[m, 'fwd']:.3f} | {best[m, 'fwd+bwd']:.3f} | {ref['fwd'] / best[m, 'fwd']:.2f} | "
+             f"{ref['fwd+bwd'] / best[m, 'fwd+bwd']:.2f} |" for m in mixers]
+    return "\n".join(rows) + f"\n\nload average: {os.getloadavg()}"
+
+
 def run_cell(mixer: str, L: int, batch: int, mode: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", json.dumps([mixer, L, batch, mode, args.repeats])]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -130,6 +160,8 @@ def main() -> None:
     p.add_argument("--train-length", type=int, default=512)
     p.add_argument("--lengths", type=int, nargs="*", default=[16384, 65536])
     p.add_argument("--mixers", nargs="*", default=list(MIXERS))
+    p.add_argument("--no-train-shape", action="store_true", help="only the --lengths cells")
+    p.add_argument("--interleave", action="store_true", help="only the distillation shape, mixers in turn, in-process")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=int, default=600)
@@ -142,7 +174,11 @@ def main() -> None:
         print(json.dumps(worker(*json.loads(args.worker))))
         return
     sys.path.insert(0, str(ROOT))
-    shapes = [(args.train_length, args.train_batch, "fwd"), (args.train_length, args.train_batch, "fwd+bwd")]
+    if args.interleave:
+        print(interleaved(args))
+        return
+    shapes = [] if args.no_train_shape else [(args.train_length, args.train_batch, "fwd"),
+                                             (args.train_length, args.train_batch, "fwd+bwd")]
     shapes += [(L, 1, "fwd") for L in args.lengths]
     cells = []
     for L, batch, mode in shapes:

@@ -21,16 +21,17 @@ CPU in BENCHMARKS.md, "MultiHyena"):
 
 - masked quadratic, Y = ((Q K^T) o T_h) V, in query blocks: O(L^2 N) per head, all in large
   matmuls, and a backward that autograd handles with small memory. Distillation runs at 512
-  tokens, where it is as fast as the Hyena mixer's FFT path forward (B=8: 0.48 s vs 0.45 s);
+  tokens, where it takes 1.5 s forward and backward at B=8 against the Hyena mixer's 1.2 s;
 - banded: the same over only the keys within the filters' support. The implicit filters decay
   exponentially (`decay_len`: 256 tokens by default), so every tap past ~1.2K is below 1e-7 of
   its head's peak, i.e. below fp32 resolution of the output (`filter_support`, TAIL_TOL):
-  O(L W N) per head, linear in L. "auto" takes it once the support is at most half the length;
-- FFT over the N^2 channels of k (x) v: O(N^2 L log L) per head. It only beats the quadratic
-  form at L >> N log L (measured: 6x slower at 4K, still slower at 16K on CPU), so "auto" uses
-  it only for long sequences whose filters do not die out (decay_len 0). One key/value head at a
-  time, value columns in blocks, so memory stays bounded; the spectra of k (x) v are shared by
-  the query heads of a GQA group.
+  O(L W N) per head, linear in L. "auto" takes it once the support is at most half the length
+  (16K: 10x faster than the plain quadratic; 64K: 28 s, where the quadratic runs past 7 min);
+- FFT over the N^2 channels of k (x) v: O(N^2 L log L) per head, but 4,096 channels per head:
+  14x slower than the quadratic at 512 and 2x slower than the banded form at 64K, with 5x its
+  memory. "auto" uses it only for long sequences whose filters do not die out (decay_len 0).
+  One key/value head at a time, value columns in blocks, so memory stays bounded; the spectra
+  of k (x) v are shared by the query heads of a GQA group.
 
 A chunked form with a carried state needs h as a sum of exponentials: that is the recurrent
 student's job (`hyena.recurrence`), not this module's.
