@@ -26,7 +26,7 @@ CPU in BENCHMARKS.md, "MultiHyena"):
   exponentially (`decay_len`: 256 tokens by default), so every tap past ~1.2K is below 1e-7 of
   its head's peak, i.e. below fp32 resolution of the output (`filter_support`, TAIL_TOL):
   O(L W N) per head, linear in L. "auto" takes it once the support is at most half the length
-  (16K: 10x faster than the plain quadratic; 64K: 28 s, where the quadratic runs past 7 min);
+  (16K: 10x faster than the plain quadratic; 64K: 28-53 s, where the quadratic runs past 7 min);
 - FFT over the N^2 channels of k (x) v: O(N^2 L log L) per head, but 4,096 channels per head:
   14x slower than the quadratic at 512 and 2x slower than the banded form at 64K, with 5x its
   memory. "auto" uses it only for long sequences whose filters do not die out (decay_len 0).
