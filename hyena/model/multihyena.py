@@ -288,7 +288,8 @@ def init_from_attention(mixer: MultiHyenaOperator, attention: nn.Module, teacher
     filters get a smooth decaying envelope (`fit_filter_envelope`) instead of random signs.
     Every family goes through `attention_projections` (GPT-NeoX's interleaved and GPT-2's fused
     c_attn de-fused there); it widens K/V to one block per query head, and the first query head
-    of each group gives back the key/value head."""
+    of each group gives back the key/value head. Qwen3's per-head q/k RMSNorm is not linear:
+    only its scale is folded in (as for the Hyena mixer), so that family is close, not exact."""
     from hyena.teachers import attention_projections
 
     heads, kv_heads = teacher_heads(teacher_config)
