@@ -252,7 +252,8 @@ def test_state_size_table_matches_the_formula():
 @torch.no_grad()
 def test_cached_decoding_equals_the_stateless_pass():
     """Prompt, chunk and single tokens through the KV state == one pass over the whole sequence."""
-    from hyena.model.multihyena_mixer import MultiHyenaKVState, MultiHyenaMixer
+    from hyena.model.cache import MultiHyenaKVState
+    from hyena.model.multihyena_mixer import MultiHyenaMixer
 
     torch.manual_seed(0)
     m = MultiHyenaMixer(32, 4, 2, HCFG)

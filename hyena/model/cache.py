@@ -10,8 +10,10 @@ A decoder layer hands the cache to its mixer (under `TeacherAdapter.cache_kwarg`
 - "modal", `ModalLayerState` (recurrent student): the FIR state and the modal state, O(1).
 - "attention", transformers' `DynamicLayer`: a KV cache, for decoder layers that kept the
   teacher's attention (hybrid students).
-- "multihyena" / "multihyena_modal": a MultiHyena mixer's past keys and values (exact, O(L)) /
-  its modal matrix state (O(1)); hyena/model/multihyena_mixer.py, hyena/recurrence/multihyena.py.
+- "multihyena", `MultiHyenaKVState`: a MultiHyena mixer's past keys and values (exact, O(L) a
+  token; hyena/model/multihyena_mixer.py).
+- "multihyena_modal", `MultiHyenaModalState`: the modal MultiHyena mixer's matrix state per head
+  and mode (O(1); hyena/recurrence/multihyena.py).
 
 `MixerCache.for_kinds(["hyena", "attention", ...])` builds the cache from one kind per layer.
 
@@ -227,11 +229,68 @@ def conv_forward(op: HyenaOperator, u: torch.Tensor, state: HyenaConvState) -> t
     return op.out_proj(y.mT)  # (B, T, d)
 
 
+class MultiHyenaKVState(MixerLayerState):
+    """fir (B, W, k-1); keys and values (B, G, capacity, N), positions 0..seen-1 filled."""
+
+    def __init__(self):
+        super().__init__()
+        self.fir: torch.Tensor | None = None
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.fir = self.keys = self.values = None
+        self.seen = 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.fir is not None:
+            idx = beam_idx.to(self.fir.device)
+            self.fir, self.keys, self.values = (t.index_select(0, idx) for t in (self.fir, self.keys, self.values))
+
+    def _tensors(self) -> list[torch.Tensor]:
+        used = [None if t is None else t[:, :, : self.seen] for t in (self.keys, self.values)]
+        return [self.fir, *used]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values (B, G, T, N) after the held ones (capacity doubles when full);
+        returns all of them so far, (B, G, seen+T, N) views."""
+        start, T = self.seen, k.shape[2]
+        if self.keys is None or self.keys.shape[2] < start + T:
+            cap = max(start + T, 2 * (self.keys.shape[2] if self.keys is not None else 0), 64)
+            grown = [k.new_zeros(*k.shape[:2], cap, k.shape[3]) for _ in range(2)]
+            if self.keys is not None:
+                grown[0][:, :, :start], grown[1][:, :, :start] = self.keys[:, :, :start], self.values[:, :, :start]
+            self.keys, self.values = grown
+        self.keys[:, :, start:start + T], self.values[:, :, start:start + T] = k, v
+        return self.keys[:, :, :start + T], self.values[:, :, :start + T]
+
+
+class MultiHyenaModalState(MixerLayerState):
+    """One modal MultiHyena layer's decoding state (hyena/recurrence/multihyena.py): fir (B, W, k-1) and S (B, H, modes, N, N) complex."""
+
+    def __init__(self):
+        super().__init__()
+        self.fir: torch.Tensor | None = None
+        self.S: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.fir, self.S, self.seen = None, None, 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.fir is not None:
+            self.fir = self.fir.index_select(0, beam_idx.to(self.fir.device))
+            self.S = self.S.index_select(0, beam_idx.to(self.S.device))
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [self.fir, self.S]
+
+
 KINDS = ("hyena", "modal", "attention", "multihyena", "multihyena_modal")
 
 
 class MixerCache(Cache):
-    """One state per decoder layer, of the layer's kind ("hyena", "modal" or "attention")."""
+    """One state per decoder layer, of the layer's kind (KINDS)."""
+
     def __init__(self, layers: list[CacheLayerMixin]):
         super().__init__(layers=layers)
 
@@ -240,11 +299,6 @@ class MixerCache(Cache):
         unknown = sorted(set(kinds) - set(KINDS))
         if unknown:
             raise ValueError(f"unknown decoder layer kind(s) {unknown}; known: {', '.join(KINDS)}")
-        from hyena.model.multihyena_mixer import (  # built on this module
-            MultiHyenaKVState,
-            MultiHyenaModalState,
-        )
-
         make = {"hyena": HyenaConvState, "modal": ModalLayerState, "attention": DynamicLayer,
                 "multihyena": MultiHyenaKVState, "multihyena_modal": MultiHyenaModalState}
         return cls([make[k]() for k in kinds])

@@ -50,8 +50,10 @@ from hyena.model.operator import (
     causal_depthwise_conv,
     fft_dtype,
     fft_size,
+    positional_embedding,
     project_channel_major,
 )
+from hyena.teachers import attention_projections
 
 QUADRATIC_MAX_LEN = 4096  # "auto" uses the masked quadratic form up to this length (BENCHMARKS.md)
 BLOCK_ELEMENTS = 1 << 24  # scores per query block, (B, H, block, keys): ~64 MB in fp32
@@ -252,8 +254,6 @@ class MultiHyenaOperator(nn.Module):
         sensible kernel to start training from. Returns the relative RMS error of the fit."""
         c = self.cfg
         L = L or min(c.max_len, 4 * c.decay_len if c.decay_len else c.max_len)
-        from hyena.model.operator import positional_embedding
-
         _, z = positional_embedding(L, c.emb_dim, c.max_len, device=self.filter_fn.bias.device)
         hidden = self.filter_fn.ffn[:-1](z.to(self.filter_fn.bias.dtype)).double()  # (L, F)
         ones = torch.ones(L, 1, dtype=hidden.dtype, device=hidden.device)
@@ -290,8 +290,6 @@ def init_from_attention(mixer: MultiHyenaOperator, attention: nn.Module, teacher
     c_attn de-fused there); it widens K/V to one block per query head, and the first query head
     of each group gives back the key/value head. Qwen3's per-head q/k RMSNorm is not linear:
     only its scale is folded in (as for the Hyena mixer), so that family is close, not exact."""
-    from hyena.teachers import attention_projections
-
     heads, kv_heads = teacher_heads(teacher_config)
     if (mixer.heads, mixer.kv_heads, mixer.d_model) != (heads, kv_heads, teacher_config.hidden_size):
         raise ValueError(f"student heads {mixer.heads}/{mixer.kv_heads} differ from the teacher's {heads}/{kv_heads}: "

@@ -4,7 +4,7 @@
 returns `(y, None)`, like `HyenaMixer`. Positions and masks are ignored (the filters carry
 position; causality is built in).
 
-Cached decoding (`MultiHyenaKVState`, cache kind "multihyena") is exact: y_t = sum_{s<=t} h[t-s]
+Cached decoding (`hyena.model.cache.MultiHyenaKVState`, cache kind "multihyena") is exact: y_t = sum_{s<=t} h[t-s]
 (q_t . k_s) v_s needs every past key and value, so the state is a KV cache (plus the short conv's
 last k-1 projected inputs), and a new token costs one row of the masked-quadratic mix, O(t N) per
 head, over only the keys within the filters' support (`filter_support`). Its size grows with the
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from transformers import initialization as hf_init
 
-from hyena.model.cache import MixerLayerState, _short_conv_continued, layer_state, mask_pads
+from hyena.model.cache import MultiHyenaKVState, _short_conv_continued, layer_state, mask_pads
 from hyena.model.multihyena import (
     QUADRATIC_MAX_LEN,
     MultiHyenaOperator,
@@ -25,62 +25,6 @@ from hyena.model.multihyena import (
     mix_quadratic,
 )
 from hyena.model.operator import HyenaFilter, Sin, project_channel_major
-
-
-class MultiHyenaKVState(MixerLayerState):
-    """fir (B, W, k-1); keys and values (B, G, capacity, N), positions 0..seen-1 filled."""
-
-    def __init__(self):
-        super().__init__()
-        self.fir: torch.Tensor | None = None
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        self.fir = self.keys = self.values = None
-        self.seen = 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        if self.fir is not None:
-            idx = beam_idx.to(self.fir.device)
-            self.fir, self.keys, self.values = (t.index_select(0, idx) for t in (self.fir, self.keys, self.values))
-
-    def _tensors(self) -> list[torch.Tensor]:
-        used = [None if t is None else t[:, :, : self.seen] for t in (self.keys, self.values)]
-        return [self.fir, *used]
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new keys/values (B, G, T, N) after the held ones (capacity doubles when full);
-        returns all of them so far, (B, G, seen+T, N) views."""
-        start, T = self.seen, k.shape[2]
-        if self.keys is None or self.keys.shape[2] < start + T:
-            cap = max(start + T, 2 * (self.keys.shape[2] if self.keys is not None else 0), 64)
-            grown = [k.new_zeros(*k.shape[:2], cap, k.shape[3]) for _ in range(2)]
-            if self.keys is not None:
-                grown[0][:, :, :start], grown[1][:, :, :start] = self.keys[:, :, :start], self.values[:, :, :start]
-            self.keys, self.values = grown
-        self.keys[:, :, start:start + T], self.values[:, :, start:start + T] = k, v
-        return self.keys[:, :, :start + T], self.values[:, :, :start + T]
-
-
-class MultiHyenaModalState(MixerLayerState):
-    """One modal MultiHyena layer's decoding state (hyena/recurrence/multihyena.py): fir (B, W, k-1) and S (B, H, modes, N, N) complex."""
-
-    def __init__(self):
-        super().__init__()
-        self.fir: torch.Tensor | None = None
-        self.S: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        self.fir, self.S, self.seen = None, None, 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        if self.fir is not None:
-            self.fir = self.fir.index_select(0, beam_idx.to(self.fir.device))
-            self.S = self.S.index_select(0, beam_idx.to(self.S.device))
-
-    def _tensors(self) -> list[torch.Tensor]:
-        return [self.fir, self.S]
 
 
 class MultiHyenaMixer(MultiHyenaOperator):

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from hyena.model.cache import _short_conv_continued, layer_state, mask_pads
+from hyena.model.cache import MultiHyenaModalState, _short_conv_continued, layer_state, mask_pads
 from hyena.model.multihyena import MultiHyenaOperator, mix_quadratic
-from hyena.model.multihyena_mixer import MultiHyenaModalState
 from hyena.model.operator import HyenaConfig, project_channel_major
 from hyena.recurrence.modal import ModalFilter, ModalFitConfig, fit_modal, modal_powers
 
