@@ -72,6 +72,8 @@ class RecurrentMultiHyena(MultiHyenaOperator):
             raise TypeError(f"decoder layer {self.layer_idx} is a modal MultiHyena mixer but its cache layer "
                             f"is a {type(state).__name__}")
         T = hidden_states.shape[1]
+        if T == 1 and state.S is not None:
+            return self.step(hidden_states, state), None
         return torch.cat([self.chunk(hidden_states[:, t0:t0 + CHUNK], state) for t0 in range(0, T, CHUNK)], dim=1), None
 
     def chunk(self, u: torch.Tensor, state: MultiHyenaModalState | None = None) -> torch.Tensor:
@@ -98,6 +100,23 @@ class RecurrentMultiHyena(MultiHyenaOperator):
         state.S = state.S + torch.einsum("hnt,bhtc->bhnc", back, kv).view_as(state.S)
         state.seen += T
         return self.out_proj(y.transpose(1, 2).reshape(u.shape[0], T, self.d_model))
+
+    def step(self, u: torch.Tensor, state: MultiHyenaModalState) -> torch.Tensor:
+        """One new token u (B, 1, d) after a non-empty state: `chunk` at T = 1 without its power
+        tables and quadratic mix, y = D (q.k) v + Re(sum_n R_n q^T S_n), S_n <- p_n S_n + k v^T."""
+        B = u.shape[0]
+        p = mask_pads(project_channel_major(self.in_proj, u), state.input_mask)  # (B, W, 1)
+        z = mask_pads(_short_conv_continued(self, p, state), state.input_mask)
+        q, k, v = (t[:, :, 0] for t in self.split_heads(z))  # (B, H, N), (B, G, N) x 2
+        g = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # (B, H, N)
+        y = self.modal.D[0][:, None] * (q * k).sum(-1, keepdim=True) * v  # (B, H, N): the pass-through
+        read = torch.einsum("bhi,bhnij->bhnj", q.to(torch.complex64), state.S)  # (B, H, n, N)
+        y = y + torch.einsum("bhnj,hn->bhj", read, self.modal.residues()[0]).real.to(y.dtype)
+        kv = (k[..., :, None] * v[..., None, :]).to(torch.complex64)[:, :, None]  # (B, H, 1, N, N)
+        state.S = state.S * self.modal.poles()[0][None, :, :, None, None] + kv
+        state.seen += 1
+        return self.out_proj(y.reshape(B, 1, self.d_model))
 
     def state_bytes(self, batch: int = 1) -> int:
         """Bytes of this layer's decoding state for `batch` sequences (modal state + FIR)."""
