@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-PACKAGES = ("hyena", "pipeline")
+PACKAGES = ("hyena", "pipeline", "tools")
 
 
 def module_file(root: Path, module: str) -> Path | None:

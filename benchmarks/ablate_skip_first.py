@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hyena.store import ActivationStore
-from hyena.student import HyenaStudentForCausalLM
-from hyena.train.dist import DistEnv
+from hyena.core.dist import DistEnv
+from hyena.data.store import ActivationStore
+from hyena.model.modeling import HyenaStudentForCausalLM
 from hyena.train.distill import DistillConfig, distill_layer, trainable_fn
 from pipeline.params import load_params, section
 

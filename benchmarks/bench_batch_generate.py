@@ -49,9 +49,9 @@ from transformers.cache_utils import DynamicLayer
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_generate import HYBRID_KEEP, smollm2_config, state_bytes  # noqa: E402
 
-from hyena.operator import HyenaConfig  # noqa: E402
-from hyena.recurrence.generation import decode_layout  # noqa: E402
-from hyena.recurrence.model import HyenaRecurrentConfig, HyenaRecurrentForCausalLM  # noqa: E402
+from hyena.model.generation import decode_layout  # noqa: E402
+from hyena.model.operator import HyenaConfig  # noqa: E402
+from hyena.recurrence.model import HyenaRecurrentForCausalLM, HyenaRecurrentHFConfig  # noqa: E402
 
 
 def analytic_state_bytes(name: str, L: int, model=None) -> int:
@@ -75,7 +75,7 @@ def build(model: str, max_len: int, config=smollm2_config, keep: list[int] = HYB
     torch.manual_seed(0)
     if model == "teacher":
         return AutoModelForCausalLM.from_config(config(max_len)).eval().requires_grad_(False)
-    cfg = HyenaRecurrentConfig(teacher_config=config(max_len).to_dict(),
+    cfg = HyenaRecurrentHFConfig(teacher_config=config(max_len).to_dict(),
                                hyena=HyenaConfig(max_len=max_len).to_dict(), modal={"order": 16},
                                keep_attention=keep if model == "hybrid" else [])
     m = HyenaRecurrentForCausalLM(cfg).eval().requires_grad_(False)

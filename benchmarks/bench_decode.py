@@ -24,9 +24,10 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 
-from hyena.operator import HyenaConfig, fft_causal_conv
-from hyena.recurrence.mixer import HyenaLayerState, HyenaRecurrentCache, RecurrentHyenaMixer
-from hyena.recurrence.model import HyenaRecurrentConfig, HyenaRecurrentForCausalLM
+from hyena.model.fftconv import fft_causal_conv
+from hyena.model.operator import HyenaConfig
+from hyena.recurrence.mixer import HyenaRecurrentCache, ModalLayerState, RecurrentHyenaMixer
+from hyena.recurrence.model import HyenaRecurrentForCausalLM, HyenaRecurrentHFConfig
 
 CPU_TIME = False  # --cpu-time: process CPU seconds instead of wall (robust on a shared machine)
 
@@ -40,8 +41,7 @@ def smollm2_config() -> LlamaConfig:
 class PrefixConvMixer(RecurrentHyenaMixer):
     """Decode step of the convolutional student: append this token's gated input to the history
     and recompute the long convolution over the whole prefix (FFT), keeping its last output."""
-
-    def step(self, u: torch.Tensor, state: HyenaLayerState) -> torch.Tensor:
+    def step(self, u: torch.Tensor, state: ModalLayerState) -> torch.Tensor:
         d = self.d_model
         z = self.in_proj(u)  # (B, W)
         win = torch.cat([state.fir, z[..., None]], dim=-1)
@@ -60,7 +60,7 @@ class PrefixConvMixer(RecurrentHyenaMixer):
 def build(kind: str, teacher_cfg: LlamaConfig, max_len: int, order: int):
     if kind == "teacher":
         return AutoModelForCausalLM.from_config(teacher_cfg).eval()
-    cfg = HyenaRecurrentConfig(teacher_config=teacher_cfg.to_dict(), hyena=HyenaConfig(max_len=max_len).to_dict(),
+    cfg = HyenaRecurrentHFConfig(teacher_config=teacher_cfg.to_dict(), hyena=HyenaConfig(max_len=max_len).to_dict(),
                                modal={"order": order})
     model = HyenaRecurrentForCausalLM(cfg).eval()
     for i, layer in enumerate(model.decoder_layers()):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from hyena.store import check_chunks, chunk_path, file_digest
+from hyena.data.store import check_chunks, chunk_path, file_digest
 from hyena.train.batches import load_all
 
 

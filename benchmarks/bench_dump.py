@@ -4,7 +4,7 @@
 
 Teacher: the real SmolLM2-135M (GGUF, fp32) from ../shared. For each repeat it times
   forward:  model(input_ids) over the sequences in the dump's batches (no hooks, nothing kept)
-  dump:     hyena.store.dump_activations into a fresh store (hooks, fp16 cast, Zarr writes on the
+  dump:     hyena.data.dump.dump_activations into a fresh store (hooks, fp16 cast, Zarr writes on the
             writer thread, progress markers, final summary)
 and prints tokens/s of each and their ratio dump/forward (target >= 0.8: I/O hidden behind compute).
 Forward and dump alternate so that background load affects both alike; the best repeat of each is
@@ -26,8 +26,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hyena.data import TokenizeConfig, build_token_dataset, load_tokens  # noqa: E402
-from hyena.store import DumpConfig, disk_bytes, dump_activations  # noqa: E402
+from hyena.data.corpus import TokenizeConfig  # noqa: E402
+from hyena.data.dump import DumpConfig, dump_activations
+from hyena.data.store import disk_bytes  # noqa: E402
+from hyena.data.tokens import build_token_dataset, load_tokens
 from hyena.teachers import load_teacher, load_tokenizer  # noqa: E402
 
 SHARED = Path(os.environ.get("HYENA_SHARED", Path(__file__).resolve().parents[2] / "shared"))

@@ -9,7 +9,7 @@ RANDOM weights: speed does not depend on their values), fp32, batch 1, greedy, o
 - hybrid:    the recurrent student keeping the teacher's attention (and its KV cache) in 7 of
              the 30 layers (HYBRID_KEEP, the layers reports/recipes.md's hybrid keeps).
 
-Every model runs inside `hyena.recurrence.generation.decode_layout` (as the project's generate
+Every model runs inside `hyena.model.generation.decode_layout` (as the project's generate
 command does); `--stock-layout` adds rows at the shortest prompt without it. Each cell is one
 `model.generate()` of a random prompt: a streamer stamps the clock when the prompt is handed
 over and after each new token, so prefill = the time to the first new token and decode = the
@@ -41,10 +41,10 @@ import torch.nn as nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.cache_utils import DynamicLayer
 
-from hyena.operator import HyenaConfig
-from hyena.recurrence.generation import decode_layout
-from hyena.recurrence.model import HyenaRecurrentConfig, HyenaRecurrentForCausalLM
-from hyena.student import StudentConfig, build_student
+from hyena.model.build import StudentConfig, build_student
+from hyena.model.generation import decode_layout
+from hyena.model.operator import HyenaConfig
+from hyena.recurrence.model import HyenaRecurrentForCausalLM, HyenaRecurrentHFConfig
 
 CLOCK = time.perf_counter  # --cpu-time: time.process_time
 
@@ -75,7 +75,7 @@ def build_models(kinds: list[str], max_len: int, order: int = 16) -> dict[str, n
 
 def recurrent_like(student, order: int) -> HyenaRecurrentForCausalLM:
     """The student's weights with random slow, stable modal filters (no fit: speed only)."""
-    cfg = HyenaRecurrentConfig(**{k: v for k, v in student.config.to_dict().items()
+    cfg = HyenaRecurrentHFConfig(**{k: v for k, v in student.config.to_dict().items()
                                   if k not in ("model_type", "architectures", "transformers_version")})
     cfg.modal = {"order": order}
     model = HyenaRecurrentForCausalLM(cfg).eval()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from hyena.store import check_chunks
+from hyena.data.store import check_chunks
 from hyena.train.batches import load_all
 
 

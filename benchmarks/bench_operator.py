@@ -4,7 +4,7 @@ Both mixers have SmolLM2-135M's width and heads: d = 576, 9 query heads of 64, 3
   * attention: transformers' own LlamaAttention (q/k/v/o projections, rotary, SDPA with
     is_causal, grouped-query), the rotary cos/sin table built once outside the timed call (the
     model builds it once for all layers).
-  * Hyena: hyena.operator.HyenaOperator(d, HyenaConfig(order=2, max_len=max L)), default filter.
+  * Hyena: hyena.model.operator.HyenaOperator(d, HyenaConfig(order=2, max_len=max L)), default filter.
   * hyena_baseline (with --baseline DIR): the same operator from another tree (e.g. the commit
     before a change), so that a change is measured against attention in the same run.
 
@@ -86,7 +86,7 @@ def maxrss_mib() -> float:
 def worker(mixer: str, mode: str, L: int, batch: int, max_len: int, repeats: int, single_above: float) -> dict:
     import torch
 
-    from hyena.operator import HyenaConfig, HyenaOperator
+    from hyena.model.operator import HyenaConfig, HyenaOperator
 
     torch.manual_seed(0)
     if mixer == "attention":

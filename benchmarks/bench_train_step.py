@@ -36,9 +36,9 @@ def worker(kind: str, steps: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from hyena.operator import HyenaConfig
-    from hyena.student import StudentConfig, build_student
-    from hyena.train.dist import setup
+    from hyena.core.dist import setup
+    from hyena.model.build import StudentConfig, build_student
+    from hyena.model.operator import HyenaConfig
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

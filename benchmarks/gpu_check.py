@@ -123,7 +123,7 @@ def mixer(p: dict, args, budget: Budget) -> dict:
     import torch
 
     from benchmarks.bench_operator import D_MODEL, build_attention
-    from hyena.operator import HyenaConfig, HyenaOperator
+    from hyena.model.operator import HyenaConfig, HyenaOperator
 
     dev, amp = p["device"], getattr(torch, p["dtype"])
     max_len = max(p["mixer_lengths"])
@@ -190,8 +190,8 @@ def decode(p: dict, args, budget: Budget) -> dict:
     from transformers import AutoModelForCausalLM
 
     from benchmarks import bench_generate as bg
-    from hyena.operator import HyenaConfig
-    from hyena.student import StudentConfig, build_student
+    from hyena.model.build import StudentConfig, build_student
+    from hyena.model.operator import HyenaConfig
 
     dev = p["device"]
     max_len = max(p["decode_prompts"]) + p["decode_new"] + 1
@@ -258,9 +258,9 @@ def distill(p: dict, args, budget: Budget) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from hyena.operator import HyenaConfig
-    from hyena.student import StudentConfig, build_student
-    from hyena.train.dist import setup
+    from hyena.core.dist import setup
+    from hyena.model.build import StudentConfig, build_student
+    from hyena.model.operator import HyenaConfig
     from hyena.train.distill import DistillConfig, distill_layer, trainable_fn
     from hyena.train.lm import FinetuneConfig, train_lm
 
@@ -324,7 +324,7 @@ def tiny_preset(p: dict, args, budget: Budget) -> dict:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
                "PYTHONPATH": str(repo)}
         git = ["git", "-c", "user.email=c@c", "-c", "user.name=c"]
-        for cmd in ([sys.executable, "-m", "pipeline.preset", "tiny"], git + ["init", "-q"], git + ["add", "-A"],
+        for cmd in ([sys.executable, "-m", "tools.preset", "tiny"], git + ["init", "-q"], git + ["add", "-A"],
                     git + ["commit", "-qm", "tiny"]):
             subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True, text=True)
         t0 = time.perf_counter()

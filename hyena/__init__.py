@@ -1,14 +1,12 @@
 """Scavenging Hyena: distil attention transformers into Hyena long-convolution students.
 
-Library only: no DVC or Typer here. Modules (imported on demand; this file imports none of them,
-so a pipeline stage's code dependencies are exactly the modules it uses):
-    config       typed params sections: defaults, help, checks, commented YAML
-    operator     the Hyena operator (implicit long filter, short conv, gating, FFT convolution)
-    teachers     loading teachers and capturing their per-layer outputs (architecture adapters)
-    student      the student model: the teacher with every attention replaced by Hyena
-    data         tokenising and packing corpora
-    store        the chunked Zarr activation store
+Library only: no DVC or Typer here. Packages (imported on demand; this file imports none of them,
+so a pipeline stage's code dependencies are the packages it uses, as directories in dvc.yaml):
+    core         typed params configs, atomic outputs and digests, device/precision, distributed runs
+    teachers     loading teachers and capturing their per-layer outputs (one adapter per family)
+    data         tokenising and packing corpora; the chunked Zarr activation store and its dump
+    model        the Hyena operator; the student (HF model, building it from a teacher); generation
     train        the shared training loop, layer distillation and language-model trainers
-    evaluate     perplexity and lm-eval zero-shot tasks, reports
     recurrence   Laughing Hyena: long filters distilled into modal state-space recurrences
+    evaluate     perplexity and lm-eval zero-shot tasks, reports
 """

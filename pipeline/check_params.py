@@ -17,7 +17,17 @@ from pathlib import Path
 
 import typer
 
-from pipeline.params import PARAMS_OPTION, SECTIONS, Params, StageError, command, stage_app
+from hyena.teachers import TeacherConfig, teacher_depth
+from hyena.train.distill import DistillConfig
+from pipeline.params import (
+    PARAMS_OPTION,
+    SECTIONS,
+    Params,
+    StageError,
+    command,
+    stage_app,
+    write_metrics,
+)
 
 app = stage_app()
 
@@ -28,8 +38,6 @@ def check(params: Params) -> dict:
     for name, spec in SECTIONS.items():
         module, cls = spec.split(":")
         params.get(name, getattr(importlib.import_module(module), cls))
-    from hyena.teachers import TeacherConfig, teacher_depth
-    from hyena.train.distill import DistillConfig
 
     d = params.get("distill", DistillConfig)
     if not d.layers:
@@ -54,8 +62,6 @@ def check(params: Params) -> dict:
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Check every section and key of params.yaml, and the facts that span sections."""
-    from pipeline.params import write_metrics
-
     params = Params.read(params_file)
     record = check(params)
     # constant while params.yaml is valid, so a rerun of this stage never reruns the stages after it

@@ -25,13 +25,13 @@ COMMANDS = [
     ("pretrain", "pipeline.pretrain", "Baseline: the same student from scratch at equal compute."),
     ("distill-recurrent", "pipeline.distill_recurrent", "Laughing Hyena: long filters -> modal recurrences."),
     ("eval", "pipeline.evaluate", "Perplexity and lm-eval zero-shot tasks; paper-style report."),
-    ("ablations", "pipeline.ablations", "Compare DVC experiments: per-layer MSE table and plot."),
-    ("rank-layers", "pipeline.rank_layers", "Which attention layers a hybrid should keep (substitution cost)."),
-    ("recipes", "pipeline.recipes", "Compare whole recipes (DVC experiments): perplexities, layer errors, wall time."),
-    ("curves", "pipeline.curves", "Training curves (DVCLive logs) as one PNG."),
-    ("inspect", "pipeline.inspect_store", "Inspect or verify an activation store."),
-    ("generate", "pipeline.generate", "Generate text with a teacher, student or recurrent student."),
-    ("preset", "pipeline.preset", "Write params.yaml from a preset (cpu-smoke, cpu-experiment, paper-pythia70m, tiny)."),
+    ("ablations", "tools.ablations", "Compare DVC experiments: per-layer MSE table and plot."),
+    ("rank-layers", "tools.rank_layers", "Which attention layers a hybrid should keep (substitution cost)."),
+    ("recipes", "tools.recipes", "Compare whole recipes (DVC experiments): perplexities, layer errors, wall time."),
+    ("curves", "tools.curves", "Training curves (DVCLive logs) as one PNG."),
+    ("inspect", "tools.inspect_store", "Inspect or verify an activation store."),
+    ("generate", "tools.generate", "Generate text with a teacher, student or recurrent student."),
+    ("preset", "tools.preset", "Write params.yaml from a preset (cpu-smoke, cpu-experiment, paper-pythia70m, tiny)."),
 ]
 
 for name, module, help_text in COMMANDS:

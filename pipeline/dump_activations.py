@@ -12,6 +12,12 @@ from pathlib import Path
 
 import typer
 
+from hyena.core.dist import setup, teardown
+from hyena.core.io import hold_output, reading_weights
+from hyena.data.dump import DumpConfig, dump_activations
+from hyena.data.resume import check_store_path
+from hyena.data.tokens import check_tokenizer, load_manifest
+from hyena.teachers import load_teacher, teacher_record
 from pipeline.params import PARAMS_OPTION, Params, command, stage_app
 
 app = stage_app()
@@ -20,12 +26,6 @@ app = stage_app()
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Run the teacher over the token budget and store every layer's output in a Zarr store."""
-    from hyena.data import check_tokenizer, load_manifest
-    from hyena.io import hold_output, reading_weights
-    from hyena.store import DumpConfig, check_store_path, dump_activations
-    from hyena.teachers import load_teacher, teacher_record
-    from hyena.train.dist import setup, teardown
-
     params = Params.read(params_file)
     cfg, p = params.get("dump", DumpConfig), params.paths
     load_manifest(p.tokens)  # one line if the tokenize stage has not run

@@ -9,57 +9,30 @@ report.md, ppl.png, ppl_vs_context.png, ppl_by_position.png}. As a CLI it evalua
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
+import yaml
 
-from pipeline.params import PARAMS_OPTION, Params, PathsConfig, StageError, command, stage_app
+from hyena.evaluate.config import EvalConfig
+from hyena.evaluate.runner import evaluate_models, write_outputs
+from hyena.teachers import teacher_record
+from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app
 
 app = stage_app()
 
-PIPELINE_MODELS = ("pretrained", "distilled", "finetuned", "recurrent")  # students the pipeline writes
 
-
-def resolve_model(spec: str, p: PathsConfig) -> str:
-    """A model named in params or on the command line -> a loadable source: `teacher` and the
-    pipeline's own students resolve to their paths; anything else is a path or hub id."""
-    if spec == "teacher":
-        return p.teacher
-    if spec in PIPELINE_MODELS:
-        return str(p.student(spec))
-    return spec
-
-
-def untracked_inputs(cfg, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
-    """The keys (eval.datasets.NAME, eval.positions.source, eval.include_path) of local eval inputs that the eval stage of
-    `dvc_yaml` does not list as deps (itself or a folder above it): DVC would not rerun eval when
-    they change. Templated deps (${...}) and sources that cannot be resolved (the evaluation names
-    those) are skipped; without a dvc.yaml or an eval stage there is nothing to check."""
-    import os
-
-    import yaml
-
-    from hyena.data import CorpusError, resolve_corpus
-
+def untracked_inputs(cfg: EvalConfig, dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+    """The keys of `cfg.local_inputs()` whose files the eval stage of `dvc_yaml` does not list as
+    deps (itself or a folder above it): DVC would not rerun eval when they change. Templated deps
+    (${...}) are skipped; without a dvc.yaml or an eval stage there is nothing to check."""
     try:
         deps = yaml.safe_load(dvc_yaml.read_text())["stages"]["eval"]["deps"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return []
     listed = {Path(os.path.normpath(d)) for d in deps if isinstance(d, str) and "${" not in d}
-    inputs: dict[str, list] = {}
-    for name, src in cfg.datasets.items():
-        try:
-            inputs[f"eval.datasets.{name}"] = src.local_files() or []
-        except CorpusError:
-            continue
-    if cfg.positions.context:
-        try:
-            inputs["eval.positions.source"] = resolve_corpus(cfg.positions.source) or []
-        except CorpusError:
-            pass
-    if cfg.include_path:
-        inputs["eval.include_path"] = [cfg.include_path]
-    return [key for key, files in inputs.items()
+    return [key for key, files in cfg.local_inputs().items()
             if any(not listed & {p, *p.parents} for p in (Path(os.path.normpath(f)) for f in files))]
 
 
@@ -83,26 +56,11 @@ def main(
     max_windows: int = typer.Option(None, help="perplexity windows overriding eval.max_windows (0 = all)"),
 ) -> None:
     """Evaluate models: token perplexity on eval.datasets (WikiText, OWT, yours), longer contexts, lm-eval zero-shot accuracy."""
-    from hyena.evaluate.runner import EvalConfig, evaluate_models, write_outputs
-    from hyena.teachers import teacher_record
-
-    for option, value in (("--limit", limit), ("--max-windows", max_windows)):
-        if value is not None and value < 0:
-            raise StageError(f"{option} must be >= 0 (0: all), got {value}")
     params = Params.read(params_file)
     cfg, p = params.get("eval", EvalConfig), params.paths
-    if model:
-        cfg.models = _parse_models(model)
-    if tasks is not None:
-        cfg.tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-        if not cfg.tasks:  # '' skips lm-eval, your own tasks included
-            cfg.include_path, cfg.include_tasks = "", []
-    if limit is not None:
-        cfg.limit = limit
-    if max_windows is not None:
-        cfg.max_windows = max_windows
+    cfg.override(_parse_models(model), tasks, limit, max_windows)
     specs = dict(cfg.models)
-    cfg.models = {name: resolve_model(spec, p) for name, spec in specs.items()}
+    cfg.models = {name: p.model_source(spec) for name, spec in specs.items()}
     labels = {name: f"teacher ({teacher_record(p.teacher).get('source', p.teacher)})"
               for name, spec in specs.items() if spec == "teacher"}
     if not model and out is None:  # the DVC stage

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.lm_stage import load_input_student, load_split, model_hash, run, steps_for_epochs
+from hyena.data.store import ActivationStore
+from hyena.teachers import load_teacher
+from hyena.train.batches import steps_for_epochs
+from hyena.train.checkpoint import model_hash
+from hyena.train.lm import FinetuneConfig
+from pipeline.lm_stage import load_input_student, load_split, run
 from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app
 
 app = stage_app()
@@ -12,8 +17,6 @@ app = stage_app()
 
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
-    from hyena.train.lm import FinetuneConfig
-
     params = Params.read(params_file)
     cfg, p = params.get("finetune", FinetuneConfig), params.paths
     src = p.student("distilled")
@@ -28,9 +31,6 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
 def _teacher_signal(cfg, params, n_train: int, inputs: dict):
     """(online teacher, cached top-k logits): what the KL term needs, or (None, None) without one.
     What it came from joins `inputs` (the checkpoint fingerprint)."""
-    from hyena.store import ActivationStore
-    from hyena.teachers import load_teacher
-
     if cfg.kl_weight == 0:
         return None, None
     if cfg.kl_source == "online":

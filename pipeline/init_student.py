@@ -10,6 +10,11 @@ from pathlib import Path
 
 import typer
 
+from hyena.core.io import atomic_dir, claim_output, reading_weights
+from hyena.data.store import ActivationStore
+from hyena.model.build import StudentConfig, build_student
+from hyena.model.cards import ModelCard
+from hyena.teachers import copy_tokenizer, load_teacher, teacher_record, weights_hash
 from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app, write_metrics
 
 app = stage_app()
@@ -17,12 +22,6 @@ app = stage_app()
 
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
-    from hyena.cards import ModelCard
-    from hyena.io import atomic_dir, claim_output, reading_weights
-    from hyena.store import ActivationStore
-    from hyena.student import StudentConfig, build_student
-    from hyena.teachers import copy_tokenizer, load_teacher, teacher_record, weights_hash
-
     params = Params.read(params_file)
     cfg, p = params.get("student", StudentConfig), params.paths
     out = claim_output(p.layer("00"), "init-student")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import shutil
 from dataclasses import asdict
@@ -11,13 +9,20 @@ from pathlib import Path
 
 import typer
 
-from hyena.io import file_sha256
+import hyena
+import pipeline
+from hyena.core.dist import setup, teardown
+from hyena.core.io import atomic_dir, claim_output, reading_weights
+from hyena.data.tokens import check_tokenizer, load_manifest, load_tokens
+from hyena.model.cards import ModelCard
+from hyena.model.modeling import HyenaStudentForCausalLM
+from hyena.teachers import copy_tokenizer
+from hyena.train.checkpoint import DirCheckpoint, checkpoint_dir, code_version, digest
+from hyena.train.lm import train_lm
 from pipeline.params import PathsConfig, StageError, dvclive_logger, split_timings, write_metrics
 
 
 def load_split(tokens: str | Path, split: str, limit: int = 0):
-    from hyena.data import load_tokens
-
     arr = load_tokens(tokens, split)
     return arr[:limit] if limit > 0 else arr
 
@@ -25,45 +30,11 @@ def load_split(tokens: str | Path, split: str, limit: int = 0):
 def load_input_student(path: Path, tokens: str | Path, fix: str):
     """The student a training stage starts from, checked: present, readable, and made for the
     tokenizer of the token rows it will train on."""
-    from hyena.data import check_tokenizer
-    from hyena.io import reading_weights
-    from hyena.student import HyenaStudentForCausalLM
-
     if not (Path(path) / "config.json").is_file():
         raise StageError(f"input student not found: {path} has no config.json ({fix})")
     with reading_weights(path, fix):  # a damaged config.json may already fail the tokenizer's load
         check_tokenizer(tokens, path, "the student")
         return HyenaStudentForCausalLM.from_pretrained(path)
-
-
-def digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def code_version() -> str:
-    """A hash of the project's source (every .py file of the hyena and pipeline packages): a
-    checkpoint written by other code is not resumed. Broader than the files a stage runs, so an
-    unrelated edit also starts over; never narrower."""
-    import hyena
-    import pipeline
-
-    files = []
-    for package in (hyena, pipeline):
-        root = Path(package.__file__).resolve().parent
-        files += [(f"{root.name}/{f.relative_to(root)}", file_sha256(f)) for f in sorted(root.rglob("*.py"))]
-    return digest(files)
-
-
-def model_hash(directory: str | Path) -> str:
-    """A hash of an HF model directory's content: its config and every safetensors file."""
-    d = Path(directory)
-    files = [d / "config.json", *sorted(d.glob("*.safetensors"))]
-    return digest([(f.name, file_sha256(f)) for f in files if f.is_file()])
-
-
-def checkpoint_dir(p: PathsConfig, stage: str, out: Path) -> Path:
-    """Resumable state of `stage` writing `out`: one directory per output, never shared."""
-    return Path(p.checkpoints) / f"{stage}-{digest(str(Path(out).resolve()))[:12]}"
 
 
 def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer_from: Path,
@@ -75,13 +46,6 @@ def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer
 
     `inputs` names what the model was made from (e.g. the input model's hash): with the config,
     the tokens, the code and the output path it decides whether a checkpoint may be resumed."""
-    from hyena.cards import ModelCard
-    from hyena.data import load_manifest
-    from hyena.io import atomic_dir, claim_output
-    from hyena.teachers import copy_tokenizer
-    from hyena.train.dist import setup, teardown
-    from hyena.train.lm import DirCheckpoint, train_lm
-
     train = load_split(p.tokens, "train", cfg.max_sequences)
     val = load_split(p.tokens, "val", cfg.val_sequences)
     if len(val) == 0:
@@ -90,9 +54,10 @@ def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer
     if env.is_main:
         claim_output(out, stage)
     fingerprint = {"config": digest(asdict(cfg), steps), "tokens": load_manifest(p.tokens).get("content_hash", ""),
-                   "code": code_version(), "output": str(Path(out).resolve()), **inputs}
+                   "code": code_version(Path(hyena.__file__).parent, Path(pipeline.__file__).parent),
+                   "output": str(Path(out).resolve()), **inputs}
     log = dvclive_logger(p.dvclive(stage)) if env.is_main else None
-    state_dir = checkpoint_dir(p, stage, out)
+    state_dir = checkpoint_dir(p.checkpoints, stage, out)
     say = (lambda line: typer.echo(f"{stage}: {line}", err=True)) if env.is_main else (lambda line: None)
     result = train_lm(model, train, val, cfg, steps, env, teacher=teacher, teacher_topk=teacher_topk, log=log,
                       checkpoint=DirCheckpoint(state_dir, model, fingerprint, say=say))
@@ -116,10 +81,3 @@ def run(stage: str, model, cfg, steps: int, p: PathsConfig, out: Path, tokenizer
     env.barrier()
     teardown(env)
     return result
-
-
-def steps_for_epochs(n_sequences: int, batch_size: int, epochs: float, section: str) -> int:
-    if n_sequences < batch_size:
-        raise StageError(f"{section}.batch_size {batch_size} exceeds the {n_sequences} training sequences: "
-                         "lower it, or tokenize more documents")
-    return max(1, math.ceil(epochs * (n_sequences // batch_size)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from typing import Any, TypeVar
 import typer
 import yaml
 
-from hyena.config import Config, ConfigError, did_you_mean, load, param
+from hyena.core.config import Config, ConfigError, as_dict, did_you_mean, load, param
+from hyena.core.io import atomic_write_json, hold_output, release_outputs
 
 T = TypeVar("T")
 
@@ -29,15 +31,18 @@ PARAMS = Path("params.yaml")
 SECTIONS = {
     "paths": "pipeline.params:PathsConfig",
     "teacher": "hyena.teachers:TeacherConfig",
-    "tokenize": "hyena.data:TokenizeConfig",
-    "dump": "hyena.store:DumpConfig",
-    "student": "hyena.student:StudentConfig",
+    "tokenize": "hyena.data.corpus:TokenizeConfig",
+    "dump": "hyena.data.dump:DumpConfig",
+    "student": "hyena.model.build:StudentConfig",
     "distill": "hyena.train.distill:DistillConfig",
     "finetune": "hyena.train.lm:FinetuneConfig",
     "pretrain": "hyena.train.lm:PretrainConfig",
     "recurrent": "hyena.recurrence.model:RecurrentConfig",
-    "eval": "hyena.evaluate.runner:EvalConfig",
+    "eval": "hyena.evaluate.config:EvalConfig",
 }
+
+
+PIPELINE_MODELS = ("pretrained", "distilled", "finetuned", "recurrent")  # students the pipeline writes
 
 
 class StageError(Exception):
@@ -82,6 +87,15 @@ class PathsConfig(Config):
 
     def dvclive(self, name: str) -> Path:
         return Path(self.reports) / "dvclive" / name
+
+    def model_source(self, spec: str) -> str:
+        """A model named in params or on the command line -> a loadable source: `teacher` and the
+        pipeline's own students resolve to their paths; anything else is a path or hub id."""
+        if spec == "teacher":
+            return self.teacher
+        if spec in PIPELINE_MODELS:
+            return str(self.student(spec))
+        return spec
 
 
 def load_params(path: Path = PARAMS) -> dict[str, Any]:
@@ -137,9 +151,7 @@ class Params:
 
     def recipe(self, *names: str) -> dict[str, Any]:
         """The named sections as plain data with every default filled in (what a model card records)."""
-        import importlib
 
-        from hyena.config import as_dict
 
         out = {}
         for name in names:
@@ -183,8 +195,6 @@ def one_line_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from hyena.io import release_outputs
-
         try:
             return fn(*args, **kwargs)
         except (StageError, ConfigError, OSError, ValueError, RuntimeError, KeyError) as err:
@@ -196,7 +206,7 @@ def one_line_errors(fn):
             typer.echo(f"error: {error_line(err)}", err=True)
             sys.exit(1)
         finally:
-            release_outputs()  # the writer locks its outputs' claims took (hyena.io.hold_output)
+            release_outputs()  # the writer locks its outputs' claims took (hyena.core.io.hold_output)
 
     return wrapper
 
@@ -213,7 +223,6 @@ def dvclive_logger(directory: str | Path):
     """A `log(metrics, step)` callback writing DVCLive plots under `directory` (no DVC experiment)."""
     from dvclive import Live
 
-    from hyena.io import hold_output
 
     hold_output(directory, "dvclive")  # one writer: a second run's steps would interleave with these
     live = Live(str(directory), save_dvc_exp=False, dvcyaml=None)
@@ -229,8 +238,6 @@ def dvclive_logger(directory: str | Path):
 
 def write_metrics(path: str | Path, metrics: dict[str, Any]) -> None:
     """A DVC metrics file (JSON), written atomically."""
-    from hyena.io import atomic_write_json
-
     atomic_write_json(path, metrics)
 
 

@@ -13,78 +13,24 @@ from pathlib import Path
 import torch
 import typer
 
-from hyena.io import file_sha256
-from pipeline.lm_stage import load_split, run, steps_for_epochs
+from hyena.core.io import file_sha256
+from hyena.data.store import ActivationStore
+from hyena.data.tokens import check_tokenizer
+from hyena.model.cards import ModelCard
+from hyena.model.modeling import HyenaStudentForCausalLM, HyenaStudentHFConfig
+from hyena.teachers import teacher_record
+from hyena.train.batches import steps_for_epochs
+from hyena.train.budget import equal_compute_tokens, teacher_attention_params
+from hyena.train.distill import DistillConfig
+from hyena.train.lm import FinetuneConfig, PretrainConfig
+from pipeline.lm_stage import load_split, run
 from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app
 
 app = stage_app()
 
 
-def equal_compute_tokens(model, distill, n_distill_seqs: int, seq_len: int,
-                         finetune, n_finetune_seqs: int, ft_len: int, attention_params: int) -> tuple[int, dict]:
-    """Training tokens that give the from-scratch student the distill + finetune FLOPs."""
-    from hyena.train.batches import steps_per_run
-    from hyena.train.budget import (
-        distill_flops,
-        distill_layer_flops_per_token,
-        lm_flops,
-        lm_params,
-        readout_flops_per_token,
-        tokens_for_flops,
-    )
-
-    layers = model.decoder_layers()
-    per_token, layer_tokens = [], []
-    for key in distill.layers:
-        cfg, i = distill.for_layer(key), int(key) - 1
-        if not model.config.is_hyena(i):
-            continue  # a kept attention layer is not trained
-        mixer = model.mixer(i)
-        per_token.append(distill_layer_flops_per_token(cfg.target, _count(layers[i]), _count(mixer), attention_params))
-        steps = steps_per_run(n_distill_seqs, cfg.batch_size, cfg.epochs)
-        layer_tokens.append(steps * cfg.batch_size * seq_len)
-        if cfg.readout == "least_squares":  # solved once before the steps, and once more after any
-            per_token.append(readout_flops_per_token(_count(mixer), attention_params, mixer.d_model))
-            layer_tokens.append((2 if steps else 1) * n_distill_seqs * seq_len)
-    n_lm = lm_params(model)
-    ft_steps = steps_for_epochs(n_finetune_seqs, finetune.batch_size, finetune.epochs, "finetune")
-    ft_tokens = ft_steps * finetune.batch_size * ft_len
-    flops = {"distill": distill_flops(per_token, layer_tokens), "finetune": lm_flops(n_lm, ft_tokens)}
-    if finetune.kl_weight > 0 and finetune.kl_source == "online":
-        # the teacher's forward pass every step (2N a token) is the recipe's compute too; cached
-        # top-k logits come from the dump's forward pass, a sunk cost like the activations
-        n_teacher = n_lm + sum(attention_params - _count(model.mixer(i)) for i in model.hyena_layers())
-        flops["finetune_teacher"] = 2.0 * n_teacher * ft_tokens
-    return tokens_for_flops(sum(flops.values()), n_lm), flops
-
-
-def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _attention_params(config) -> int:
-    """Parameters of one of the teacher's attention blocks (built on the meta device: no memory)."""
-    from transformers import AutoModelForCausalLM
-
-    from hyena.teachers import get_adapter
-
-    arch = config.teacher_architecture()
-    with torch.device("meta"):
-        teacher = AutoModelForCausalLM.from_config(arch)
-    adapter = get_adapter(teacher)
-    return sum(p.numel() for p in adapter.attention(adapter.layers(teacher)[0]).parameters())
-
-
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
-    from hyena.cards import ModelCard
-    from hyena.data import check_tokenizer
-    from hyena.store import ActivationStore
-    from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
-    from hyena.teachers import teacher_record
-    from hyena.train.distill import DistillConfig
-    from hyena.train.lm import FinetuneConfig, PretrainConfig
-
     params = Params.read(params_file)
     cfg, p = params.get("pretrain", PretrainConfig), params.paths
     if not (p.layer("00") / "config.json").is_file():
@@ -93,7 +39,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
     train = load_split(p.tokens, "train", cfg.max_sequences)
     seq_len = train.shape[1]
     steps_for_epochs(len(train), cfg.batch_size, 1, "pretrain")  # enough sequences for one batch
-    config = HyenaStudentConfig.from_pretrained(p.layer("00"))
+    config = HyenaStudentHFConfig.from_pretrained(p.layer("00"))
     config.init = "random"
     torch.manual_seed(cfg.seed)
     model = HyenaStudentForCausalLM(config)  # every weight random, embeddings included
@@ -103,7 +49,7 @@ def main(params_file: Path = PARAMS_OPTION) -> None:
         n_ft = len(load_split(p.tokens, "train", ft.max_sequences))
         budget, flops = equal_compute_tokens(model, params.get("distill", DistillConfig),
                                              acts.n_sequences("train"), acts.seq_len, ft, n_ft, seq_len,
-                                             _attention_params(config))
+                                             teacher_attention_params(config))
     else:
         budget, flops = cfg.budget, {}
     steps = max(1, math.ceil(budget / (cfg.batch_size * seq_len)))

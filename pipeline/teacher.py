@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from hyena.core.io import atomic_dir, claim_output
+from hyena.teachers import TeacherConfig, save_teacher
 from pipeline.params import PARAMS_OPTION, Params, command, stage_app
 
 app = stage_app()
@@ -19,9 +21,6 @@ app = stage_app()
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Load the teacher named in params and write it (fp32 safetensors, config, tokenizer, provenance)."""
-    from hyena.io import atomic_dir, claim_output
-    from hyena.teachers import TeacherConfig, save_teacher
-
     params = Params.read(params_file)
     cfg, out = params.get("teacher", TeacherConfig), Path(params.paths.teacher)
     claim_output(out, "teacher")

@@ -1,11 +1,15 @@
-"""Stage `tokenize`: corpus -> paths.tokens/{train,val}.npy + manifest.json (see hyena.data)."""
+"""Stage `tokenize`: corpus -> paths.tokens/{train,val}.npy + manifest.json (see hyena.data.corpus)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from transformers import AutoConfig
 
+from hyena.data.corpus import TokenizeConfig, resolve_corpus
+from hyena.data.tokens import build_token_dataset
+from hyena.teachers import get_adapter, load_tokenizer, teacher_max_positions, teacher_record
 from pipeline.params import PARAMS_OPTION, Params, StageError, command, stage_app
 
 app = stage_app()
@@ -14,11 +18,6 @@ app = stage_app()
 @command(app)
 def main(params_file: Path = PARAMS_OPTION) -> None:
     """Tokenise the corpus with the teacher's tokenizer, split by document, pack, write token arrays."""
-    from transformers import AutoConfig
-
-    from hyena.data import TokenizeConfig, build_token_dataset, resolve_corpus
-    from hyena.teachers import get_adapter, load_tokenizer, teacher_max_positions, teacher_record
-
     params = Params.read(params_file)
     cfg, p = params.get("tokenize", TokenizeConfig), params.paths
     teacher = params.teacher_dir()

@@ -288,7 +288,7 @@ def fresh_project(top: Path, preset: str = "tiny") -> Path:
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, dst / rel)
-    sh(["python", "-m", "pipeline.preset", preset], dst)
+    sh(["python", "-m", "tools.preset", preset], dst)
     sh(["git", "init", "-q"], dst)
     commit_all(dst, preset)
     return dst

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from hyena.operator import HyenaConfig, HyenaOperator
-from hyena.train.dist import setup, teardown
+from hyena.core.dist import setup, teardown
+from hyena.model.operator import HyenaConfig, HyenaOperator
 from hyena.train.distill import DistillConfig, distill_layer, trainable_fn
 
 

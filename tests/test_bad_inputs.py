@@ -111,7 +111,8 @@ def other_tokenizer_tokens(project, tmp_path, params):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from hyena.data import TokenizeConfig, build_token_dataset
+    from hyena.data.corpus import TokenizeConfig
+    from hyena.data.tokens import build_token_dataset
 
     corpus = params["tokenize"]["corpus"]
     texts = [json.loads(line)["text"] for line in Path(corpus).read_text().splitlines()[:40]]
@@ -348,7 +349,7 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_output(small_project
     no temporary directory is left, the metrics are not written."""
     from safetensors import SafetensorError
 
-    from hyena.student import HyenaStudentForCausalLM
+    from hyena.model.modeling import HyenaStudentForCausalLM
 
     def full_disk(self, directory, **kwargs):
         Path(directory, "model.safetensors").write_bytes(b"partial")

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import TINY_CONFIGS, tiny_teacher
 
-from hyena.operator import HyenaConfig
+from hyena.model.build import StudentConfig, build_student
+from hyena.model.operator import HyenaConfig
 from hyena.recurrence.modal import ModalFitConfig
 from hyena.recurrence.model import RecurrentConfig, to_recurrent
-from hyena.student import StudentConfig, build_student
 
 PAD = 0
 LENGTHS = (12, 5, 9, 1)  # one prompt shorter than the short conv's taps
@@ -133,8 +133,8 @@ def test_generate_cli_prompts_file_in_padded_batches(tmp_path, pythia_tokenizer)
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
 
-    from hyena.recurrence.generation import Sampling, generate
-    from pipeline.generate import app
+    from hyena.model.generation import Sampling, generate
+    from tools.generate import app
 
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(tiny_neox_config(layers=1, d=32)).eval()

@@ -8,9 +8,9 @@ import torch
 from conftest import tiny_llama_config, tiny_neox_config
 from transformers import AutoModelForCausalLM
 
-from hyena.cache import HyenaConvState, MixerCache, conv_forward
-from hyena.operator import HyenaConfig, HyenaOperator
-from hyena.student import StudentConfig, build_student
+from hyena.model.build import StudentConfig, build_student
+from hyena.model.cache import HyenaConvState, MixerCache, conv_forward
+from hyena.model.operator import HyenaConfig, HyenaOperator
 
 VOCAB = 512
 
@@ -140,7 +140,7 @@ def test_uncached_padded_forward_is_still_exact():
 
 @torch.no_grad()
 def test_decode_layout_keeps_values_and_tokens_and_restores_on_exit(tmp_path):
-    from hyena.recurrence.generation import Sampling, decode_layout, generate
+    from hyena.model.generation import Sampling, decode_layout, generate
 
     _, student = tiny_student("llama", seed=11)
     ids = torch.randint(3, VOCAB, (1, 10), generator=torch.Generator().manual_seed(12))

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from hyena.cards import CARD, ModelCard
-from hyena.operator import HyenaConfig
-from hyena.student import StudentConfig, build_student
+from hyena.model.build import StudentConfig, build_student
+from hyena.model.cards import CARD, ModelCard
+from hyena.model.operator import HyenaConfig
 
 TEACHER = {"source": "EleutherAI/pythia-70m", "family": "gpt_neox", "weights_hash": "0123abcd", "random_init": False}
 

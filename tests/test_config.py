@@ -11,11 +11,11 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from hyena.config import ConfigError, load
+from hyena.core.config import ConfigError, load
 from hyena.train.distill import DistillConfig
 from hyena.train.lm import FinetuneConfig, PretrainConfig
 from pipeline.params import SECTIONS, StageError, load_params, section
-from pipeline.preset import available, configs, layer_chain, overrides, render, section_class
+from tools.preset import available, configs, layer_chain, overrides, render, section_class
 
 
 def test_committed_params_yaml_is_the_cpu_smoke_preset():

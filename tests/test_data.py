@@ -9,14 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import hyena.teachers
-from hyena.data import (
-    TokenizeConfig,
-    build_token_dataset,
-    load_manifest,
-    load_tokens,
-    split_text_documents,
-)
+import pipeline.tokenize_corpus
+from hyena.data.corpus import TokenizeConfig, split_text_documents
+from hyena.data.tokens import build_token_dataset, load_manifest, load_tokens
 from pipeline.tokenize_corpus import app
 
 N_DOCS = 60
@@ -108,7 +103,7 @@ def write_params(tmp_path, pythia_dir, out, **tokenize):
 @pytest.fixture
 def fast_tokenizer(monkeypatch, pythia_tokenizer):
     """The CLI's tokenizer load, served from the session fixture (the stage code path is unchanged)."""
-    monkeypatch.setattr(hyena.teachers, "load_tokenizer", lambda source: pythia_tokenizer)
+    monkeypatch.setattr(pipeline.tokenize_corpus, "load_tokenizer", lambda source: pythia_tokenizer)
 
 
 def test_cli_is_deterministic_byte_identical(tmp_path, owt_jsonl, pythia_dir, fast_tokenizer):

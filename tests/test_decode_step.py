@@ -1,4 +1,4 @@
-"""The fused one-token decoder layer (hyena/decode_step.py) against the layer's own forward."""
+"""The fused one-token decoder layer (hyena/model/decode_step.py) against the layer's own forward."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import tiny_teacher
 
-import hyena.student
-from hyena.decode_step import fusable
-from hyena.operator import HyenaConfig
-from hyena.recurrence.generation import decode_layout
+import hyena.model.modeling
+from hyena.model.build import StudentConfig, build_student
+from hyena.model.decode_step import fusable
+from hyena.model.generation import decode_layout
+from hyena.model.operator import HyenaConfig
 from hyena.recurrence.modal import ModalFitConfig
 from hyena.recurrence.model import RecurrentConfig, to_recurrent
-from hyena.student import StudentConfig, build_student
 
 
 def decode_logits(model, ids: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +42,7 @@ def test_fused_layer_step_matches_the_layer_forward(family, kind, monkeypatch):
             mlp = layers[0].mlp
             assert mlp.gate_proj.weight.untyped_storage().data_ptr() == mlp.packed_gate_up.untyped_storage().data_ptr()
         fused_logits, fused_tokens = decode_logits(model, ids, 12)
-        monkeypatch.setattr(hyena.student, "fusable", lambda layer: False)
+        monkeypatch.setattr(hyena.model.modeling, "fusable", lambda layer: False)
         stock_logits, stock_tokens = decode_logits(model, ids, 12)
     assert torch.equal(fused_tokens, stock_tokens)
     torch.testing.assert_close(fused_logits, stock_logits, rtol=1e-5, atol=1e-5)

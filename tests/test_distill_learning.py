@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from hyena.operator import HyenaConfig
-from hyena.student import StudentConfig, build_student
+from hyena.core.dist import DistEnv
+from hyena.model.build import StudentConfig, build_student
+from hyena.model.operator import HyenaConfig
 from hyena.teachers import capture_layer_outputs
-from hyena.train.dist import DistEnv
 from hyena.train.distill import DistillConfig, distill_layer, layer_outputs, trainable_fn
 
 SEQ, N_TRAIN, N_VAL = 64, 32, 8

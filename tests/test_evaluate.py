@@ -203,8 +203,8 @@ def tiny_model_dirs(tmp_path, pythia_dir):
 def test_cli_writes_outputs_and_records_unrunnable_contexts(tmp_path, tiny_model_dirs, pythia_dir, shared):
     from typer.testing import CliRunner
 
-    from hyena.data import content_hash
-    from hyena.io import file_sha256
+    from hyena.core.io import file_sha256
+    from hyena.data.tokens import content_hash
     from pipeline.evaluate import app
 
     neox, gpt2 = tiny_model_dirs
@@ -312,7 +312,7 @@ def test_dataset_sources_read_like_the_tokenize_stage(tmp_path):
 
 
 def test_dataset_names_and_curve_are_checked(tmp_path):
-    from hyena.config import ConfigError, load
+    from hyena.core.config import ConfigError, load
     from hyena.evaluate.runner import EvalConfig
 
     cfg = load(EvalConfig, {"datasets": {"pg19": "data/pg19/*.txt"}, "long_context_datasets": ["pg19"]}, "eval")
@@ -343,7 +343,7 @@ def test_cli_names_a_dataset_that_cannot_be_read(tmp_path, pythia_dir):
 
 
 def test_local_inputs_missing_from_the_eval_deps_are_named(tmp_path):
-    from hyena.config import load
+    from hyena.core.config import load
     from hyena.evaluate.runner import EvalConfig
     from pipeline.evaluate import untracked_inputs
 

@@ -62,7 +62,7 @@ def test_a_stage_reading_a_damaged_chunk_stops_with_one_line(small_project, tmp_
 def test_inspect_verify_names_a_chunk_that_no_longer_matches_its_digest(small_project, tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.inspect_store import app
+    from tools.inspect_store import app
 
     store = tmp_path / "activations.zarr"
     shutil.copytree(small_project / "data/activations.zarr", store)

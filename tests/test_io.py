@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from hyena.io import MARKER, OutputConflictError, atomic_dir, claim_output, output_owner
+from hyena.core.io import MARKER, OutputConflictError, atomic_dir, claim_output, output_owner
 
 
 def write_version(directory: Path, version: str, n: int = 3) -> None:
@@ -95,7 +95,7 @@ def test_leftovers_of_dead_processes_are_cleared_and_a_half_replaced_output_rest
 CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from hyena.io import atomic_dir
+    from hyena.core.io import atomic_dir
     out, version, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     print("ready", flush=True)
     while True:  # replace the output again and again until killed

@@ -8,9 +8,9 @@ import torch
 from conftest import tiny_llama_config
 from transformers import AutoModelForCausalLM
 
-from hyena.operator import HyenaConfig
-from hyena.student import StudentConfig, build_student
-from hyena.train.dist import DistEnv
+from hyena.core.dist import DistEnv
+from hyena.model.build import StudentConfig, build_student
+from hyena.model.operator import HyenaConfig
 from hyena.train.lm import FinetuneConfig, kl_to_teacher, kl_to_teacher_topk, lm_loss, train_lm
 
 
@@ -75,14 +75,18 @@ def test_a_finetune_with_nothing_to_learn_from_is_refused():
 def test_equal_compute_budget_counts_what_each_recipe_trains(pair):
     """The from-scratch baseline's budget: a kept attention layer costs nothing, attention transfer
     costs the mixer's 6N plus the teacher attention's 2N forward, layer-output MSE the layer's 6N."""
-    from hyena.train.budget import lm_params
+    from hyena.train.budget import (
+        count_params,
+        equal_compute_tokens,
+        lm_params,
+        teacher_attention_params,
+    )
     from hyena.train.distill import DistillConfig
-    from pipeline.pretrain import _attention_params, _count, equal_compute_tokens
 
     teacher, student, _ = pair
     hybrid = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=64, emb_dim=3), keep_attention=[2]))
     ft = FinetuneConfig(batch_size=4, epochs=1.0)
-    attn = _attention_params(student.config)
+    attn = teacher_attention_params(student.config)
     assert attn == sum(p.numel() for p in teacher.model.layers[0].self_attn.parameters())
     flops = {}
     for name, model, target, readout, epochs in (
@@ -93,11 +97,11 @@ def test_equal_compute_budget_counts_what_each_recipe_trains(pair):
         flops[name] = equal_compute_tokens(model, d, 8, 32, ft, 8, 32, attn)[1]["distill"]
     tokens = 2 * 8 * 32  # 2 epochs of 8 rows of 32 tokens, per layer
     layers, mixers = student.decoder_layers(), [student.mixer(i) for i in range(2)]
-    assert flops["layer"] == 6 * tokens * sum(_count(x) for x in layers)
-    assert flops["mixer"] == tokens * sum(6 * _count(m) + 2 * attn for m in mixers)
-    assert flops["hybrid"] == 6 * tokens * _count(hybrid.decoder_layers()[0])  # layer 2 kept: free
+    assert flops["layer"] == 6 * tokens * sum(count_params(x) for x in layers)
+    assert flops["mixer"] == tokens * sum(6 * count_params(m) + 2 * attn for m in mixers)
+    assert flops["hybrid"] == 6 * tokens * count_params(hybrid.decoder_layers()[0])  # layer 2 kept: free
     d = student.mixer(0).d_model  # a readout alone: one pass of features and target over the rows, and the Gram
-    assert flops["readout"] == 8 * 32 * sum(2 * _count(m) + 2 * attn + 4 * (d + 1) ** 2 for m in mixers)
+    assert flops["readout"] == 8 * 32 * sum(2 * count_params(m) + 2 * attn + 4 * (d + 1) ** 2 for m in mixers)
     # an online teacher's forward pass is charged to the recipe (2N of the teacher a token); cached logits are not
     online = FinetuneConfig(batch_size=4, epochs=1.0, kl_weight=1.0, kl_source="online")
     cached = FinetuneConfig(batch_size=4, epochs=1.0, kl_weight=1.0, kl_source="cached")
@@ -133,8 +137,8 @@ def test_pretrain_stage_declares_every_param_its_budget_reads(pair, recipe):
     import yaml
     from conftest import ROOT
 
+    from hyena.train.budget import equal_compute_tokens, teacher_attention_params
     from hyena.train.distill import DistillConfig
-    from pipeline.pretrain import _attention_params, equal_compute_tokens
 
     _, student, _ = pair
     d = DistillConfig(batch_size=4, epochs=recipe["epochs"], target=recipe["target"], readout=recipe["readout"],
@@ -142,6 +146,6 @@ def test_pretrain_stage_declares_every_param_its_budget_reads(pair, recipe):
     ft = FinetuneConfig(batch_size=4, epochs=1.0, kl_weight=1.0, kl_source=recipe["kl_source"])
     seen: set = set()
     equal_compute_tokens(student, _Reads(d, "distill", seen), 8, 32, _Reads(ft, "finetune", seen), 8, 32,
-                         _attention_params(student.config))
+                         teacher_attention_params(student.config))
     declared = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["pretrain"]["params"])
     assert seen and seen <= declared, sorted(seen - declared)

@@ -11,7 +11,7 @@ import torch
 from hyena.evaluate import passkey, positions
 from hyena.evaluate.perplexity import stream_perplexity
 from hyena.evaluate.report import flat_metrics, positions_table, render_report
-from hyena.operator import HyenaConfig, HyenaFilter, positional_embedding
+from hyena.model.operator import HyenaConfig, HyenaFilter, positional_embedding
 
 
 def _filter(**kw) -> HyenaFilter:
@@ -136,7 +136,7 @@ def test_student_with_decay_len_keeps_features_stationary_past_the_window():
     """Past a few decay lengths, shifting the input in time shifts the mixer's features by the same
     amount: what the readout saw inside the window is what it sees further out. The reference
     window (t normalised to max_len) breaks this: its long taps still weigh."""
-    from hyena.operator import HyenaOperator
+    from hyena.model.operator import HyenaOperator
 
     def shift_error(cfg):
         torch.manual_seed(0)

@@ -9,15 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hyena.operator as op_mod
-from hyena.operator import (
-    HyenaConfig,
-    HyenaOperator,
-    causal_depthwise_conv,
-    causality_violation,
-    fft_causal_conv,
-    fft_size,
-)
+import hyena.model.fftconv as op_mod
+from hyena.model.fftconv import causal_depthwise_conv, fft_causal_conv, fft_size
+from hyena.model.operator import HyenaConfig, HyenaOperator, causality_violation
 from hyena.train.optim import param_groups
 
 D = 16  # small width: every test here is about structure and numerics, not capacity
@@ -69,7 +63,6 @@ def test_builtin_causality_check_agrees():
 
 class LookAheadShortConv(HyenaOperator):
     """Broken on purpose: keeps the LAST L outputs of the padded short conv (sees k-1 ahead)."""
-
     def gates(self, u):
         z = self.in_proj(u).transpose(1, 2)  # (B, C, L)
         z = self.short_filter(z)[..., -u.shape[1]:]

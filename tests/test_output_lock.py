@@ -18,7 +18,7 @@ from conftest import ROOT
 
 HOLD = """
 import sys, time
-from hyena.io import hold_output
+from hyena.core.io import hold_output
 hold_output(sys.argv[1], sys.argv[2])  # what a stage's claim of its output takes first
 print("held", flush=True)
 time.sleep(600)

@@ -56,7 +56,7 @@ def test_every_student_directory_has_a_model_card(tiny_repo):
     """Each student's README.md names its teacher (and its weights hash), the params that made
     it, the training tokens of every stage behind it and its own stage's metrics."""
     repo = tiny_repo
-    from hyena.cards import CARD, ModelCard
+    from hyena.model.cards import CARD, ModelCard
 
     teacher = json.loads((repo / "data/teacher/teacher.json").read_text())
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -209,13 +209,13 @@ def test_dvc_exp_run_shows_in_exp_show_and_the_ablation_table(tiny_copy):
     out = sh(["dvc", "exp", "run", "-n", "lr-2e-3", "-S", "distill.lr=0.002", "assemble"], repo)
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert "assemble" in ran and not ran & {"tokenize", "dump-activations", "init-student", "finetune", "eval"}
-    from pipeline.ablations import variants_from_exp_show
+    from tools.experiments import variants_from_exp_show
 
     exps = json.loads(sh(["dvc", "exp", "show", "--json"], repo))
     variant = next(v for v in variants_from_exp_show(exps) if v.name == "lr-2e-3")
     assert variant.params["distill.lr"] == 0.002
     assert sorted(variant.layer_mse) == [int(k) for k in keys] and all(math.isfinite(x) for x in variant.layer_mse.values())
-    sh(["python", "-m", "pipeline.ablations", "--only", "lr-2e-3"], repo)
+    sh(["python", "-m", "tools.ablations", "--only", "lr-2e-3"], repo)
     table = (repo / "reports" / "ablations.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| lr-2e-3"))
     assert f"| {len(keys)} |" in row, table

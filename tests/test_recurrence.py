@@ -8,15 +8,12 @@ import pytest
 import torch
 from conftest import TINY_CONFIGS, tiny_llama_config, tiny_neox_config, tiny_teacher
 
-from hyena.operator import HyenaConfig, HyenaFilter, HyenaOperator, fft_causal_conv
+from hyena.model.fftconv import fft_causal_conv
+from hyena.model.operator import HyenaConfig, HyenaFilter, HyenaOperator
 from hyena.recurrence import ModalFilter, ModalFitConfig, fit_modal
+from hyena.recurrence.checks import layer_output_errors
 from hyena.recurrence.mixer import HyenaRecurrentCache, RecurrentHyenaMixer
-from hyena.recurrence.model import (
-    HyenaRecurrentForCausalLM,
-    RecurrentConfig,
-    layer_output_errors,
-    to_recurrent,
-)
+from hyena.recurrence.model import HyenaRecurrentForCausalLM, RecurrentConfig, to_recurrent
 
 
 def random_modal(shape, N, seed=0, r=(0.7, 0.99)) -> ModalFilter:
@@ -137,7 +134,6 @@ class ExactModalFilter(HyenaFilter):
     """A student's implicit filter whose generator returns exactly a modal filter (the operator's
     caching and FFT path stay as they are), so the convolutional student is exactly
     representable by the recurrent one."""
-
     def __init__(self, modal: ModalFilter, old: HyenaFilter):
         super().__init__(old.d_model, old.n_filters, old.cfg)
         self.modal = modal
@@ -155,7 +151,7 @@ def exact_pair(request):
     """A tiny student (random Hyena filters), its recurrent fit, and the student's filters made
     exactly modal (the recurrent student's); one per teacher family (the decoder layer hands the
     cache to its mixer under the family's name, and GPT-2 offsets its learned positions by it)."""
-    from hyena.student import StudentConfig, build_student
+    from hyena.model.build import StudentConfig, build_student
 
     teacher = tiny_teacher(request.param)
     student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=128, emb_dim=3)))  # smooth filters
@@ -221,9 +217,9 @@ def test_distill_recurrent_stage(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
 
-    from hyena.data import content_hash
-    from hyena.io import file_sha256
-    from hyena.student import StudentConfig, build_student
+    from hyena.core.io import file_sha256
+    from hyena.data.tokens import content_hash
+    from hyena.model.build import StudentConfig, build_student
     from pipeline.distill_recurrent import app
 
     torch.manual_seed(0)
@@ -258,7 +254,7 @@ def test_distill_recurrent_stage(tmp_path, monkeypatch):
     assert (tmp_path / "reports/plots/recurrent_fit.png").stat().st_size > 10_000
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "data/students/recurrent")
     assert isinstance(loaded, HyenaRecurrentForCausalLM)
-    from hyena.cards import ModelCard  # a student made outside the pipeline still gets a card
+    from hyena.model.cards import ModelCard  # a student made outside the pipeline still gets a card
 
     card = ModelCard.read(tmp_path / "data/students/recurrent")
     assert card.name == "recurrent" and card.recipe["recurrent"]["fit_len"] == 128
@@ -273,7 +269,7 @@ def noisy_student(seed=0):
     positional bands), so that few modes cannot match them tap for tap."""
     from transformers import AutoModelForCausalLM
 
-    from hyena.student import StudentConfig, build_student
+    from hyena.model.build import StudentConfig, build_student
 
     torch.manual_seed(seed)
     teacher = AutoModelForCausalLM.from_config(tiny_llama_config(vocab_size=512)).eval()
@@ -327,8 +323,8 @@ def test_hybrid_recurrent_student_decodes_with_kv_and_modal_state(family):
     KV cache and the rest with modal state, and prefill + steps reproduce the full pass."""
     from transformers.cache_utils import DynamicLayer
 
-    from hyena.recurrence import HyenaLayerState
-    from hyena.student import StudentConfig, build_student
+    from hyena.model.build import StudentConfig, build_student
+    from hyena.recurrence import ModalLayerState
 
     teacher = tiny_teacher(family, layers=3)  # Mistral: a sliding window of 8, shorter than the 30 tokens
     student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=128, emb_dim=3), keep_attention=[2]))
@@ -339,7 +335,7 @@ def test_hybrid_recurrent_student_decodes_with_kv_and_modal_state(family):
     cache = recurrent.new_cache()
     logits = [recurrent(input_ids=ids[:, :18], cache=cache).logits]
     logits += [recurrent(input_ids=ids[:, t : t + 1], cache=cache).logits for t in range(18, 30)]
-    assert [type(layer) for layer in cache.layers] == [HyenaLayerState, DynamicLayer, HyenaLayerState]
+    assert [type(layer) for layer in cache.layers] == [ModalLayerState, DynamicLayer, ModalLayerState]
     assert rel(torch.cat(logits, dim=1), recurrent(input_ids=ids).logits) < 1e-5
     out = recurrent.generate(ids[:1, :10], max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
     manual = ids[:1, :10]

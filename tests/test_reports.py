@@ -7,7 +7,8 @@ import json
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.ablations import app, variants_from_exp_show
+from tools.ablations import app
+from tools.experiments import variants_from_exp_show
 
 
 def _state(rev, name, lr, inp, mses, free, ppl=None):
@@ -92,8 +93,8 @@ def test_cli_without_any_metrics_is_a_one_line_error(tmp_path):
 
 
 def test_curves_reads_dvclive_tsvs_and_refuses_an_empty_run(tmp_path):
-    from pipeline.curves import app as curves
-    from pipeline.curves import read_tsv
+    from tools.curves import app as curves
+    from tools.curves import read_tsv
 
     live = tmp_path / "reports" / "dvclive"
     for name, column in (("distill_01", "train_mse"), ("distill_02", "train_mse"), ("finetune", "train_loss")):
@@ -117,7 +118,8 @@ def test_curves_reads_dvclive_tsvs_and_refuses_an_empty_run(tmp_path):
 def _recipe(rev, name, target, ppls, nmse, seconds):
     """An exp-show entry of a whole pipeline run: eval metrics, per-layer metrics, timings."""
     metrics = {f"reports/metrics/distill/layer_{i + 1:02d}.json":
-               {"data": {"val_mse": 9.0, "val_layer_mse": 1.0, "val_layer_nmse": n}} for i, n in enumerate(nmse)}
+               {"data": {"val_mse": 9.0, "val_nmse": n / 4, "target": target, "val_layer_mse": 1.0, "val_layer_nmse": n}}
+               for i, n in enumerate(nmse)}
     metrics["data/eval/metrics.json"] = {"data": {f"ppl/{ds}/{m}": v for (ds, m), v in ppls.items()}}
     metrics.update({f"reports/timings/{stage}.json": {"data": {"seconds": s}} for stage, s in seconds.items()})
     params = {"params.yaml": {"data": {"distill": {"target": target, "layers": {"01": {"prev": "00"}}},
@@ -126,7 +128,7 @@ def _recipe(rev, name, target, ppls, nmse, seconds):
 
 
 def test_recipes_table_compares_students_with_the_teacher_and_from_scratch(tmp_path):
-    from pipeline.recipes import app as recipes
+    from tools.recipes import app as recipes
 
     ppl = {("owt", "teacher"): 30.0, ("wikitext", "teacher"): 25.0, ("owt", "pretrained"): 2000.0}
     base = _recipe("a" * 40, "paper", "layer_output",
@@ -151,9 +153,11 @@ def test_recipes_table_compares_students_with_the_teacher_and_from_scratch(tmp_p
     assert attn[1] == "mixer_output"
     assert attn[2] == "600.0 / 90.0 / 2,000.0"  # distilled / fine-tuned / from scratch
     assert attn[3] == "3.00x" and attn[4] == "100.0 (4.00x)" and attn[5] == "0.30"
-    assert attn[6] == "0.30 / 0.40 / 0" and attn[9] == "11 / 40 / 45"
-    assert attn[7] == "3.5x / 4.2x (4K-8K)" and attn[8] == "0.40 @ 8192"  # long context: last bucket, longest passkey
+    assert attn[6] == "0.30 / 0.40 / 0" and attn[10] == "11 / 40 / 45"
+    assert attn[7] == "0.08"  # attention-output nMSE (0.2/4 + 0.4/4) / 2 = 0.075: the mixer_output target's own val_nmse, mean over layers
+    assert attn[8] == "3.5x / 4.2x (4K-8K)" and attn[9] == "0.40 @ 8192"  # long context: last bucket, longest passkey
     paper = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| paper")).strip("|").split("|")]
     assert paper[5] == "1.50" and paper[6] == "2.60 / 4.70 / 1"  # distilled worse than from scratch; one layer >= 1
-    assert paper[7] == "–" and paper[8] == "–"  # a run from before the position curve
+    assert paper[7] == "–"  # layer_output target: no attention-output error
+    assert paper[8] == "–" and paper[9] == "–"  # a run from before the position curve
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -107,7 +107,8 @@ def test_a_checkpoint_of_another_input_model_is_not_resumed(small_project, tmp_p
 def test_distill_dying_while_it_writes_keeps_the_previous_layer_whole(small_project, tmp_path, monkeypatch):
     """A layer's weights and its outputs (acts.zarr) are one directory: a failure half-way through
     writing the new pair leaves the old pair, byte for byte, and no temporary directory."""
-    import hyena.train.acts
+    import hyena.data.store
+    import hyena.train.distill
 
     params = yaml.safe_load((small_project / "params.yaml").read_text())
     shutil.copytree(params["paths"]["students"], tmp_path / "students")
@@ -116,13 +117,13 @@ def test_distill_dying_while_it_writes_keeps_the_previous_layer_whole(small_proj
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     layer = tmp_path / "students/layer_02"
     before = {str(p.relative_to(layer)): p.read_bytes() for p in sorted(layer.rglob("*")) if p.is_file()}
-    write_outputs = hyena.train.acts.write_outputs
+    write_outputs = hyena.data.store.write_outputs
 
     def dies_half_way(path, shapes, fill, **kwargs):
         write_outputs(path, {"train": shapes["train"]}, fill, **kwargs)  # the new weights and half the outputs exist
         raise OSError(5, "Input/output error", str(path))
 
-    monkeypatch.setattr(hyena.train.acts, "write_outputs", dies_half_way)
+    monkeypatch.setattr(hyena.train.distill, "write_outputs", dies_half_way)  # where save_layer calls it
     result = run_stage(tmp_path / "params.yaml", "distill", "--layer", "02")
     assert result.exit_code == 1 and "Input/output error" in result.stderr
     after = {str(p.relative_to(layer)): p.read_bytes() for p in sorted(layer.rglob("*")) if p.is_file()}

@@ -17,14 +17,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from hyena.data import TokenizeConfig, build_token_dataset, load_tokens
-from hyena.store import (
-    ActivationStore,
-    DumpConfig,
-    StoreIncompleteError,
-    dump_activations,
-    layer_name,
-)
+from hyena.data.corpus import TokenizeConfig
+from hyena.data.dump import DumpConfig, dump_activations
+from hyena.data.store import ActivationStore, StoreIncompleteError, layer_name
+from hyena.data.tokens import build_token_dataset, load_tokens
 from hyena.teachers import capture_layer_outputs, load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +90,7 @@ def test_pythia_random_dump_equals_fresh_forward(pythia_store, pythia_random, py
     assert store.complete and store.n_layers == 6 and store.d_model == 512 and store.seq_len == 32
     assert store.layer("train", 0).chunks == (4, 32, 512) and store.layer("train", 0).dtype == np.float16
     a = store.attrs
-    from hyena.data import load_manifest
+    from hyena.data.tokens import load_manifest
     from hyena.teachers import weights_hash
 
     assert a["teacher"]["weights_hash"] == weights_hash(pythia_random) and a["teacher"]["source"] == str(pythia_dir)
@@ -159,16 +155,16 @@ def test_changed_params_restart_instead_of_mixing(tmp_path, pythia_random, pythi
 
 
 def test_disk_check_refuses_before_writing(tmp_path, monkeypatch, pythia_random, pythia_tokens, pythia_dir):
-    import hyena.store
+    import hyena.data.dump
 
-    monkeypatch.setattr(hyena.store.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(hyena.data.dump.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(RuntimeError, match=r"not enough disk.*needs .* GB.*10% headroom.*free"):
         dump_activations(pythia_random, pythia_tokens, tmp_path / "acts.zarr", PARAMS, str(pythia_dir), progress_bar=False)
     assert not (tmp_path / "acts.zarr").exists()
 
 
 def test_inspect_verify_names_a_deleted_and_a_corrupt_chunk(tmp_path, pythia_store):
-    from pipeline.inspect_store import app
+    from tools.inspect_store import app
 
     store_dir = tmp_path / "acts.zarr"
     shutil.copytree(pythia_store.path, store_dir)

@@ -9,15 +9,9 @@ import torch
 from conftest import NEW_FAMILIES, TINY_CONFIGS, reference_qkv, tiny_teacher
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from hyena.operator import HyenaConfig
-from hyena.student import (
-    HyenaMixer,
-    HyenaStudentConfig,
-    HyenaStudentForCausalLM,
-    StudentConfig,
-    build_student,
-    parameter_report,
-)
+from hyena.model.build import StudentConfig, build_student, parameter_report
+from hyena.model.modeling import HyenaMixer, HyenaStudentForCausalLM, HyenaStudentHFConfig
+from hyena.model.operator import HyenaConfig
 from hyena.teachers import capture_layer_outputs, get_adapter, load_teacher
 
 SENTENCE = "Hyenas are mostly nocturnal animals, but they sometimes venture out in the early morning."
@@ -86,7 +80,7 @@ def test_save_load_round_trip_is_exact(pythia_student, pythia_dir, tmp_path):
     assert isinstance(loaded, HyenaStudentForCausalLM)
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, want)
-    assert isinstance(AutoConfig.from_pretrained(tmp_path), HyenaStudentConfig)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), HyenaStudentHFConfig)
 
 
 def test_tied_embeddings_survive_build_and_reload(tiny_llama, tmp_path):

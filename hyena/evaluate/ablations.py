@@ -9,9 +9,12 @@ student per layer, and any other scalar metrics (perplexities). Where the varian
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hyena.evaluate.plots import _save
 
 
 @dataclass
@@ -23,6 +26,7 @@ class Variant:
     metrics: dict[str, float] = field(default_factory=dict)  # other scalars, flattened
     layer_nmse: dict[int, float] = field(default_factory=dict)  # layer -> normalised layer-output MSE after training
     timings: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
+    attention_nmse: dict[int, float] = field(default_factory=dict)  # layer -> mixer vs attention output nMSE (target mixer_output)
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,30 +54,44 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def markdown_table(variants: list[Variant], metric_keys: list[str] = (), ignore: tuple[str, ...] = ()) -> str:
-    """One row per variant: the params that differ, mean/last-layer MSE (stage and free-running), metrics."""
-    diff = differing_params(variants, ignore)
-    head = ["variant", *diff, "layers", "mean stage val MSE", "last layer stage val MSE", "last layer free-running MSE", *metric_keys]
+def render_table(first: str, variants: list[Variant], diff: list[str], param_cell: Callable[[dict, str], str],
+                 columns: list[tuple[str, Callable[[Variant], str]]]) -> str:
+    """The markdown table every comparison writes: one row per variant, its name under `first`, the
+    params that differ (`diff`, each cell `param_cell(variant params, key)`), then one cell per (header, cell) column."""
+    head = [first, *diff, *(h for h, _ in columns)]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in variants:
-        last = max(v.layer_mse) if v.layer_mse else None
-        mean = sum(v.layer_mse.values()) / len(v.layer_mse) if v.layer_mse else None
-        free_last = v.free_mse.get(max(v.free_mse)) if v.free_mse else None
-        cells = [v.name, *(_fmt(v.params.get(k)) for k in diff), str(len(v.layer_mse)), _fmt(mean),
-                 _fmt(v.layer_mse.get(last) if last is not None else None), _fmt(free_last),
-                 *(_fmt(v.metrics.get(k)) for k in metric_keys)]
-        rows.append("| " + " | ".join(cells) + " |")
+        rows.append("| " + " | ".join([v.name, *(param_cell(v.params, k) for k in diff),
+                                       *(cell(v) for _, cell in columns)]) + " |")
     return "\n".join(rows) + "\n"
 
 
-def plot_layer_mse(variants: list[Variant], path: str | Path, ignore: tuple[str, ...] = ()) -> None:
+def layer_table(variants: list[Variant], metric_keys: list[str] = (), ignore: tuple[str, ...] = ()) -> str:
+    """One row per variant: the params that differ, mean/last-layer MSE (stage and free-running), metrics."""
+    def mean(v):
+        return sum(v.layer_mse.values()) / len(v.layer_mse) if v.layer_mse else None
+
+    def last(v):
+        return v.layer_mse.get(max(v.layer_mse)) if v.layer_mse else None
+
+    def free_last(v):
+        return v.free_mse.get(max(v.free_mse)) if v.free_mse else None
+
+    columns = [("layers", lambda v: str(len(v.layer_mse))), ("mean stage val MSE", lambda v: _fmt(mean(v))),
+               ("last layer stage val MSE", lambda v: _fmt(last(v))),
+               ("last layer free-running MSE", lambda v: _fmt(free_last(v))),
+               *((k, lambda v, k=k: _fmt(v.metrics.get(k))) for k in metric_keys)]
+    return render_table("variant", variants, differing_params(variants, ignore),
+                        lambda params, k: _fmt(params.get(k)), columns)
+
+
+def plot_variants_layer_mse(variants: list[Variant], path: str | Path, ignore: tuple[str, ...] = ()) -> None:
     """Validation MSE per layer (log scale), one line per variant: stage (solid) and free-running (dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hyena.evaluate.plots import _save
 
     diff = differing_params(variants, ignore)
     fig, ax = plt.subplots(figsize=(8, 4.5))

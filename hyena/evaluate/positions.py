@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hyena.config import Config, param
+from hyena.core.config import Config, param
+from hyena.evaluate import streams
+from hyena.evaluate.streams import DatasetSource
 
 
 @dataclass
@@ -63,9 +65,7 @@ def bucket_label(lo: int, hi: int) -> str:
 
 def read_documents(cfg: PositionsConfig) -> list[str]:
     """The source's non-empty documents (a text file is one document)."""
-    from hyena.evaluate.streams import DatasetSource, read_documents
-
-    return read_documents("eval.positions", DatasetSource(cfg.source, text_field=cfg.text_field))
+    return streams.read_documents("eval.positions", DatasetSource(cfg.source, text_field=cfg.text_field))
 
 
 def cut_windows(doc_tokens: list[np.ndarray], context: int, n_windows: int) -> np.ndarray:

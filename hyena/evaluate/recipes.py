@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hyena.evaluate.ablations import Variant, differing_params
+from hyena.evaluate.ablations import Variant, differing_params, render_table
+from hyena.evaluate.plots import _save
 
 STUDENTS = ("distilled", "finetuned", "pretrained")
 
@@ -30,6 +31,11 @@ def _ratio(a, b) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else None
+
+
 def row_values(v: Variant) -> dict:
     """The numbers of one recipe's row (None where the run did not produce them)."""
     teacher = {ds: ppl(v, ds, "teacher") for ds in ("owt", "wikitext")}
@@ -43,6 +49,7 @@ def row_values(v: Variant) -> dict:
         "nmse_mean": sum(nmse) / len(nmse) if nmse else None,
         "nmse_max": max(nmse) if nmse else None,
         "nmse_above_1": sum(x >= 1 for x in nmse) if nmse else None,
+        "attn_nmse_mean": _mean(v.attention_nmse.values()),
         "distill_s": sum(s for k, s in v.timings.items() if k.startswith("distill_")) or None,
         "finetune_s": v.timings.get("finetune"),
         "pretrain_s": v.timings.get("pretrain"),
@@ -65,30 +72,35 @@ def long_context_values(v: Variant) -> dict:
             "passkey_acc": v.metrics.get(longest) if longest else None}
 
 
-def markdown_table(variants: list[Variant], ignore: tuple[str, ...] = ()) -> str:
-    diff = differing_params(variants, ignore)
-    head = ["recipe", *diff, "OWT ppl: distilled / fine-tuned / from scratch", "fine-tuned / teacher (OWT)",
-            "WikiText fine-tuned (/ teacher)", "distilled / from scratch (OWT)",
-            "layer nMSE mean / max / layers >= 1", "fine-tuned / teacher by position: first / last bucket",
-            "passkey, fine-tuned (longest)", "wall s: distill / finetune / pretrain"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in variants:
-        r = row_values(v)
-        cells = [v.name, *(str(v.params.get(k, "–")) for k in diff),
-                 " / ".join(_f(r[f"owt_{m}"]) for m in STUDENTS),
-                 _f(r["owt_ft_over_teacher"], 2) + "x",
-                 f"{_f(r['wikitext_finetuned'])} ({_f(r['wikitext_ft_over_teacher'], 2)}x)",
-                 _f(r["owt_distilled_over_scratch"], 2),
-                 f"{_f(r['nmse_mean'], 2)} / {_f(r['nmse_max'], 2)} / {r['nmse_above_1'] if r['nmse_above_1'] is not None else '–'}",
-                 f"{_f(r['pos_first_ratio'], 1)}x / {_f(r['pos_last_ratio'], 1)}x ({r['pos_last_label']})"
-                 if r["pos_last_label"] else "–",
-                 f"{_f(r['passkey_acc'], 2)} @ {r['passkey_len']}" if r["passkey_len"] else "–",
-                 " / ".join(_f(r[k], 0) for k in ("distill_s", "finetune_s", "pretrain_s"))]
-        lines.append("| " + " | ".join(cells) + " |")
+def recipe_table(variants: list[Variant], ignore: tuple[str, ...] = ()) -> str:
+    """One row per recipe (`render_table`), then the teacher's perplexities."""
+    rows = {id(v): row_values(v) for v in variants}
+
+    def col(fn):
+        return lambda v: fn(rows[id(v)])
+
+    columns = [
+        ("OWT ppl: distilled / fine-tuned / from scratch", col(lambda r: " / ".join(_f(r[f"owt_{m}"]) for m in STUDENTS))),
+        ("fine-tuned / teacher (OWT)", col(lambda r: _f(r["owt_ft_over_teacher"], 2) + "x")),
+        ("WikiText fine-tuned (/ teacher)",
+         col(lambda r: f"{_f(r['wikitext_finetuned'])} ({_f(r['wikitext_ft_over_teacher'], 2)}x)")),
+        ("distilled / from scratch (OWT)", col(lambda r: _f(r["owt_distilled_over_scratch"], 2))),
+        ("layer nMSE mean / max / layers >= 1", col(lambda r: f"{_f(r['nmse_mean'], 2)} / {_f(r['nmse_max'], 2)} / "
+                                                            f"{r['nmse_above_1'] if r['nmse_above_1'] is not None else '–'}")),
+        ("attention-output nMSE mean", col(lambda r: _f(r["attn_nmse_mean"], 2))),
+        ("fine-tuned / teacher by position: first / last bucket",
+         col(lambda r: f"{_f(r['pos_first_ratio'], 1)}x / {_f(r['pos_last_ratio'], 1)}x ({r['pos_last_label']})"
+             if r["pos_last_label"] else "–")),
+        ("passkey, fine-tuned (longest)",
+         col(lambda r: f"{_f(r['passkey_acc'], 2)} @ {r['passkey_len']}" if r["passkey_len"] else "–")),
+        ("wall s: distill / finetune / pretrain",
+         col(lambda r: " / ".join(_f(r[k], 0) for k in ("distill_s", "finetune_s", "pretrain_s")))),
+    ]
+    table = render_table("recipe", variants, differing_params(variants, ignore),
+                         lambda params, k: str(params.get(k, "–")), columns)
     teachers = {f"{ds}": next((ppl(v, ds, "teacher") for v in variants if ppl(v, ds, "teacher")), None)
                 for ds in ("owt", "wikitext")}
-    lines += ["", f"Teacher perplexity: OWT {_f(teachers['owt'])}, WikiText {_f(teachers['wikitext'])}."]
-    return "\n".join(lines) + "\n"
+    return table + f"\nTeacher perplexity: OWT {_f(teachers['owt'])}, WikiText {_f(teachers['wikitext'])}.\n"
 
 
 def plot_recipes(variants: list[Variant], path: str | Path) -> None:
@@ -99,7 +111,6 @@ def plot_recipes(variants: list[Variant], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hyena.evaluate.plots import _save
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [1.2, 1]})
     width = 0.8 / len(STUDENTS)

@@ -1,6 +1,6 @@
 """Evaluate a list of models (name -> path) on perplexity and zero-shot tasks; write the outputs.
 
-A model path is an HF-format directory (students: `import hyena.student` registers their
+A model path is an HF-format directory (students: `import hyena.model.modeling` registers their
 class), a `.gguf` file, a hub id, or the word `teacher` (the params' teacher.source). Models
 are loaded one at a time and freed, so memory holds one model at once.
 """
@@ -8,92 +8,40 @@ are loaded one at a time and freed, so memory holds one model at once.
 from __future__ import annotations
 
 import gc
+import json
 import os
+import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hyena.config import Config, param
+import hyena.recurrence  # noqa: F401
+from hyena.core.io import (
+    CorruptInputError,
+    atomic_write_json,
+    atomic_write_text,
+    reading_weights,
+    remove_leftovers,
+)
+from hyena.core.runtime import resolve_device
+from hyena.data.tokens import load_manifest, vocab_sha256
 from hyena.evaluate import harness, passkey, perplexity, positions, streams
-from hyena.evaluate.passkey import PasskeyConfig
-from hyena.evaluate.positions import PositionsConfig
+from hyena.evaluate.config import EvalConfig
+from hyena.evaluate.plots import plot_positions, plot_ppl, plot_ppl_vs_context
 from hyena.evaluate.report import flat_metrics, load_reference, render_report
-from hyena.evaluate.streams import DatasetSource
-from hyena.io import atomic_write_json, atomic_write_text, reading_weights
-from hyena.runtime import resolve_device
+from hyena.teachers import has_tokenizer, load_teacher, load_tokenizer, read_gguf
 
 DEFAULT_TASKS = list(harness.TASKS)
-
-
-@dataclass
-class EvalConfig(Config):
-    """params.yaml `eval`: which models, which perplexity datasets and contexts, which zero-shot tasks."""
-
-    SECTION = "eval"
-
-    models: dict[str, str] = param(
-        {"teacher": "teacher", "pretrained": "pretrained", "distilled": "distilled", "finetuned": "finetuned"},
-        "report name -> model: teacher | pretrained | distilled | finetuned | recurrent (the pipeline's own), "
-        "an HF dir, a .gguf file or a hub id")
-    tokenizer: str = param("", "tokenizer for a model dir without one (\"\": the student's recorded teacher)")
-    device: str = param("auto", "auto | cpu | cuda (always fp32)")
-    context: int = param(1024, "perplexity context (paper Table 1: 1024)", ge=2)
-    stride: int = param(0, "sliding-window stride (0: non-overlapping windows)", ge=0)
-    max_windows: int = param(0, "windows per dataset (0: all)", ge=0)
-    batch_size: int = param(1, "windows per forward", ge=1)
-    datasets: dict[str, DatasetSource | str] = param(
-        help="Table 1 datasets: report name -> source (hyena/evaluate/streams.py); a local source belongs in "
-             "the eval stage's deps in dvc.yaml",
-        default_factory=lambda: {
-            "wikitext": DatasetSource("../shared/data/wikitext-2-raw/wiki.test.raw"),
-            "owt": DatasetSource(streams.TOKENIZED_VAL),
-        })
-    long_contexts: list[int] = param([2048, 4096, 8192], "extra contexts for the extrapolation curve")
-    long_context_datasets: list[str] = param(["wikitext"], "names in eval.datasets on that curve")
-    long_max_windows: int = param(0, "windows per long context (0: all)", ge=0)
-    positions: PositionsConfig = param(PositionsConfig(), "perplexity by position inside long windows (hyena/evaluate/positions.py)")
-    passkey: PasskeyConfig = param(PasskeyConfig(), "passkey retrieval at long context (hyena/evaluate/passkey.py)")
-    tasks: list[str] = param(["arc_easy", "arc_challenge", "logiqa", "piqa", "sciq", "winogrande", "wsc"],
-                             "lm-eval zero-shot tasks ([]: skip)")
-    task_source: Literal["local", "builtin"] = param(
-        "local", "local: shipped task YAMLs over task_data_dir | builtin: lm-eval's own (hub)")
-    task_data_dir: str = param("../shared/eval", "data of the offline tasks")
-    include_path: str = param("", "directory of your own lm-eval task YAMLs, run next to eval.tasks "
-                                  "(Table 2's extra rows; \"\": none)")
-    include_tasks: list[str] = param([], "tasks or groups of include_path to run ([]: every task defined there)")
-    limit: int = param(0, "examples per task (0: all)", ge=0)
-    lm_eval_batch_size: int = param(8, "lm-eval batch size", ge=1)
-    reference: str = param("../shared/eval/pythia_reference_results/pythia-70m_zero-shot_step143000.json",
-                           "published Pythia-70M results (\"\": none)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.models:
-            raise ValueError("eval.models is empty: give at least one name: model")
-        if self.include_tasks and not self.include_path:
-            raise ValueError("eval.include_tasks needs eval.include_path (the directory that defines them)")
-        if not 0 <= self.stride <= self.context:
-            raise ValueError(f"eval.stride must be in [0, context={self.context}], got {self.stride}")
-        self.datasets = {name: DatasetSource(src) if isinstance(src, str) else src for name, src in self.datasets.items()}
-        for name in self.datasets:
-            if not streams.NAME.fullmatch(name):
-                raise ValueError(f"eval.datasets: name {name!r} may use only letters, digits and _.- (it becomes a metric key)")
-        unknown = [d for d in self.long_context_datasets if d not in self.datasets]
-        if unknown:
-            raise ValueError(f"eval.long_context_datasets: {', '.join(unknown)} not in eval.datasets "
-                             f"({', '.join(self.datasets) or 'empty'}): add it there or drop it from the curve")
 
 
 def load_model(source: str, device: str | torch.device = "cpu"):
     """An fp32 causal LM in eval mode from an HF directory, a .gguf file or a hub id (students and
     recurrent students included: importing hyena.recurrence registers their classes)."""
-    from transformers import AutoModelForCausalLM
 
-    import hyena.recurrence  # noqa: F401
-    from hyena.teachers import load_teacher
 
     p = Path(source)
     if source.endswith(".gguf"):
@@ -115,9 +63,7 @@ def load_model(source: str, device: str | torch.device = "cpu"):
 
 def load_model_tokenizer(source: str, model, fallbacks: list[str]):
     """The model's own tokenizer if its dir/id has one, else the first loadable fallback source."""
-    from transformers import AutoTokenizer
 
-    from hyena.teachers import has_tokenizer, load_tokenizer
 
     recorded = getattr(model.config, "teacher_source", "")  # students record their teacher
     candidates = [c for c in [source, recorded, *fallbacks] if c]
@@ -140,18 +86,17 @@ def load_model_tokenizer(source: str, model, fallbacks: list[str]):
 
 
 def max_positions(model) -> int | None:
-    cfg = model.config
-    hyena_cfg = getattr(cfg, "hyena", None)
+    """The longest input of any HF model (a student's Hyena max_len, else its config's positions)."""
+    config = model.config  # an HF config of any family: which fields it has depends on the family
+    hyena_cfg = getattr(config, "hyena", None)
     if isinstance(hyena_cfg, dict) and hyena_cfg.get("max_len"):
         return int(hyena_cfg["max_len"])
-    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def declared_limits(source: str) -> tuple[int | None, int | None]:
     """(max positions, modal fit_len) that a local model directory's config.json declares, read
     without loading the model; (None, None) for other sources."""
-    import json
-
     try:
         cfg = json.loads((Path(source) / "config.json").read_text())
     except (OSError, ValueError):
@@ -182,12 +127,8 @@ def check_model_sources(models: dict[str, str]) -> None:
     tensor table must parse and its tensor data fit the file; a directory needs a config.json
     that is a JSON object and weights whose safetensors headers parse and cover their files.
     Cheap (headers only); hub ids are left to the load."""
-    import json
 
-    from safetensors import safe_open
 
-    from hyena.io import CorruptInputError
-    from hyena.teachers import read_gguf
 
     for name, source in models.items():
         p = Path(source)
@@ -319,16 +260,7 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
         if cfg.passkey.lengths:
             entry["passkey"] = passkey.model_passkey(model, tokenizer, cfg.passkey, device, name, context_limit(model))
         if cfg.tasks or user_tasks:
-            try:
-                entry["tasks"] = harness.run_tasks(
-                    model, tokenizer, cfg.tasks, source=cfg.task_source, data_dir=cfg.task_data_dir,
-                    limit=cfg.limit or None, batch_size=cfg.lm_eval_batch_size, device=device,
-                    include_path=cfg.include_path, include_tasks=user_tasks,
-                )
-            except (AssertionError, RuntimeError, IndexError, torch.OutOfMemoryError) as err:
-                # lm-eval cannot run this model (e.g. prompts longer than its positions): say so in the report
-                entry["tasks"], entry["tasks_na"] = {}, _na_reason(err)
-                print(f"warning: lm-eval failed for model {name}: {entry['tasks_na']}", file=sys.stderr)
+            entry.update(model_tasks(model, tokenizer, cfg, user_tasks, device, name))
         results["models"][name] = entry
         del model
         gc.collect()
@@ -336,6 +268,21 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
 
 
 POSITIONS = "positions"  # key of the position curve's windows in the per-tokenizer cache
+
+
+def model_tasks(model, tokenizer, cfg: EvalConfig, user_tasks: list[str], device: str, name: str) -> dict:
+    """{"tasks": lm-eval results} of one model on cfg.tasks and `user_tasks`; where lm-eval cannot
+    run the model (e.g. prompts longer than its positions), {} and the reason under "tasks_na"."""
+    try:
+        return {"tasks": harness.run_tasks(
+            model, tokenizer, cfg.tasks, source=cfg.task_source, data_dir=cfg.task_data_dir,
+            limit=cfg.limit or None, batch_size=cfg.lm_eval_batch_size, device=device,
+            include_path=cfg.include_path, include_tasks=user_tasks,
+        )}
+    except (AssertionError, RuntimeError, IndexError, torch.OutOfMemoryError) as err:
+        reason = _na_reason(err)
+        print(f"warning: lm-eval failed for model {name}: {reason}", file=sys.stderr)
+        return {"tasks": {}, "tasks_na": reason}
 
 
 def context_limit(model) -> int | None:
@@ -362,8 +309,6 @@ def model_long_context(model, windows, cfg: EvalConfig, device: str, name: str) 
 def same_tokenizer(tokens_dir: str | Path, tokenizer) -> bool:
     """Whether the tokenize stage's rows in `tokens_dir` were made with `tokenizer` (True when the
     manifest does not say)."""
-    from hyena.data import load_manifest, vocab_sha256
-
     try:
         recorded = load_manifest(tokens_dir).get("tokenizer", {}).get("vocab_sha256")
     except FileNotFoundError:
@@ -377,10 +322,7 @@ def write_outputs(results: dict, out_dir: str | Path, reference: str = "") -> di
 
     All six are made in a temporary directory first and moved into place only when every one of
     them was written: a failure leaves the previous set (or nothing) behind, never a mix."""
-    import shutil
 
-    from hyena.evaluate.plots import plot_positions, plot_ppl, plot_ppl_vs_context
-    from hyena.io import remove_leftovers
 
     out_dir = Path(out_dir)
     ref = load_reference(reference) if reference else None

@@ -25,8 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import transformers
 
-from hyena.config import Config, param
+from hyena.core.config import Config, param
+from hyena.data.corpus import CorpusError, TokenizeConfig, iter_documents, resolve_corpus
+from hyena.data.tokens import load_tokens
 
 TOKENIZED_VAL = "tokenize:val"
 NAME = re.compile(r"[A-Za-z0-9_.-]+")  # report names become metric keys: ppl/<name>/<model>
@@ -35,7 +38,6 @@ NAME = re.compile(r"[A-Za-z0-9_.-]+")  # report names become metric keys: ppl/<n
 @dataclass
 class DatasetSource(Config):
     """One perplexity dataset of params.yaml `eval.datasets` (a plain string is `source` alone)."""
-
     SECTION = "eval.datasets"
 
     source: str = param(help="tokenize:val (the tokenize stage's validation split) | a local .txt/.raw/.jsonl/"
@@ -51,8 +53,6 @@ class DatasetSource(Config):
 
     def local_files(self) -> list[Path] | None:
         """The files a local source names (None for the tokenize split and HF ids)."""
-        from hyena.data import resolve_corpus
-
         return None if self.tokenized else resolve_corpus(self.source)
 
 
@@ -67,8 +67,6 @@ def _for_key(message: str, key: str) -> str:
 
 def load_owt_val(tokens_dir: str | Path) -> np.ndarray:
     """The validation split of the tokenize stage as one 1-D int stream (memory-mapped)."""
-    from hyena.data import load_tokens
-
     path = Path(tokens_dir) / "val.npy"
     if not path.is_file():
         raise FileNotFoundError(f"OWT validation tokens not found: {path} (run the tokenize stage or set paths.tokens)")
@@ -78,8 +76,6 @@ def load_owt_val(tokens_dir: str | Path) -> np.ndarray:
 def read_documents(key: str, src: DatasetSource) -> list[str]:
     """The non-empty documents of a local or HF source (a text file is one document); errors name
     `key`, the params key of the source (e.g. eval.datasets.wikitext)."""
-    from hyena.data import CorpusError, TokenizeConfig, iter_documents
-
     reader = TokenizeConfig(corpus=src.source, text_field=src.text_field, hf_split=src.hf_split,
                             hf_config=src.hf_config, max_documents=src.max_documents, txt_split="file")
     try:
@@ -112,8 +108,6 @@ def describe(src: DatasetSource, text: str) -> str:
 def tokenize_stream(tokenizer, text: str) -> np.ndarray:
     """One int32 stream for the whole text, without BOS/EOS (tokenised in one call, so BPE
     merges across line breaks are the tokenizer's own)."""
-    import transformers
-
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # silence "sequence longer than model_max_length"
     try:

@@ -5,18 +5,17 @@ AutoConfig / AutoModelForCausalLM.
 """
 
 from hyena.recurrence.calibrate import CalibrationConfig, capture_mixer_io
-from hyena.recurrence.mixer import HyenaLayerState, HyenaRecurrentCache, RecurrentHyenaMixer
+from hyena.recurrence.mixer import HyenaRecurrentCache, ModalLayerState, RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFilter, ModalFitConfig, fit_modal, modal_powers, relative_l2
 from hyena.recurrence.model import (
-    HyenaRecurrentConfig,
     HyenaRecurrentForCausalLM,
+    HyenaRecurrentHFConfig,
     RecurrentConfig,
-    layer_output_errors,
     to_recurrent,
 )
 
 __all__ = [
-    "CalibrationConfig", "capture_mixer_io", "HyenaLayerState", "HyenaRecurrentCache", "HyenaRecurrentConfig", "HyenaRecurrentForCausalLM",
+    "CalibrationConfig", "capture_mixer_io", "ModalLayerState", "HyenaRecurrentCache", "HyenaRecurrentHFConfig", "HyenaRecurrentForCausalLM",
     "ModalFilter", "ModalFitConfig", "RecurrentConfig", "RecurrentHyenaMixer", "fit_modal", "layer_output_errors",
     "modal_powers", "relative_l2", "to_recurrent",
 ]

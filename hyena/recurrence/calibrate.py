@@ -31,17 +31,17 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from hyena.config import Config, param
-from hyena.operator import HyenaOperator, causal_conv_from_spectrum, fft_size
+from hyena.core.config import Config, param
+from hyena.core.runtime import first_output
+from hyena.model.fftconv import causal_conv_from_spectrum, fft_size
+from hyena.model.operator import HyenaOperator
 from hyena.recurrence.mixer import RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFilter, _design
-from hyena.runtime import first_output
 
 
 @dataclass
 class CalibrationConfig(Config):
     """params.yaml `recurrent.calib`: how the modal fits are calibrated on real activations."""
-
     SECTION = "recurrent.calib"
 
     sequences: int = param(2, "training windows whose real activations calibrate the fits (0: fit the filters alone, as the paper)", ge=0)

@@ -15,7 +15,7 @@ The short depthwise conv keeps its last k-1 projected inputs (the FIR state). De
 costs O(d (N + k)) per long filter plus the projections, independent of the context length;
 the state per sequence is (order-1) * d * N complex numbers + (order+1) * d * (k-1) reals.
 
-A `MixerCache` (hyena/cache.py) holds one `HyenaLayerState` per modal decoder layer; the decoder
+A `MixerCache` (hyena/model/cache.py) holds one `ModalLayerState` per modal decoder layer; the decoder
 layer hands it to its mixer under the name its family uses (`cache`, or `layer_past` for GPT-NeoX).
 """
 
@@ -25,22 +25,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hyena.cache import HyenaLayerState, MixerCache, layer_state, mask_pads
-from hyena.operator import (
-    HyenaConfig,
-    HyenaOperator,
-    causal_depthwise_conv,
-    fft_causal_conv,
-    project_channel_major,
-)
+from hyena.model.cache import MixerCache, ModalLayerState, layer_state, mask_pads
+from hyena.model.fftconv import causal_depthwise_conv, fft_causal_conv, project_channel_major
+from hyena.model.operator import HyenaConfig, HyenaOperator
 from hyena.recurrence.modal import ModalFilter, modal_absorb, modal_powers, modal_response
 
 
 class HyenaRecurrentCache(MixerCache):
     """Recurrent states of `n_layers` decoder layers that are all modal mixers (a `MixerCache`)."""
-
     def __init__(self, n_layers: int):
-        super().__init__([HyenaLayerState() for _ in range(n_layers)])
+        super().__init__([ModalLayerState() for _ in range(n_layers)])
 
 
 class RecurrentHyenaMixer(nn.Module):
@@ -51,8 +45,7 @@ class RecurrentHyenaMixer(nn.Module):
     layer's state (prefill or chunk by FFT, single tokens by the recurrence); without one it is a
     stateless causal mixer, exactly the convolution with the modal filters.
     """
-
-    cache_kind = "modal"  # the MixerCache layer state this mixer keeps (hyena/cache.py)
+    cache_kind = "modal"  # the MixerCache layer state this mixer keeps (hyena/model/cache.py)
 
     def __init__(self, d_model: int, cfg: HyenaConfig, modal_order: int, layer_idx: int = 0,
                  min_decay: float = 1e-6):
@@ -103,13 +96,13 @@ class RecurrentHyenaMixer(nn.Module):
     # ---- the three paths ---------------------------------------------------------------------
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, None]:
         state = layer_state(kwargs, self.layer_idx)
-        if state is not None and not isinstance(state, HyenaLayerState):
+        if state is not None and not isinstance(state, ModalLayerState):
             raise TypeError(f"decoder layer {self.layer_idx} is a modal Hyena mixer but its cache layer is a {type(state).__name__}")
         if state is not None and state.seen > 0 and hidden_states.shape[1] == 1:
             return self.step(hidden_states[:, 0], state)[:, None], None
         return self.chunk(hidden_states, state), None
 
-    def _short_conv(self, p: torch.Tensor, state: HyenaLayerState | None) -> torch.Tensor:
+    def _short_conv(self, p: torch.Tensor, state: ModalLayerState | None) -> torch.Tensor:
         """Causal depthwise conv of the projected inputs p (B, W, T) continuing the FIR state; updates it."""
         k = self.short_filter.kernel_size[0]
         if state is None or state.fir is None:  # nothing before: the operator's stateless short conv
@@ -120,7 +113,7 @@ class RecurrentHyenaMixer(nn.Module):
         state.fir = window[..., window.shape[-1] - (k - 1):].clone()  # clone: do not pin the whole chunk
         return F.conv1d(window, self.short_filter.weight, self.short_filter.bias, groups=window.shape[1])
 
-    def chunk(self, u: torch.Tensor, state: HyenaLayerState | None = None) -> torch.Tensor:
+    def chunk(self, u: torch.Tensor, state: ModalLayerState | None = None) -> torch.Tensor:
         """T tokens at once (B, T, d) -> (B, T, d): FFT convolution plus the carried-in state."""
         B, T, d = u.shape
         mask = None if state is None else state.input_mask  # (B, T) of a left-padded chunk: pads add nothing
@@ -159,7 +152,7 @@ class RecurrentHyenaMixer(nn.Module):
             new = new + modal_powers(decay, theta, w.shape[-1], 1)[..., 0] * s
         return new
 
-    def step(self, u: torch.Tensor, state: HyenaLayerState) -> torch.Tensor:
+    def step(self, u: torch.Tensor, state: ModalLayerState) -> torch.Tensor:
         """One token (B, d) -> (B, d): O(d (N + k)) per long filter beyond the projections; the
         modal state is updated in place."""
         d = self.d_model
@@ -178,7 +171,7 @@ class RecurrentHyenaMixer(nn.Module):
         state.seen += 1
         return self.out_proj(v * x[0])
 
-    def _short_conv_step(self, z: torch.Tensor, state: HyenaLayerState) -> torch.Tensor:
+    def _short_conv_step(self, z: torch.Tensor, state: ModalLayerState) -> torch.Tensor:
         """The short conv's output for one new projected input z (B, W); shifts the FIR state.
         One fused multiply-add per tap: at batch > 1 the (B, W, k) window product and its sum
         cost as much as the modal recurrence."""

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from hyena.config import Config, param
+from hyena.core.config import Config, param
 
 
 def modal_powers(decay: torch.Tensor, theta: torch.Tensor, start: int, T: int,

@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from hyena.config import Config, param
+from hyena.core.config import Config, param
+from hyena.model.modeling import HyenaStudentForCausalLM, HyenaStudentHFConfig
 from hyena.recurrence.calibrate import (
     CalibrationConfig,
     capture_mixer_io,
@@ -30,7 +31,7 @@ from hyena.recurrence.calibrate import (
 )
 from hyena.recurrence.mixer import RecurrentHyenaMixer
 from hyena.recurrence.modal import ModalFitConfig, filter_errors, fit_modal, relative_l2
-from hyena.student import HyenaStudentConfig, HyenaStudentForCausalLM
+from hyena.recurrence.multihyena import RecurrentMultiHyena
 
 
 @dataclass
@@ -49,7 +50,7 @@ class RecurrentConfig(Config):
     decode_check_tokens: int = param(32, "tokens decoded recurrently after a prefill and compared with the full pass (0: skip)", ge=0)
 
 
-class HyenaRecurrentConfig(HyenaStudentConfig):
+class HyenaRecurrentHFConfig(HyenaStudentHFConfig):
     """A Hyena student config plus the modal form of its filters."""
 
     model_type = "hyena_recurrent_student"
@@ -67,16 +68,20 @@ class HyenaRecurrentConfig(HyenaStudentConfig):
 class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
     """A Hyena student with modal long filters and a recurrent cache for generation."""
 
-    config_class = HyenaRecurrentConfig
-    config: HyenaRecurrentConfig
+    config_class = HyenaRecurrentHFConfig
+    config: HyenaRecurrentHFConfig
 
-    def __init__(self, config: HyenaRecurrentConfig):
+    def __init__(self, config: HyenaRecurrentHFConfig):
         super().__init__(config)
         hcfg, d = config.hyena_config(), config.teacher_architecture().hidden_size
         for i, layer in enumerate(self.decoder_layers()):
             if not config.is_hyena(i):
                 continue  # a kept attention layer decodes with its KV cache
-            mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay())
+            if config.mixer == "multihyena":  # per-head modal filters, matrix state (recurrence/multihyena.py)
+                mixer = RecurrentMultiHyena(d, config.heads, config.kv_heads, hcfg, config.modal_order(), config.min_decay())
+                mixer.layer_idx = i
+            else:
+                mixer = RecurrentHyenaMixer(d, hcfg, config.modal_order(), layer_idx=i, min_decay=config.min_decay())
             self.adapter.set_attention(layer, mixer.to(self.dtype))
         self.generation_config.use_cache = True
 
@@ -84,11 +89,11 @@ class HyenaRecurrentForCausalLM(HyenaStudentForCausalLM):
 def register() -> None:
     """Make AutoConfig / AutoModelForCausalLM know "hyena_recurrent_student" (idempotent)."""
     try:
-        AutoConfig.register(HyenaRecurrentConfig.model_type, HyenaRecurrentConfig)
+        AutoConfig.register(HyenaRecurrentHFConfig.model_type, HyenaRecurrentHFConfig)
     except ValueError:
         pass
     try:
-        AutoModelForCausalLM.register(HyenaRecurrentConfig, HyenaRecurrentForCausalLM)
+        AutoModelForCausalLM.register(HyenaRecurrentHFConfig, HyenaRecurrentForCausalLM)
     except ValueError:
         pass
 
@@ -101,7 +106,8 @@ register()
 
 @torch.no_grad()
 def student_filters(student: HyenaStudentForCausalLM, i: int, L: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer i's materialised long filters (order-1, d, L) and pass-through bias (order-1, d), fp32."""
+    """Layer i's materialised long filters (order-1, d, L) and pass-through bias (order-1, d), fp32
+    (a MultiHyena layer: one filter per head, (1, H, L) and (1, H))."""
     mixer = student.mixer(i)
     return mixer.filter_fn(L).float(), mixer.filter_fn.bias.float()
 
@@ -122,7 +128,8 @@ def to_recurrent(student: HyenaStudentForCausalLM, cfg: RecurrentConfig | None =
         raise ValueError(f"recurrent.fit_len must be in [3, {max_len}] (the student's hyena.max_len), got {fit_len}")
     if calib_ids is not None and calib_ids.shape[-1] > fit_len:
         raise ValueError(f"calibration windows ({calib_ids.shape[-1]} tokens) must not exceed fit_len {fit_len}")
-    io = capture_mixer_io(student, calib_ids) if calib_ids is not None else None
+    calibrate = calib_ids is not None and student.config.mixer == "hyena"  # MultiHyena: filter fit only
+    io = capture_mixer_io(student, calib_ids) if calibrate else None
     modals, reports = {}, []
     for i in tqdm(student.hyena_layers(), desc="modal fit", unit="layer", disable=not progress):
         h, bias = student_filters(student, i, fit_len)
@@ -131,7 +138,7 @@ def to_recurrent(student: HyenaStudentForCausalLM, cfg: RecurrentConfig | None =
             report.update(_calibrate(student.mixer(i), modal, h, *io[i], calib, i))
         modals[i] = modal
         reports.append({"layer": i + 1, **report})
-    config = HyenaRecurrentConfig(**{k: v for k, v in student.config.to_dict().items()
+    config = HyenaRecurrentHFConfig(**{k: v for k, v in student.config.to_dict().items()
                                      if k not in ("model_type", "architectures", "transformers_version")})
     config.modal = {"order": fit.order, "min_decay": fit.min_decay, "fit_len": fit_len}
     param = next(student.parameters())
@@ -172,15 +179,3 @@ def _calibrate(op, modal, h, u, y, calib: CalibrationConfig, i: int) -> dict:
         "calib_output_rel_err": output_err(),
         "calib_steps": calib.steps,
     }
-
-
-@torch.no_grad()
-def layer_output_errors(student: HyenaStudentForCausalLM, recurrent: HyenaRecurrentForCausalLM,
-                        input_ids: torch.Tensor) -> list[float]:
-    """Relative L2 error of each recurrent mixer's output vs the student mixer's on the SAME input
-    (the student's real activations for `input_ids` (B, L)): ||y_rec - y|| / ||y|| per layer."""
-    errors = []
-    for i, (u, y) in capture_mixer_io(student, input_ids).items():
-        y_rec = recurrent.mixer(i).chunk(u)
-        errors.append(float(relative_l2(y_rec.flatten().double(), y.flatten().double())))
-    return errors

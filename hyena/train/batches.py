@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
 import torch
+
+VAL_BATCH = 8  # validation sequences per forward of a layer-MSE measurement (distill, assemble)
+LM_VAL_BATCH = 4  # validation sequences per forward of a language-model loss (its logits are vocabulary-wide)
 
 
 def epoch_batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterator[np.ndarray]:
@@ -25,6 +29,15 @@ def epoch_batches(n: int, batch_size: int, epochs: int, seed: int) -> Iterator[n
 
 def steps_per_run(n: int, batch_size: int, epochs: int) -> int:
     return (n // batch_size) * epochs
+
+
+def steps_for_epochs(n_sequences: int, batch_size: int, epochs: float, section: str) -> int:
+    """Optimiser steps of `epochs` (fractional) passes over n_sequences in batches of batch_size, at
+    least one; a clear error naming params section `section` when one batch does not fit."""
+    if n_sequences < batch_size:
+        raise ValueError(f"{section}.batch_size {batch_size} exceeds the {n_sequences} training sequences: "
+                         "lower it, or tokenize more documents")
+    return max(1, math.ceil(epochs * (n_sequences // batch_size)))
 
 
 def take(array, rows: np.ndarray) -> np.ndarray:

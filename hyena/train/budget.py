@@ -16,7 +16,12 @@ Every approximation errs towards MORE compute for the from-scratch baseline.
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+from transformers import AutoModelForCausalLM
+
+from hyena.teachers import get_adapter
+from hyena.train.batches import steps_for_epochs, steps_per_run
 
 
 def lm_params(model: nn.Module) -> int:
@@ -51,3 +56,44 @@ def lm_flops(n_params: int, tokens: int) -> float:
 
 def tokens_for_flops(flops: float, n_params: int) -> int:
     return int(flops / (6.0 * n_params))
+
+
+def equal_compute_tokens(model, distill, n_distill_seqs: int, seq_len: int,
+                         finetune, n_finetune_seqs: int, ft_len: int, attention_params: int) -> tuple[int, dict]:
+    """Training tokens that give the from-scratch student the distill + finetune FLOPs."""
+    layers = model.decoder_layers()
+    per_token, layer_tokens = [], []
+    for key in distill.layers:
+        cfg, i = distill.for_layer(key), int(key) - 1
+        if not model.config.is_hyena(i):
+            continue  # a kept attention layer is not trained
+        mixer = model.mixer(i)
+        per_token.append(distill_layer_flops_per_token(cfg.target, count_params(layers[i]), count_params(mixer), attention_params))
+        steps = steps_per_run(n_distill_seqs, cfg.batch_size, cfg.epochs)
+        layer_tokens.append(steps * cfg.batch_size * seq_len)
+        if cfg.readout == "least_squares":  # solved once before the steps, and once more after any
+            per_token.append(readout_flops_per_token(count_params(mixer), attention_params, mixer.d_model))
+            layer_tokens.append((2 if steps else 1) * n_distill_seqs * seq_len)
+    n_lm = lm_params(model)
+    ft_steps = steps_for_epochs(n_finetune_seqs, finetune.batch_size, finetune.epochs, "finetune")
+    ft_tokens = ft_steps * finetune.batch_size * ft_len
+    flops = {"distill": distill_flops(per_token, layer_tokens), "finetune": lm_flops(n_lm, ft_tokens)}
+    if finetune.kl_weight > 0 and finetune.kl_source == "online":
+        # the teacher's forward pass every step (2N a token) is the recipe's compute too; cached
+        # top-k logits come from the dump's forward pass, a sunk cost like the activations
+        n_teacher = n_lm + sum(attention_params - count_params(model.mixer(i)) for i in model.hyena_layers())
+        flops["finetune_teacher"] = 2.0 * n_teacher * ft_tokens
+    return tokens_for_flops(sum(flops.values()), n_lm), flops
+
+
+def count_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def teacher_attention_params(config) -> int:
+    """Parameters of one of the teacher's attention blocks (built on the meta device: no memory)."""
+    arch = config.teacher_architecture()
+    with torch.device("meta"):
+        teacher = AutoModelForCausalLM.from_config(arch)
+    adapter = get_adapter(teacher)
+    return sum(p.numel() for p in adapter.attention(adapter.layers(teacher)[0]).parameters())

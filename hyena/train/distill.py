@@ -25,21 +25,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from hyena.config import ConfigError, load, param
-from hyena.runtime import first_output
-from hyena.train.batches import epoch_batches, load_all, steps_per_run, take, to_tensor
-from hyena.train.dist import DistEnv, wrap
+from hyena.core.config import ConfigError, load, param
+from hyena.core.dist import DistEnv, wrap
+from hyena.core.io import atomic_write_json, file_sha256
+from hyena.core.runtime import first_output
+from hyena.data.store import write_outputs
+from hyena.teachers import attention_output, load_teacher
+from hyena.train.batches import VAL_BATCH, epoch_batches, load_all, steps_per_run, take, to_tensor
 from hyena.train.loop import LogFn, run_steps
 from hyena.train.optim import OptimConfig
 
-VAL_BATCH = 8  # validation sequences per forward
 RAM_BYTES = 4 << 30  # training arrays up to this size (inputs + targets) are read into memory once
 NOT_PER_LAYER = ("layers", "last", "log_every")  # knobs a layer entry cannot override
 
@@ -47,7 +51,6 @@ NOT_PER_LAYER = ("layers", "last", "log_every")  # knobs a layer entry cannot ov
 @dataclass
 class DistillConfig(OptimConfig):
     """params.yaml `distill`: how each decoder layer is distilled (one DVC stage per layer)."""
-
     SECTION = "distill"
 
     input: Literal["student", "teacher"] = param(
@@ -99,7 +102,6 @@ class DistillConfig(OptimConfig):
 
 class LayerOnly(nn.Module):
     """A Hyena decoder layer called on hidden states alone (its mixer needs no positions or masks)."""
-
     def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer
@@ -110,7 +112,6 @@ class LayerOnly(nn.Module):
 
 class MixerOnly(nn.Module):
     """What a layer's mixer adds to the residual stream: mixer(norm(h)), the attention-transfer output."""
-
     def __init__(self, norm: nn.Module, mixer: nn.Module):
         super().__init__()
         self.norm, self.mixer = norm, mixer
@@ -122,7 +123,6 @@ class MixerOnly(nn.Module):
 class ComputedTargets:
     """Targets made batch by batch from the inputs by a frozen function (the teacher's attention),
     readable like a row-indexed array by `take`: `targets.take_rows(rows)` -> fn(inputs[rows])."""
-
     def __init__(self, inputs, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
         self.inputs, self.fn, self.device = inputs, fn, device
         self.shape, self.dtype = tuple(inputs.shape), np.dtype(np.float32)
@@ -201,6 +201,13 @@ def readout_norm(mixer: nn.Module) -> float:
     return torch.linalg.matrix_norm(mixer.out_proj.weight.detach().double(), ord=2).item()
 
 
+def _seconds(fn: Callable[[], None]) -> float:
+    """Wall seconds of fn()."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def distill_layer(
     fn: nn.Module,
     train_inputs,
@@ -225,11 +232,7 @@ def distill_layer(
     train_inputs = load_all(train_inputs, RAM_BYTES // 2)
     train_targets = load_all(train_targets, RAM_BYTES // 2)
     fn = fn.to(env.device)
-    solve_seconds = 0.0
-    if readout is not None:
-        t0 = time.perf_counter()
-        readout()
-        solve_seconds += time.perf_counter() - t0
+    solve_seconds = _seconds(readout) if readout is not None else 0.0
     before = layer_mse(fn.eval(), val_inputs, val_targets, env, VAL_BATCH)
 
     model = wrap(fn, env)
@@ -253,9 +256,7 @@ def distill_layer(
         {"train_loss_final": None, "seconds": 0.0}
     fn.eval()
     if readout is not None and total:
-        t0 = time.perf_counter()
-        readout()
-        solve_seconds += time.perf_counter() - t0
+        solve_seconds += _seconds(readout)
     after = layer_mse(fn, val_inputs, val_targets, env, VAL_BATCH)
     fn.requires_grad_(False)
     return {
@@ -277,3 +278,123 @@ def layer_outputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs, env: DistE
         with env.autocast():
             out = fn(to_tensor(take(inputs, rows), env.device))
         write(start, out.float().cpu().numpy().astype(dtype))
+
+
+def check_layer_fits(store, key: str, cfg: DistillConfig) -> None:
+    """Refuse a layer key outside the teacher's layers of activation store `store`, or a batch
+    larger than its training sequences."""
+    if not 1 <= int(key) <= store.n_layers:
+        raise ValueError(f"layer {key} is outside the teacher's 1..{store.n_layers} layers")
+    if cfg.batch_size > store.n_sequences("train"):
+        raise ValueError(f"distill.batch_size {cfg.batch_size} (layer {key}) exceeds the "
+                         f"{store.n_sequences('train')} dumped training sequences: lower it or raise dump.train_sequences")
+
+
+def distill_one_layer(student: nn.Module, i: int, cfg: DistillConfig, env: DistEnv, train: tuple, val: tuple,
+                      teacher_dir: str | Path, log: LogFn | None = None) -> dict:
+    """Distil decoder layer i (0-based) of `student` on (inputs, layer-output targets) arrays
+    `train` and `val`; returns its metrics. A Hyena layer trains on `cfg.target`; a layer a hybrid
+    keeps is only measured. Either way the metrics carry the layer-output MSE before and after
+    (`val_layer_*`), so that every recipe reports one comparable number per layer. The teacher
+    (from `teacher_dir`) is loaded only for `target: mixer_output`."""
+    if not student.config.is_hyena(i):
+        return kept_layer_metrics(student, i, val, env)
+    block, mixer = student.decoder_layers()[i], student.mixer(i)
+    fn = trainable_fn(block, mixer, student.adapter.input_norm(block), cfg)
+    (train_in, train_out), (val_in, val_out) = train, val
+    if cfg.target == "layer_output":
+        result = distill_layer(fn, train_in, train_out, val_in, val_out, cfg, env, log=log)
+        before, after = {"mse": result["val_mse_before"], "nmse": result["val_nmse_before"]}, \
+            {"mse": result["val_mse"], "nmse": result["val_nmse"]}
+    else:
+        teacher = load_teacher(str(teacher_dir)).to(env.device)
+
+        def target(x):
+            return attention_output(teacher, i, x)
+
+        whole = LayerOnly(block)
+        before = layer_mse(whole, val_in, val_out, env, VAL_BATCH)
+        train_t = load_all(ComputedTargets(train_in, target, env.device), RAM_BYTES // 2)
+        val_t = ComputedTargets(val_in, target, env.device)
+        readout = None
+        if cfg.readout == "least_squares":
+            mixer.out_proj.requires_grad_(False)  # the solve owns the readout; the steps shape the features
+
+            def readout():
+                fit_readout(mixer, fn.norm, train_in, train_t, cfg, env)
+        result = distill_layer(fn, train_in, train_t, val_in, val_t, cfg, env, log=log, readout=readout)
+        after = layer_mse(whole, val_in, val_out, env, VAL_BATCH)
+    return {**result, "val_layer_mse_before": before["mse"], "val_layer_mse": after["mse"],
+            "val_layer_nmse_before": before["nmse"], "val_layer_nmse": after["nmse"],
+            "readout_norm": readout_norm(mixer)}
+
+
+def kept_layer_metrics(student: nn.Module, i: int, val: tuple, env: DistEnv) -> dict:
+    """A layer the hybrid keeps: no training; its layer-output MSE on the stage's inputs is recorded
+    (zero when teacher-forced: it is the teacher's layer)."""
+    val_in, val_out = val
+    m = layer_mse(lambda x: student.run_layer(i, x), val_in, val_out, env, VAL_BATCH)
+    return {"kept_attention": True, "steps": 0, "train_tokens": 0, "seconds": 0.0,
+            "val_mse_before": m["mse"], "val_mse": m["mse"], "val_nmse_before": m["nmse"], "val_nmse": m["nmse"],
+            "val_mse_after_first_before": m["mse_after_first"], "val_mse_after_first": m["mse_after_first"],
+            "val_layer_mse_before": m["mse"], "val_layer_mse": m["mse"],
+            "val_layer_nmse_before": m["nmse"], "val_layer_nmse": m["nmse"]}
+
+
+@torch.no_grad()
+def free_running_mse(student: nn.Module, store) -> dict[str, float]:
+    """Every layer's output MSE when the assembled student runs alone from the teacher's embedding
+    output on the validation sequences of activation store `store`, against the teacher's layer
+    outputs: {"01": mse, ...}. With `distill.input: teacher` this shows how errors compound once
+    layers feed each other; with `student` it matches the per-stage validation MSE."""
+    n_layers, n_val = len(student.decoder_layers()), store.n_sequences("val")
+    sq, count = np.zeros(n_layers), 0
+    for start in range(0, n_val, VAL_BATCH):
+        rows = slice(start, min(start + VAL_BATCH, n_val))
+        h = torch.from_numpy(np.asarray(store.layer("val", 0)[rows])).float()  # (b, L, d)
+        for i in range(n_layers):
+            h = student.run_layer(i, h)
+            target = torch.from_numpy(np.asarray(store.layer("val", i + 1)[rows])).float()
+            sq[i] += (h - target).pow(2).sum().item()
+        count += h.numel()
+    return {f"{i + 1:02d}": sq[i] / count for i in range(n_layers)}
+
+
+def load_distilled_layers(student: nn.Module, chain: dict[str, str], layer_dir: Callable[[str], Path],
+                          last: str) -> None:
+    """Load every distilled layer of `chain` ({"01": sha256 of its weights, ...}) into `student`
+    from `layer_dir(key)/layer.safetensors`, refusing a missing file or one that changed since the
+    layer `last` was distilled (its chain recorded the hash)."""
+    layers = student.decoder_layers()
+    for key, sha in sorted(chain.items()):
+        weights = layer_dir(key) / "layer.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} not found: rerun distill@{key} (dvc repro distill@{key})")
+        if file_sha256(weights) != sha:
+            raise RuntimeError(f"{weights} changed since layer {last} was distilled: run dvc repro")
+        layers[int(key) - 1].load_state_dict(load_file(str(weights)))
+
+
+STUDENT_OUTPUTS = "acts.zarr"  # the student's output of a layer, inside its layer directory
+
+
+def save_layer(student: nn.Module, i: int, out: Path, chain: dict[str, str], key: str,
+               inputs: tuple | None, env: DistEnv, batch_size: int, attrs: dict) -> None:
+    """Write distilled layer i (0-based, params key `key`) into directory `out`: its weights
+    (`layer.safetensors`), `chain.json` (every earlier layer's weight hash plus its own, so this
+    output changes whenever any of them does) and, given the layer's (train, val) `inputs`
+    (progressive distillation), its own outputs on them (`acts.zarr`: the next layer's inputs)."""
+    block = student.decoder_layers()[i]
+    weights = out / "layer.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in block.state_dict().items()}, str(weights))
+    atomic_write_json(out / "chain.json", {**chain, key: file_sha256(weights)})
+    if inputs is None:
+        return
+
+    def fill(split, arr):
+        src = inputs[0] if split == "train" else inputs[1]
+        layer_outputs(lambda x: student.run_layer(i, x), src, env, batch_size,
+                      lambda start, o: arr.__setitem__(slice(start, start + len(o)), o))
+
+    write_outputs(out / STUDENT_OUTPUTS, {"train": tuple(inputs[0].shape), "val": tuple(inputs[1].shape)}, fill,
+                  attrs=attrs)

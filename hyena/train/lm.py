@@ -11,45 +11,51 @@ loss before training, every logged metric) go to a checkpoint directory (safeten
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 
-from hyena.config import param
-from hyena.train.batches import epoch_batches, take
-from hyena.train.dist import DistEnv, wrap
+from hyena.core.config import param
+from hyena.core.dist import DistEnv, wrap
+from hyena.train.batches import LM_VAL_BATCH, epoch_batches, take
+from hyena.train.checkpoint import DirCheckpoint
 from hyena.train.loop import LogFn, run_steps
 from hyena.train.optim import OptimConfig
 
-VAL_BATCH = 4  # validation sequences per forward
-FULL_DISK = 1 << 20  # free bytes below which a failed checkpoint write is taken for a full disk
+
+@dataclass(frozen=True)
+class Objective:
+    """What a language-model training run minimises, and over which weights:
+    ce_weight * cross-entropy + kl_weight * KL(teacher || student) at kl_temperature; `train`
+    "all" (every weight) or "mixers" (only the Hyena mixers)."""
+    ce_weight: float = 1.0
+    kl_weight: float = 0.0
+    kl_temperature: float = 1.0
+    train: Literal["all", "mixers"] = "all"
 
 
 @dataclass
 class LMTrainConfig(OptimConfig):
     """Knobs of every cross-entropy training stage (fine-tune and from-scratch baseline)."""
-
     micro_batch_size: int = param(0, "sequences per forward per process (0: all; lower it if logits run out of memory)", ge=0)
     max_sequences: int = param(0, "first N training sequences (0: all)", ge=0)
     val_sequences: int = param(64, "validation sequences for the final loss (0: all)", ge=0)
     checkpoint_every: int = param(50, "steps between resumable checkpoints", ge=1)
 
+    def objective(self) -> Objective:
+        """Plain cross-entropy on every weight (the from-scratch baseline); the fine-tune has knobs."""
+        return Objective()
+
 
 @dataclass
 class FinetuneConfig(LMTrainConfig):
     """params.yaml `finetune`: the cross-entropy fine-tune of the whole MSE-distilled student."""
-
     SECTION = "finetune"
 
     lr: float = param(6.0e-4, "peak learning rate", gt=0)
@@ -66,6 +72,12 @@ class FinetuneConfig(LMTrainConfig):
         "cached", "cached: the teacher's top-k logits from the dump (dump.logits_topk) | online: a teacher forward "
                   "pass every step (exact, ~1/3 more compute per step)")
 
+    def objective(self) -> Objective:
+        return Objective(self.ce_weight, self.kl_weight, self.kl_temperature, self.train)
+
+    def readout_group_lr(self) -> float | None:
+        return self.readout_lr
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.ce_weight == 0 and self.kl_weight == 0:
@@ -75,7 +87,6 @@ class FinetuneConfig(LMTrainConfig):
 @dataclass
 class PretrainConfig(LMTrainConfig):
     """params.yaml `pretrain`: the same student from random weights, the paper's baseline."""
-
     SECTION = "pretrain"
 
     budget: Literal["auto"] | int = param("auto", "auto: the FLOPs of distillation + fine-tuning (equal compute), or a token count", ge=1)
@@ -101,7 +112,7 @@ def kl_to_teacher_topk(student_logits: torch.Tensor, values: torch.Tensor, ids: 
 
 
 @torch.no_grad()
-def lm_loss(model: nn.Module, tokens, env: DistEnv, batch_size: int = VAL_BATCH) -> float:
+def lm_loss(model: nn.Module, tokens, env: DistEnv, batch_size: int = LM_VAL_BATCH) -> float:
     """Mean next-token cross-entropy (nats/token) over the rows of `tokens` (n, L)."""
     n = tokens.shape[0]
     total, count = 0.0, 0
@@ -120,87 +131,6 @@ def lm_loss(model: nn.Module, tokens, env: DistEnv, batch_size: int = VAL_BATCH)
     return total / max(count, 1)
 
 
-class DirCheckpoint:
-    """Model + optimiser + step + run state in `directory`, resumed only by the same computation.
-
-    `fingerprint` maps named parts (e.g. input model hash, config, tokens, code version) to
-    strings. A checkpoint made with other parts is never resumed: `resumable()` says which parts
-    differ, removes it and returns 0. `state` is saved with every checkpoint and restored by
-    `resumable()` (the trainer keeps its validation loss before training and its metric log there).
-    """
-
-    def __init__(self, directory: str | Path, model: nn.Module, fingerprint: dict[str, str],
-                 say: Callable[[str], None] = print):
-        self.dir, self.model, self.fingerprint, self.say = Path(directory), model, dict(fingerprint), say
-        self.state: dict = {}
-        self._step: int | None = None  # decided once, on the first call of resumable()
-
-    def _read(self) -> dict | None:
-        try:
-            return json.loads((self.dir / "state.json").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def resumable(self) -> int:
-        """The step a valid checkpoint resumes from, with `state` restored; 0 (and no checkpoint
-        left behind) when there is none or it belongs to another computation."""
-        if self._step is None:
-            self._step = self._inspect()
-        return self._step
-
-    def _inspect(self) -> int:
-        old = self.dir.with_name(self.dir.name + ".old")
-        if not self.dir.exists() and old.is_dir():
-            old.rename(self.dir)  # killed between the two renames of `save`: the old one is complete
-        saved = self._read()
-        if saved is None:
-            if self.dir.exists():
-                shutil.rmtree(self.dir, ignore_errors=True)  # without its state file it is not usable
-            return 0
-        theirs = saved.get("fingerprint")
-        if theirs != self.fingerprint:
-            theirs = theirs if isinstance(theirs, dict) else {}
-            changed = sorted(k for k in {*self.fingerprint, *theirs} if self.fingerprint.get(k) != theirs.get(k))
-            self.say(f"not resuming the checkpoint in {self.dir} (step {saved.get('step')}): it was made with "
-                     f"another {', '.join(changed)}; starting over")
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return 0
-        self.state = saved.get("state", {})
-        return int(saved["step"])
-
-    def save(self, opt: torch.optim.Optimizer, step: int) -> None:
-        tmp = self.dir.with_name(self.dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            save_model(self.model, str(tmp / "model.safetensors"))
-            torch.save(opt.state_dict(), tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": self.fingerprint,
-                                                        "state": self.state}))
-        except Exception as err:
-            # safetensors names ENOSPC; torch.save says only "unexpected pos": look at the disk
-            full = "No space left on device" in str(err) or shutil.disk_usage(tmp).free < FULL_DISK
-            shutil.rmtree(tmp, ignore_errors=True)
-            if full:
-                raise OSError(errno.ENOSPC, "No space left on device", str(self.dir)) from err
-            raise
-        if self.dir.exists():
-            old = self.dir.with_name(self.dir.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            self.dir.rename(old)
-            tmp.rename(self.dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(self.dir)
-
-    def load(self, opt: torch.optim.Optimizer) -> int:
-        start = self.resumable()
-        if start:
-            load_model(self.model, str(self.dir / "model.safetensors"))
-            opt.load_state_dict(torch.load(self.dir / "optimizer.pt", weights_only=True))
-        return start
-
-
 def _recording(log: LogFn, history: list) -> LogFn:
     def record(metrics: dict, step: int) -> None:
         history.append([step, metrics])
@@ -215,6 +145,50 @@ def set_trainable(model: nn.Module, what: str) -> None:
     if what == "mixers":
         for i in model.hyena_layers():
             model.mixer(i).requires_grad_(True)
+
+
+def objective_loss(logits: torch.Tensor, ids: torch.Tensor, objective: Objective, teacher: nn.Module | None = None,
+                   top: tuple | None = None) -> torch.Tensor:
+    """ce_weight * next-token cross-entropy of `logits` (b, L, V) on `ids` (b, L), plus kl_weight *
+    KL(teacher || student): from `teacher` run on the same ids, or from `top` = (values, ids), its
+    cached top-k logits of these rows."""
+    loss = objective.ce_weight * F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
+    if objective.kl_weight > 0 and teacher is not None:
+        with torch.no_grad():
+            t_logits = teacher(input_ids=ids).logits
+        loss = loss + objective.kl_weight * kl_to_teacher(logits, t_logits, objective.kl_temperature)
+    elif objective.kl_weight > 0:
+        values, top_ids = top
+        loss = loss + objective.kl_weight * kl_to_teacher_topk(logits, values, top_ids.long(), objective.kl_temperature)
+    return loss
+
+
+def _lm_step(ddp: nn.Module, train_tokens, objective: Objective, env: DistEnv, local: slice, micro: int,
+             teacher: nn.Module | None, teacher_topk: tuple | None) -> Callable[[np.ndarray], float]:
+    """One optimiser step's gradients for global batch `rows`: this rank's `local` share, in micro
+    batches of `micro` (gradients synchronised on the last); returns the mean loss."""
+    local_n = local.stop - local.start
+
+    def step(rows: np.ndarray) -> float:
+        rows = rows[local]
+        ids_all = torch.from_numpy(np.asarray(take(train_tokens, rows), dtype=np.int64)).to(env.device)
+        if objective.kl_weight > 0 and teacher is None:
+            top_all = [torch.from_numpy(np.ascontiguousarray(take(a, rows))).to(env.device) for a in teacher_topk]
+        total = 0.0
+        for m0 in range(0, local_n, micro):
+            ids = ids_all[m0:m0 + micro]  # (b, L)
+            frac = ids.shape[0] / local_n
+            sync = m0 + micro >= local_n
+            ctx = ddp.no_sync() if env.distributed and not sync else contextlib.nullcontext()
+            with ctx, env.autocast():
+                logits = ddp(input_ids=ids).logits  # (b, L, V)
+                top = tuple(t[m0:m0 + micro] for t in top_all) if objective.kl_weight > 0 and teacher is None else None
+                loss = objective_loss(logits, ids, objective, teacher, top)
+            (loss * frac).backward()
+            total += loss.item() * frac
+        return total
+
+    return step
 
 
 def train_lm(
@@ -232,18 +206,16 @@ def train_lm(
     """Train a causal LM on packed token rows (n, L) for `steps` optimiser steps; returns the
     validation loss/perplexity before and after, and costs.
 
-    With a FinetuneConfig whose kl_weight > 0 the loss adds the logit KL to the teacher: from
+    With an objective (`cfg.objective()`) whose kl_weight > 0 the loss adds the logit KL to the teacher: from
     `teacher` run online, or from `teacher_topk` = (values, ids), the teacher's top-k logits of the
     same rows (each (n, L, k), row-aligned with train_tokens)."""
-    kl_weight = getattr(cfg, "kl_weight", 0.0)
-    kl_temperature = getattr(cfg, "kl_temperature", 1.0)
-    ce_weight = getattr(cfg, "ce_weight", 1.0)
+    objective = cfg.objective()
     if steps < 1:
         raise ValueError(f"LM training needs at least one step (got {steps})")
     torch.manual_seed(cfg.seed)
     model.to(env.device)
-    set_trainable(model, getattr(cfg, "train", "all"))
-    if kl_weight > 0 and teacher is None and teacher_topk is None:
+    set_trainable(model, objective.train)
+    if objective.kl_weight > 0 and teacher is None and teacher_topk is None:
         raise ValueError("kl_weight > 0 needs a teacher or its cached top-k logits")
     if teacher is not None:
         teacher.to(env.device).eval().requires_grad_(False)
@@ -251,8 +223,7 @@ def train_lm(
     n, seq_len = train_tokens.shape
     epochs = math.ceil(steps / max(n // cfg.batch_size, 1))
     local = env.local_slice(cfg.batch_size)
-    local_n = local.stop - local.start
-    micro = cfg.micro_batch_size or local_n
+    micro = cfg.micro_batch_size or (local.stop - local.start)
     resumed_at = checkpoint.resumable() if checkpoint is not None else 0
     run_state = checkpoint.state if resumed_at else {}
     val_before = run_state["val_loss_before"] if resumed_at else lm_loss(model, val_tokens, env)
@@ -264,30 +235,7 @@ def train_lm(
             log(metrics, logged_step)
         log = _recording(log, history)
 
-    def step(rows: np.ndarray) -> float:
-        rows = rows[local]
-        ids_all = torch.from_numpy(np.asarray(take(train_tokens, rows), dtype=np.int64)).to(env.device)
-        if kl_weight > 0 and teacher is None:
-            top_all = [torch.from_numpy(np.ascontiguousarray(take(a, rows))).to(env.device) for a in teacher_topk]
-        total = 0.0
-        for m0 in range(0, local_n, micro):
-            ids = ids_all[m0:m0 + micro]  # (b, L)
-            frac = ids.shape[0] / local_n
-            sync = m0 + micro >= local_n
-            ctx = ddp.no_sync() if env.distributed and not sync else contextlib.nullcontext()
-            with ctx, env.autocast():
-                logits = ddp(input_ids=ids).logits  # (b, L, V)
-                loss = ce_weight * F.cross_entropy(logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten())
-                if kl_weight > 0 and teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(input_ids=ids).logits
-                    loss = loss + kl_weight * kl_to_teacher(logits, t_logits, kl_temperature)
-                elif kl_weight > 0:
-                    values, top_ids = (t[m0:m0 + micro] for t in top_all)
-                    loss = loss + kl_weight * kl_to_teacher_topk(logits, values, top_ids.long(), kl_temperature)
-            (loss * frac).backward()
-            total += loss.item() * frac
-        return total
+    step = _lm_step(ddp, train_tokens, objective, env, local, micro, teacher, teacher_topk)
 
     model.train()
     run = run_steps(model, cfg, epoch_batches(n, cfg.batch_size, epochs, cfg.seed), steps, step, env, log=log,

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from hyena.train.dist import DistEnv
+from hyena.core.dist import DistEnv
 from hyena.train.optim import OptimConfig, make_optimizer
 
 LogFn = Callable[[dict, int], None]

@@ -8,8 +8,9 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from hyena.config import Config, param
-from hyena.operator import HyenaOperator
+from hyena.core.config import Config, param
+from hyena.model.multihyena import MultiHyenaOperator
+from hyena.model.operator import HyenaOperator
 from hyena.train.schedule import warmup_decay
 
 
@@ -32,6 +33,11 @@ class OptimConfig(Config):
         "auto", "matmul precision: auto (bf16 autocast on a GPU that supports it, fp32 on CPU) | fp32 | bf16 "
                 "(autocast, CPU included: ~2x the fp32 matmul rate on CPUs with avx512_bf16); the FFT stays fp32")
 
+    def readout_group_lr(self) -> float | None:
+        """The learning rate of the Hyena mixers' output projections as a group of their own
+        (`param_groups`), None for none: only the fine-tune has that knob (FinetuneConfig.readout_lr)."""
+        return None
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -47,7 +53,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, filter_lr: fl
     it should move slowly, and decay would pull it off). Frozen parameters are left out."""
     readout = set()
     if readout_lr is not None:
-        readout = {id(p) for m in model.modules() if isinstance(m, HyenaOperator) for p in m.out_proj.parameters()}
+        readout = {id(p) for m in model.modules() if isinstance(m, (HyenaOperator, MultiHyenaOperator))
+                   for p in m.out_proj.parameters()}
     filt, decay, no_decay, read = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -72,8 +79,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, filter_lr: fl
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
     """(AdamW over `param_groups`, LambdaLR with the paper's warm-up + cosine-to-floor schedule)."""
-    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.filter_lr,
-                          readout_lr=getattr(cfg, "readout_lr", None))  # a fine-tune knob only
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.filter_lr, readout_lr=cfg.readout_group_lr())
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
