@@ -38,7 +38,7 @@ from hyena.model.cache import HyenaConvState, MixerCache, conv_forward, layer_st
 from hyena.model.decode_step import fusable, layer_step
 from hyena.model.multihyena import teacher_heads
 from hyena.model.multihyena_mixer import MultiHyenaMixer
-from hyena.model.operator import HyenaConfig, HyenaFilter, HyenaOperator, Sin
+from hyena.model.operator import HyenaConfig, HyenaOperator, reset_hyena_parameters
 from hyena.teachers import TeacherAdapter, causal_mask, get_adapter, position_inputs, sliding_window
 
 MIXERS = ("hyena", "multihyena")
@@ -69,18 +69,8 @@ class HyenaMixer(HyenaOperator):
 
     @torch.no_grad()
     def reset_hyena_parameters(self) -> None:
-        """The reference Hyena initialisation: PyTorch defaults for the projections, the short
-        conv and the filter FFN, N(0, 1) pass-through biases, sine frequency `cfg.sine_freq`.
-
-        Uses the torch.nn.init primitives, so inside `PreTrainedModel.initialize_weights` (which
-        guards them) parameters already loaded from a checkpoint are left untouched."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv1d)):
-                module.reset_parameters()
-            elif isinstance(module, Sin):
-                hf_init.constant_(module.freq, self.cfg.sine_freq)
-            elif isinstance(module, HyenaFilter):
-                hf_init.normal_(module.bias, 0.0, 1.0)
+        """The reference Hyena initialisation (operator.reset_hyena_parameters)."""
+        reset_hyena_parameters(self, self.cfg.sine_freq)
 
 
 class HyenaStudentHFConfig(PretrainedConfig):

@@ -14,8 +14,6 @@ context like the teacher's; the O(1) state is the modal student's (hyena/recurre
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-from transformers import initialization as hf_init
 
 from hyena.model.cache import MultiHyenaKVState, _short_conv_continued, layer_state, mask_pads
 from hyena.model.multihyena import (
@@ -24,7 +22,7 @@ from hyena.model.multihyena import (
     filter_support,
     mix_quadratic,
 )
-from hyena.model.operator import HyenaFilter, Sin, project_channel_major
+from hyena.model.operator import project_channel_major, reset_hyena_parameters
 
 
 class MultiHyenaMixer(MultiHyenaOperator):
@@ -61,13 +59,5 @@ class MultiHyenaMixer(MultiHyenaOperator):
 
     @torch.no_grad()
     def reset_hyena_parameters(self) -> None:
-        """The Hyena initialisation (hyena.student.HyenaMixer.reset_hyena_parameters): PyTorch
-        defaults for the projections, short conv and filter FFN, N(0, 1) pass-through, the sine
-        frequency of the config; through torch.nn.init primitives that HF's guard respects."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv1d)):
-                module.reset_parameters()
-            elif isinstance(module, Sin):
-                hf_init.constant_(module.freq, self.cfg.sine_freq)
-            elif isinstance(module, HyenaFilter):
-                hf_init.normal_(module.bias, 0.0, 1.0)
+        """The reference Hyena initialisation (operator.reset_hyena_parameters)."""
+        reset_hyena_parameters(self, self.cfg.sine_freq)

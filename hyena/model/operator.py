@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+from transformers import initialization as hf_init
 
 from hyena.core.config import Config, param
 from hyena.model.fftconv import (
@@ -280,3 +281,21 @@ def causality_violation(mixer: nn.Module, d_model: int, L: int = 64, batch: int 
         if t + 1 < L:
             worst = max(worst, grad[:, t + 1 :].abs().max().item())
     return worst
+
+
+@torch.no_grad()
+def reset_hyena_parameters(root: nn.Module, sine_freq: float) -> None:
+    """The reference Hyena initialisation of every module under `root`: PyTorch defaults for the
+    projections, the short conv and the filter FFN, N(0, 1) pass-through biases, sine frequency
+    `sine_freq`.
+
+    Uses the torch.nn.init primitives (through transformers.initialization), so inside
+    `PreTrainedModel.initialize_weights`, which guards them, parameters already loaded from a
+    checkpoint are left untouched."""
+    for module in root.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            module.reset_parameters()
+        elif isinstance(module, Sin):
+            hf_init.constant_(module.freq, sine_freq)
+        elif isinstance(module, HyenaFilter):
+            hf_init.normal_(module.bias, 0.0, 1.0)
