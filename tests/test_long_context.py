@@ -54,10 +54,15 @@ def test_buckets_double_and_cover_every_scored_position():
         "0-256", "256-512", "512-1K", "1K-2K", "2K-4K"]
 
 
-def test_windows_are_round_robin_over_documents():
+def test_windows_are_shared_over_documents_and_spread_over_each():
     docs = [np.arange(100), np.arange(1000, 1030), np.arange(2000, 2250)]
+    # shares 3/1/2 of 5/1/12 windows: doc 0 at the centres of thirds (windows 0, 2, 4), doc 2 of halves (3, 9)
     w = positions.cut_windows(docs, 20, 6)
-    assert [int(r[0]) for r in w] == [0, 1000, 2000, 20, 2020, 40]  # the 30-token document has one window
+    assert [int(r[0]) for r in w] == [0, 1000, 2060, 40, 2180, 80]
+    assert all((r == np.arange(r[0], r[0] + 20)).all() for r in w)  # whole, contiguous windows
+    one_each = positions.cut_windows(docs, 20, 3)  # one window per document: its middle, not its opening
+    assert [int(r[0]) for r in one_each] == [40, 1000, 2120]
+    assert len(positions.cut_windows(docs, 20, 100)) == 5 + 1 + 12  # capped at what the documents hold
     with pytest.raises(ValueError, match="no document has 500 tokens"):
         positions.cut_windows(docs, 500, 2)
 

@@ -53,6 +53,16 @@ def vocab_sha256(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
 
 
+def tokenizer_sha256(tokenizer) -> str:
+    """A hash of everything that decides a tokenizer's ids for a text (a fast tokenizer's whole
+    definition: normaliser, pre-tokeniser, model, added tokens), or of its vocabulary when it has
+    no such definition. Models that share a tokenizer from different directories hash equal."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return vocab_sha256(tokenizer)
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()
+
+
 def check_tokenizer(tokens_dir: str | Path, model_dir: str | Path, whose: str) -> None:
     """Refuse token rows made with another tokenizer than the one in `model_dir` (the model
     `whose` reads them): ids below the vocab size would pass and mean other words. Nothing to

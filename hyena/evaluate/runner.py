@@ -28,7 +28,7 @@ from hyena.core.io import (
     remove_leftovers,
 )
 from hyena.core.runtime import resolve_device
-from hyena.data.tokens import load_manifest, vocab_sha256
+from hyena.data.tokens import load_manifest, tokenizer_sha256, vocab_sha256
 from hyena.evaluate import harness, passkey, perplexity, positions, streams
 from hyena.evaluate.config import EvalConfig
 from hyena.evaluate.plots import plot_positions, plot_ppl, plot_ppl_vs_context
@@ -226,21 +226,22 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
     if cfg.reference:
         load_reference(cfg.reference)
     fallbacks = [cfg.tokenizer, tokenizer_fallback]
-    tokenized: dict[tuple[str, str], object] = {}  # (dataset, tokenizer source) -> stream
+    tokenized: dict[tuple[str, str], object] = {}  # (dataset, tokenizer hash) -> stream: each text tokenised once per tokenizer
     long_docs = positions.read_documents(cfg.positions) if cfg.positions.context else []
     results = {"settings": {**asdict(cfg), "device": device, "dataset_sources": dict(sources),
                             "user_tasks": user_tasks}, "models": {}}
     for name, path in cfg.models.items():
         model = load_model(path, device)
         tokenizer, tok_source = load_model_tokenizer(path, model, fallbacks)
+        tok_key = tokenizer_sha256(tokenizer)
         token_streams: dict[str, object] = dict(shared)
         if shared and not same_tokenizer(tokens_dir, tokenizer):
             for ds in shared:  # the tokenize stage's rows: made with the teacher's tokenizer
                 token_streams[ds] = f"the tokenize stage's rows ({tokens_dir}) were made with another tokenizer than this model's"
         for ds, text in texts.items():
-            if (ds, tok_source) not in tokenized:
-                tokenized[ds, tok_source] = streams.tokenize_stream(tokenizer, text)
-            token_streams[ds] = tokenized[ds, tok_source]
+            if (ds, tok_key) not in tokenized:
+                tokenized[ds, tok_key] = streams.tokenize_stream(tokenizer, text)
+            token_streams[ds] = tokenized[ds, tok_key]
             results["settings"]["dataset_sources"][ds] = f"{sources[ds]} ({len(token_streams[ds])} tokens with {tok_source})"
         entry = {
             "path": (labels or {}).get(name, path),
@@ -250,13 +251,13 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
             "ppl": model_perplexities(model, token_streams, cfg, device, name),
         }
         if long_docs:
-            if (POSITIONS, tok_source) not in tokenized:
+            if (POSITIONS, tok_key) not in tokenized:
                 try:
-                    tokenized[POSITIONS, tok_source] = positions.cut_windows(
+                    tokenized[POSITIONS, tok_key] = positions.cut_windows(
                         [streams.tokenize_stream(tokenizer, d) for d in long_docs], cfg.positions.context, cfg.positions.windows)
                 except ValueError as err:  # documents too short in this tokenizer: n/a, not a failed stage
-                    tokenized[POSITIONS, tok_source] = str(err)
-            entry["positions"] = model_long_context(model, tokenized[POSITIONS, tok_source], cfg, device, name)
+                    tokenized[POSITIONS, tok_key] = str(err)
+            entry["positions"] = model_long_context(model, tokenized[POSITIONS, tok_key], cfg, device, name)
         if cfg.passkey.lengths:
             entry["passkey"] = passkey.model_passkey(model, tokenizer, cfg.passkey, device, name, context_limit(model))
         if cfg.tasks or user_tasks:
