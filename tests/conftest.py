@@ -16,7 +16,25 @@ SHARED = Path(os.environ.get("HYENA_SHARED", ROOT.parent / "shared"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `pytest -n N` (pytest-xdist, the default: pyproject's addopts) runs N worker processes side by
+# side; each gets an equal share of the cores, so that they do not fight over them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(THREADS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)  # stages the tests start as processes compute as in-process ones
+
+
+# Tests that share an expensive fixture run on one pytest-xdist worker (`--dist loadgroup`), so that
+# it is built once: the tiny pipeline run (~2 min) and the real SmolLM2 teacher (~20 s to dequantise).
+GROUPED_BY_FIXTURE = {"tiny_repo": "tiny_pipeline", "smollm_teacher": "smollm"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = next((g for f, g in GROUPED_BY_FIXTURE.items() if f in getattr(item, "fixturenames", ())), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def _need(path: Path) -> Path:
@@ -259,7 +277,7 @@ def small_project(tmp_path_factory, pythia_dir, owt_jsonl) -> Path:
 # ---- the tiny preset through `dvc repro`, once per session ---------------------------------------
 
 DVC_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1",
-           "OMP_NUM_THREADS": "2", "PYTHONPATH": ""}
+           "OMP_NUM_THREADS": str(THREADS), "PYTHONPATH": ""}
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
 
@@ -315,14 +333,33 @@ def copy_of(repo: Path, top: Path, link_data: bool = False) -> Path:
     return dst
 
 
+def run_tiny_pipeline(top: Path) -> Path:
+    """top/repo: a fresh project on the tiny preset after one `dvc repro` of every stage."""
+    repo = fresh_project(top)
+    sh(["dvc", "repro"], repo)
+    return repo
+
+
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory) -> Path:
     """The project on the `tiny` preset after one `dvc repro` of every stage, in a temporary git
-    repository beside ../shared. Tests only read it (a `dvc status` is fine): one that edits files,
-    reruns stages or commits works on `copy_of(tiny_repo, tmp_path)`."""
-    repo = fresh_project(tmp_path_factory.mktemp("tiny"))
-    sh(["dvc", "repro"], repo)
-    return repo
+    repository beside ../shared, built once per test run: under pytest-xdist, the first worker to
+    ask builds it in the run's shared temporary directory while the others wait on a file lock.
+    Tests only read it (a `dvc status` is fine): one that edits files, reruns stages or commits
+    works on `copy_of(tiny_repo, tmp_path)`."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this run's directory, above every worker's own
+    top, done = base / "tiny_pipeline", base / "tiny_pipeline.done"
+    with FileLock(str(base / "tiny_pipeline.lock")):
+        if not done.exists():
+            shutil.rmtree(top, ignore_errors=True)  # another worker's failed attempt
+            top.mkdir()
+            run_tiny_pipeline(top)
+            done.touch()
+    return top / "repo"
 
 
 @pytest.fixture

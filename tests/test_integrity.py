@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_stage
-from tiny_repo import make_tiny_repo, run
+from tiny_repo import run
 
 
 def zero_bytes(path: Path, start: int = 1000, n: int = 4000) -> None:
@@ -25,12 +25,11 @@ def chunk(store: Path, array: str, index: int) -> Path:
 
 
 @pytest.mark.slow
-def test_dvc_repro_rewrites_a_damaged_activation_chunk(tmp_path):
+def test_dvc_repro_rewrites_a_damaged_activation_chunk(tiny_copy):
     """The issue's case 1 through DVC: zero 4,000 bytes inside a finished chunk and `dvc repro`. The
     resumed dump must find the chunk by its digest and write it again, so that the store comes back
     byte-identical and DVC records the hash it had (nothing downstream would be built on it)."""
-    repo = make_tiny_repo(tmp_path)
-    run(["dvc", "repro", "dump-activations"], repo)
+    repo = tiny_copy
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["dump-activations"]["outs"][0]["md5"]
     victim = chunk(repo / "data/activations.zarr", "train/layer_03", 2)
     original = victim.read_bytes()
