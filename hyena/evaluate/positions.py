@@ -40,7 +40,8 @@ class PositionsConfig(Config):
                                                     "glob, or .jsonl (a local source belongs in the eval stage's deps)")
     text_field: str = param("text", "jsonl field holding each document")
     context: int = param(8192, "window length in tokens, the last position scored (0: no curve)", ge=0)
-    windows: int = param(4, "windows scored per model (round-robin over the documents)", ge=1)
+    windows: int = param(4, "windows scored per model, shared over the documents and spread over each (4 x 8,192 "
+                            "tokens: 16K scored tokens in the 4K-8K bucket, 1K in 0-256)", ge=1)
     first_bucket: int = param(256, "positions [1, first_bucket) form the first bucket; each next one doubles", ge=2)
 
     def __post_init__(self) -> None:
