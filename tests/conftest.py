@@ -37,6 +37,16 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+def ci_script(name: str):
+    """.ci/<name>.py (a script, not a package module) imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"ci_{name}", ROOT / ".ci" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"missing shared resource {path}: set HYENA_SHARED to the shared/ directory")

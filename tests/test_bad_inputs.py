@@ -84,11 +84,14 @@ def truncate_student(name: str):
     return prepare
 
 
-def truncate_finetuned_for_eval(project, tmp_path, params):
-    dst = tmp_path / "finetuned"
-    shutil.copytree(Path(params["paths"]["students"]) / "finetuned", dst)
-    truncate(dst / "model.safetensors")
-    params["eval"]["models"] = {"finetuned": str(dst)}
+def truncated_finetuned_for_eval(filename: str):
+    """A prepare step: eval reads a copy of the fine-tuned student whose `filename` is truncated."""
+    def prepare(project, tmp_path, params):
+        dst = tmp_path / "finetuned"
+        shutil.copytree(Path(params["paths"]["students"]) / "finetuned", dst)
+        truncate(dst / filename)
+        params["eval"]["models"] = {"finetuned": str(dst)}
+    return prepare
 
 
 def recurrent_fitted_on_16_taps(project, tmp_path, params):
@@ -171,13 +174,6 @@ def broken_config(name: str):
         students = copied(project, tmp_path, params, "students")
         truncate(students / name / "config.json")
     return prepare
-
-
-def broken_config_for_eval(project, tmp_path, params):
-    dst = tmp_path / "finetuned"
-    shutil.copytree(Path(params["paths"]["students"]) / "finetuned", dst)
-    truncate(dst / "config.json")
-    params["eval"]["models"] = {"finetuned": str(dst)}
 
 
 def users_own(path: Path) -> Path:
@@ -276,7 +272,7 @@ CASES: dict[str, Case] = {
     "truncated distilled weights -> finetune": Case(["finetune"], ["distilled/model.safetensors", "truncated or corrupt"],
                                                     prepare=truncate_student("distilled")),
     "truncated model weights -> eval": Case(["eval"], ["finetuned/model.safetensors", "truncated or corrupt"],
-                                            prepare=truncate_finetuned_for_eval),
+                                            prepare=truncated_finetuned_for_eval("model.safetensors")),
     "truncated GGUF as teacher.source": Case(["teacher"], ["SmolLM2-135M-Instruct.Q4_1.gguf", "truncated or not a GGUF file",
                                                            "re-download it", "teacher.source"], prepare=truncated_gguf_teacher),
     "missing layer_02 -> assemble": Case(["assemble"], ["layer_02", "not found", "rerun distill@02 (dvc repro distill@02)"],
@@ -291,7 +287,7 @@ CASES: dict[str, Case] = {
     "broken distilled config.json -> finetune": Case(["finetune"], ["distilled/config.json", "damaged", "rerun the assemble stage"],
                                                      prepare=broken_config("distilled")),
     "broken finetuned config.json -> eval": Case(["eval"], ["finetuned/config.json", "damaged", "rerun the stage that writes it"],
-                                                 prepare=broken_config_for_eval),
+                                                 prepare=truncated_finetuned_for_eval("config.json")),
     "inspect --verify with a truncated chunk": Case(["inspect", "--verify"], ["verify failed", "unreadable", "layer_00"],
                                                     prepare=truncate_teacher_chunk),
     # ---- output paths naming directories the stage did not write

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import subprocess
 import sys
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, ci_script
 
 from hyena.core.config import ConfigError, load
 from hyena.train.distill import DistillConfig
@@ -129,10 +128,7 @@ def test_malformed_params_files_are_one_line_errors(tmp_path, text, words):
 
 def deps_check():
     """.ci/deps_check.py, the project's own check of dvc.yaml's code deps, as a module."""
-    spec = importlib.util.spec_from_file_location("ci_deps_check", ROOT / ".ci" / "deps_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return ci_script("deps_check")
 
 
 def test_dvc_yaml_code_deps_cover_every_imported_project_file():

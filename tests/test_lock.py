@@ -5,9 +5,8 @@ from it)."""
 from __future__ import annotations
 
 import importlib.metadata as md
-import importlib.util
 
-from conftest import ROOT
+from conftest import ROOT, ci_script
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -22,10 +21,7 @@ def locked() -> dict[str, str]:
 
 
 def lock_tool():
-    spec = importlib.util.spec_from_file_location("ci_lock", ROOT / ".ci" / "lock.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return ci_script("lock")
 
 
 def test_every_direct_dependency_is_pinned_within_its_range_and_torch_stays_2_13():

@@ -18,10 +18,16 @@ from pathlib import Path
 
 import typer
 
-from hyena.core.io import atomic_write_text
 from hyena.evaluate.ablations import layer_table, plot_variants_layer_mse
-from pipeline.params import PARAMS, StageError, load_params, one_line_errors, paths
-from tools.experiments import load_variants, pick
+from pipeline.params import PARAMS, one_line_errors
+from tools.experiments import (
+    ExpJsonOption,
+    NumOption,
+    OnlyOption,
+    ParamsOption,
+    selected_variants,
+    write_markdown,
+)
 
 app = typer.Typer(add_completion=False)
 
@@ -32,36 +38,31 @@ IGNORE = ("distill.layers", "distill.last", "eval.", "finetune.", "pretrain.", "
 @app.command()
 @one_line_errors
 def main(
-    exp_json: Path = typer.Option(None, help="a saved `dvc exp show --json` (default: run it now)"),
-    params: Path = typer.Option(PARAMS, help="params.yaml (paths.reports)"),
+    exp_json: ExpJsonOption = None,
+    params: ParamsOption = PARAMS,
     out: Path = typer.Option(None, help="markdown table (default: <paths.reports>/ablations.md)"),
     plot: Path = typer.Option(None, help="per-layer MSE plot (default: <paths.reports>/plots/ablations_layer_mse.png)"),
     metric: list[str] = typer.Option([], help="extra metric columns, flattened keys such as "
                                      "finetune.val_ppl (absent ones show as –)"),
-    num: int = typer.Option(1, help="commits back from HEAD whose experiments to include (dvc exp show -n)"),
-    only: list[str] = typer.Option([], help="keep only these variants (experiment or branch names), in this order"),
+    num: NumOption = 1,
+    only: OnlyOption = None,
     max_layer: int = typer.Option(0, help="compare layers 1..N only, e.g. for experiments run up to distill@N (0: all)"),
     free: bool = typer.Option(True, help="show the assembled student's free-running MSE (--no-free when some "
                                           "experiments stopped before assemble)"),
 ) -> None:
     """Table and plot of per-layer distillation MSE across DVC experiments."""
-    p = paths(load_params(params))
+    p, variants = selected_variants(params, exp_json, num, only, "experiment")
     out = out or Path(p.reports) / "ablations.md"
     plot = plot or p.plot("ablations_layer_mse")
-    variants = pick(load_variants(exp_json, num, p.reports), only, "experiment")
     for v in variants:
         if max_layer > 0:
             v.layer_mse = {k: x for k, x in v.layer_mse.items() if k <= max_layer}
             v.free_mse = {k: x for k, x in v.free_mse.items() if k <= max_layer}
         if not free:
             v.free_mse = {}
-    if not variants:
-        raise StageError("no experiment with metrics: run `dvc repro` or `dvc exp run` first")
     table = layer_table(variants, metric, IGNORE)
-    atomic_write_text(out, "# Ablations\n\nPer-layer validation MSE of each distillation stage and of the "
-                      "assembled student run free (teacher's embeddings in, student layers only).\n\n"
-                      f"![per-layer MSE]({Path(plot).relative_to(out.parent) if plot.is_relative_to(out.parent) else plot})\n\n"
-                      + table)
+    write_markdown(out, "Ablations", "Per-layer validation MSE of each distillation stage and of the assembled "
+                   "student run free (teacher's embeddings in, student layers only).\n\n", plot, table)
     plot_variants_layer_mse(variants, plot, IGNORE)
     typer.echo(table)
     typer.echo(f"{len(variants)} variants -> {out}, {plot}")

@@ -6,9 +6,37 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Annotated
 
+import typer
+
+from hyena.core.io import atomic_write_text
 from hyena.evaluate.ablations import Variant, flatten
-from pipeline.params import StageError
+from pipeline.params import PARAMS, StageError, load_params, paths
+
+# The options `ablations` and `recipes` share: which params file, which experiments.
+ParamsOption = Annotated[Path, typer.Option(help="params.yaml (paths.reports)")]
+ExpJsonOption = Annotated[Path | None, typer.Option(help="a saved `dvc exp show --json` (default: run it now)")]
+NumOption = Annotated[int, typer.Option(help="commits back from HEAD whose experiments to include (dvc exp show -n)")]
+OnlyOption = Annotated[list[str] | None, typer.Option(help="keep only these runs (experiment or branch names), "
+                                                           "in this order")]
+
+
+def selected_variants(params: Path, exp_json: Path | None, num: int, only: list[str] | None, what: str,
+                      keep=lambda variant: True):
+    """(paths of `params`, the variants that `keep` accepts and `only` names, or all of them), with
+    a clear error when none is left."""
+    p = paths(load_params(params or PARAMS))
+    variants = pick([v for v in load_variants(exp_json, num, p.reports) if keep(v)], only or [], what)
+    if not variants:
+        raise StageError(f"no {what} with metrics: run `dvc repro` or `dvc exp run` first")
+    return p, variants
+
+
+def write_markdown(out: Path, title: str, intro: str, plot: Path, table: str) -> None:
+    """out: a heading, an intro, the plot (linked relative to out) and the table."""
+    rel = plot.relative_to(out.parent) if plot.is_relative_to(out.parent) else plot
+    atomic_write_text(out, f"# {title}\n\n{intro}![{title}]({rel})\n\n{table}")
 
 
 def load_variants(exp_json: Path | None, num: int, reports: str) -> list[Variant]:

@@ -15,10 +15,16 @@ from pathlib import Path
 
 import typer
 
-from hyena.core.io import atomic_write_text
 from hyena.evaluate.recipes import plot_recipes, recipe_table
-from pipeline.params import PARAMS, StageError, load_params, one_line_errors, paths
-from tools.experiments import load_variants, pick
+from pipeline.params import PARAMS, one_line_errors
+from tools.experiments import (
+    ExpJsonOption,
+    NumOption,
+    OnlyOption,
+    ParamsOption,
+    selected_variants,
+    write_markdown,
+)
 
 app = typer.Typer(add_completion=False)
 
@@ -29,24 +35,20 @@ IGNORE_RECIPE = ("distill.layers", "distill.last", "pretrain.", "recurrent.", "e
 @app.command()
 @one_line_errors
 def main(
-    params: Path = typer.Option(PARAMS, help="params.yaml (paths.reports)"),
-    exp_json: Path = typer.Option(None, help="a saved `dvc exp show --json` (default: run it now)"),
-    num: int = typer.Option(1, help="commits back from HEAD whose experiments to include (dvc exp show -n)"),
-    only: list[str] = typer.Option([], help="keep only these recipes (experiment or branch names), in this order"),
+    params: ParamsOption = PARAMS,
+    exp_json: ExpJsonOption = None,
+    num: NumOption = 1,
+    only: OnlyOption = None,
     title: str = typer.Option("Recipes", help="heading of the markdown file"),
     out: Path = typer.Option(None, help="markdown (default: <paths.reports>/recipes.md)"),
     plot: Path = typer.Option(None, help="plot (default: <paths.reports>/plots/recipes.png)"),
 ) -> None:
     """Table and plot of whole recipes across DVC experiments."""
-    p = paths(load_params(params))
+    p, variants = selected_variants(params, exp_json, num, only, "run", keep=lambda v: bool(v.metrics))
     out = out or Path(p.reports) / "recipes.md"
     plot = plot or p.plot("recipes")
-    variants = pick([v for v in load_variants(exp_json, num, p.reports) if v.metrics], only, "run")
-    if not variants:
-        raise StageError("no run with metrics: run `dvc repro` or `dvc exp run` first")
     table = recipe_table(variants, IGNORE_RECIPE)
-    rel = plot.relative_to(out.parent) if plot.is_relative_to(out.parent) else plot
-    atomic_write_text(out, f"# {title}\n\n![recipes]({rel})\n\n{table}")
+    write_markdown(out, title, "", plot, table)
     plot_recipes(variants, plot)
     typer.echo(table)
     typer.echo(f"{len(variants)} recipes -> {out}, {plot}")
