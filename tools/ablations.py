@@ -20,14 +20,7 @@ import typer
 
 from hyena.evaluate.ablations import layer_table, plot_variants_layer_mse
 from pipeline.params import PARAMS, one_line_errors
-from tools.experiments import (
-    ExpJsonOption,
-    NumOption,
-    OnlyOption,
-    ParamsOption,
-    selected_variants,
-    write_markdown,
-)
+from tools import experiments
 
 app = typer.Typer(add_completion=False)
 
@@ -38,20 +31,20 @@ IGNORE = ("distill.layers", "distill.last", "eval.", "finetune.", "pretrain.", "
 @app.command()
 @one_line_errors
 def main(
-    exp_json: ExpJsonOption = None,
-    params: ParamsOption = PARAMS,
+    exp_json: experiments.ExpJsonOption = None,
+    params: experiments.ParamsOption = PARAMS,
     out: Path = typer.Option(None, help="markdown table (default: <paths.reports>/ablations.md)"),
     plot: Path = typer.Option(None, help="per-layer MSE plot (default: <paths.reports>/plots/ablations_layer_mse.png)"),
     metric: list[str] = typer.Option([], help="extra metric columns, flattened keys such as "
                                      "finetune.val_ppl (absent ones show as –)"),
-    num: NumOption = 1,
-    only: OnlyOption = None,
+    num: experiments.NumOption = 1,
+    only: experiments.OnlyOption = None,
     max_layer: int = typer.Option(0, help="compare layers 1..N only, e.g. for experiments run up to distill@N (0: all)"),
     free: bool = typer.Option(True, help="show the assembled student's free-running MSE (--no-free when some "
                                           "experiments stopped before assemble)"),
 ) -> None:
     """Table and plot of per-layer distillation MSE across DVC experiments."""
-    p, variants = selected_variants(params, exp_json, num, only, "experiment")
+    p, variants = experiments.selected_variants(params, exp_json, num, only, "experiment")
     out = out or Path(p.reports) / "ablations.md"
     plot = plot or p.plot("ablations_layer_mse")
     for v in variants:
@@ -61,7 +54,7 @@ def main(
         if not free:
             v.free_mse = {}
     table = layer_table(variants, metric, IGNORE)
-    write_markdown(out, "Ablations", "Per-layer validation MSE of each distillation stage and of the assembled "
+    experiments.write_markdown(out, "Ablations", "Per-layer validation MSE of each distillation stage and of the assembled "
                    "student run free (teacher's embeddings in, student layers only).\n\n", plot, table)
     plot_variants_layer_mse(variants, plot, IGNORE)
     typer.echo(table)

@@ -17,14 +17,7 @@ import typer
 
 from hyena.evaluate.recipes import plot_recipes, recipe_table
 from pipeline.params import PARAMS, one_line_errors
-from tools.experiments import (
-    ExpJsonOption,
-    NumOption,
-    OnlyOption,
-    ParamsOption,
-    selected_variants,
-    write_markdown,
-)
+from tools import experiments
 
 app = typer.Typer(add_completion=False)
 
@@ -35,20 +28,20 @@ IGNORE_RECIPE = ("distill.layers", "distill.last", "pretrain.", "recurrent.", "e
 @app.command()
 @one_line_errors
 def main(
-    params: ParamsOption = PARAMS,
-    exp_json: ExpJsonOption = None,
-    num: NumOption = 1,
-    only: OnlyOption = None,
+    params: experiments.ParamsOption = PARAMS,
+    exp_json: experiments.ExpJsonOption = None,
+    num: experiments.NumOption = 1,
+    only: experiments.OnlyOption = None,
     title: str = typer.Option("Recipes", help="heading of the markdown file"),
     out: Path = typer.Option(None, help="markdown (default: <paths.reports>/recipes.md)"),
     plot: Path = typer.Option(None, help="plot (default: <paths.reports>/plots/recipes.png)"),
 ) -> None:
     """Table and plot of whole recipes across DVC experiments."""
-    p, variants = selected_variants(params, exp_json, num, only, "run", keep=lambda v: bool(v.metrics))
+    p, variants = experiments.selected_variants(params, exp_json, num, only, "run", keep=lambda v: bool(v.metrics))
     out = out or Path(p.reports) / "recipes.md"
     plot = plot or p.plot("recipes")
     table = recipe_table(variants, IGNORE_RECIPE)
-    write_markdown(out, title, "", plot, table)
+    experiments.write_markdown(out, title, "", plot, table)
     plot_recipes(variants, plot)
     typer.echo(table)
     typer.echo(f"{len(variants)} recipes -> {out}, {plot}")
