@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -39,8 +40,6 @@ def pytest_collection_modifyitems(items):
 
 def ci_script(name: str):
     """.ci/<name>.py (a script, not a package module) imported as a module."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(f"ci_{name}", ROOT / ".ci" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

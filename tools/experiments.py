@@ -12,7 +12,7 @@ import typer
 
 from hyena.core.io import atomic_write_text
 from hyena.evaluate.ablations import Variant, flatten
-from pipeline.params import PARAMS, StageError, load_params, paths
+from pipeline.params import StageError, load_params, paths
 
 # The options `ablations` and `recipes` share: which params file, which experiments.
 ParamsOption = Annotated[Path, typer.Option(help="params.yaml (paths.reports)")]
@@ -26,7 +26,7 @@ def selected_variants(params: Path, exp_json: Path | None, num: int, only: list[
                       keep=lambda variant: True):
     """(paths of `params`, the variants that `keep` accepts and `only` names, or all of them), with
     a clear error when none is left."""
-    p = paths(load_params(params or PARAMS))
+    p = paths(load_params(params))
     variants = pick([v for v in load_variants(exp_json, num, p.reports) if keep(v)], only or [], what)
     if not variants:
         raise StageError(f"no {what} with metrics: run `dvc repro` or `dvc exp run` first")
