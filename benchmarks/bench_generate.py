@@ -1,13 +1,16 @@
 """Real generate(): prefill seconds, decode tokens/s and memory per sequence, side by side.
 
-Three SmolLM2-135M-shaped models (Llama: 30 layers, d=576, 9 heads / 3 KV heads, vocab 49152;
+SmolLM2-135M-shaped models (Llama: 30 layers, d=576, 9 heads / 3 KV heads, vocab 49152;
 RANDOM weights: speed does not depend on their values), fp32, batch 1, greedy, one process:
 
 - teacher:   the transformer with its KV cache;
 - student:   the convolutional Hyena student with its MixerCache (past filter inputs, O(L) a token);
 - recurrent: the Laughing Hyena student (modal order 16, random stable poles), O(1) a token;
 - hybrid:    the recurrent student keeping the teacher's attention (and its KV cache) in 7 of
-             the 30 layers (HYBRID_KEEP, the layers reports/recipes.md's hybrid keeps).
+             the 30 layers (HYBRID_KEEP, the layers reports/recipes.md's hybrid keeps);
+- multihyena, multihyena-recurrent: the same two students with MultiHyena mixers (one filter per
+             head over q.k v; the cached one keeps k and v like a KV cache, the recurrent one a
+             modes x N x N state per head).
 
 Every model runs inside `hyena.model.generation.decode_layout` (as the project's generate
 command does); `--stock-layout` adds rows at the shortest prompt without it. Each cell is one
@@ -70,6 +73,12 @@ def build_models(kinds: list[str], max_len: int, order: int = 16) -> dict[str, n
     if "hybrid" in kinds:
         hybrid = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=max_len), keep_attention=HYBRID_KEEP))
         models["hybrid"] = recurrent_like(hybrid, order)
+    if "multihyena" in kinds or "multihyena-recurrent" in kinds:  # the teacher's 9 heads / 3 KV heads
+        mh = build_student(teacher, StudentConfig(mixer="multihyena", init="teacher_attention",
+                                                  hyena=HyenaConfig(max_len=max_len)))
+        models["multihyena"] = mh
+        if "multihyena-recurrent" in kinds:
+            models["multihyena-recurrent"] = recurrent_like(mh, order)
     return {k: m.requires_grad_(False) for k, m in models.items() if k in kinds}
 
 
@@ -236,7 +245,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, nargs="+", default=[128, 1024, 4096, 16384])
     ap.add_argument("--models", nargs="+", default=["teacher", "student", "recurrent"],
-                    choices=["teacher", "student", "recurrent", "hybrid"])
+                    choices=["teacher", "student", "recurrent", "hybrid", "multihyena", "multihyena-recurrent"])
     ap.add_argument("--new-tokens", type=int, default=16, help="tokens generated per cell (decode = mean of the last n-1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall clock")
@@ -288,7 +297,7 @@ def main() -> None:
     tokens = {}
     for L in args.prompts:
         for k, m in models.items():
-            if k == "student" and L > 16384:
+            if k in ("student", "multihyena") and L > 16384:
                 continue
             r = run_generate(m, L, args.new_tokens)
             tokens[(k, L)] = r["tokens"]
