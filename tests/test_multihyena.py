@@ -231,9 +231,11 @@ def test_recurrent_equals_convolutional_with_the_modal_filters():
     parts += [rec.chunk(u[:, t:t + 1], state) for t in range(30, 40)]
     torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-4, atol=1e-5)
     assert state.seen == 40 and state.S.shape == (2, 4, 8, 8, 8)  # (B, H, modes, N, N)
-    stepped = MultiHyenaModalState()  # the one-token step path, as generate() takes it
-    parts = [rec.chunk(u[:, :30], stepped)] + [rec.step(u[:, t:t + 1], stepped) for t in range(30, 40)]
-    torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-4, atol=1e-5)
+    for grad in (True, False):  # the one-token step path; generate() runs it without grad, in place
+        with torch.set_grad_enabled(grad):
+            stepped = MultiHyenaModalState()
+            parts = [rec.chunk(u[:, :30], stepped)] + [rec.step(u[:, t:t + 1], stepped) for t in range(30, 40)]
+        torch.testing.assert_close(torch.cat(parts, dim=1), whole, rtol=1e-4, atol=1e-5)
 
 
 @torch.no_grad()

