@@ -139,8 +139,11 @@ def test_recipes_table_compares_students_with_the_teacher_and_from_scratch(tmp_p
         {**ppl, ("owt", "distilled"): 600.0, ("owt", "finetuned"): 90.0, ("wikitext", "finetuned"): 100.0},
         [0.2, 0.4], {"distill_01": 5.0, "distill_02": 6.0, "finetune": 40.0, "pretrain": 45.0})]}]
     attn_eval = base["experiments"][0]["revs"][0]["data"]["metrics"]["data/eval/metrics.json"]["data"]
-    attn_eval.update({"pos_ratio/0-256/finetuned": 3.5, "pos_ratio/4K-8K/finetuned": 4.25,
+    attn_eval.update({"pos_ratio/0-256/finetuned": 3.5, "pos_ratio/4K-8K/finetuned": 4.25,  # sorted as text, as
+                      "pos_ratio/512-1K/finetuned": 5.0,  # `dvc exp show` writes them: 512-1K is not the last bucket
                       "passkey/1024/finetuned": 1.0, "passkey/8192/finetuned": 0.4})
+    base["experiments"][0]["revs"][0]["data"]["metrics"]["reports/metrics/recurrent.json"] = {
+        "data": {"state_bytes_per_sequence": 3 * 2**20, "ppl_owt_recurrent": 91.0}}
     src = tmp_path / "exps.json"
     src.write_text(json.dumps([{"rev": "workspace", "name": None, "data": {"metrics": {}, "params": {}}}, base]))
     out, plot = tmp_path / "recipes.md", tmp_path / "plots" / "recipes.png"
@@ -153,11 +156,12 @@ def test_recipes_table_compares_students_with_the_teacher_and_from_scratch(tmp_p
     assert attn[1] == "mixer_output"
     assert attn[2] == "600.0 / 90.0 / 2,000.0"  # distilled / fine-tuned / from scratch
     assert attn[3] == "3.00x" and attn[4] == "100.0 (4.00x)" and attn[5] == "0.30"
-    assert attn[6] == "0.30 / 0.40 / 0" and attn[10] == "11 / 40 / 45"
+    assert attn[6] == "0.30 / 0.40 / 0" and attn[10] == "3.0" and attn[11] == "11 / 40 / 45"
     assert attn[7] == "0.08"  # attention-output nMSE (0.2/4 + 0.4/4) / 2 = 0.075: the mixer_output target's own val_nmse, mean over layers
     assert attn[8] == "3.5x / 4.2x (4K-8K)" and attn[9] == "0.40 @ 8192"  # long context: last bucket, longest passkey
     paper = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| paper")).strip("|").split("|")]
     assert paper[5] == "1.50" and paper[6] == "2.60 / 4.70 / 1"  # distilled worse than from scratch; one layer >= 1
     assert paper[7] == "–"  # layer_output target: no attention-output error
     assert paper[8] == "–" and paper[9] == "–"  # a run from before the position curve
+    assert paper[10] == "–"  # no recurrent student
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

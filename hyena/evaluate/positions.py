@@ -66,6 +66,13 @@ def bucket_label(lo: int, hi: int) -> str:
     return f"{k(0 if lo == 1 else lo)}-{k(hi)}"
 
 
+def bucket_start(label: str) -> int:
+    """bucket_label's first position back: "4K-8K" -> 4096, "0-256" -> 0 (to order labels that
+    arrive sorted as text, as in `dvc exp show`)."""
+    lo = label.split("-")[0]
+    return int(lo[:-1]) * 1024 if lo.endswith("K") else int(lo)
+
+
 def read_documents(cfg: PositionsConfig) -> list[str]:
     """The source's non-empty documents (a text file is one document)."""
     return streams.read_documents("eval.positions", DatasetSource(cfg.source, text_field=cfg.text_field))

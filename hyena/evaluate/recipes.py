@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from hyena.evaluate.ablations import Variant, differing_params, render_table
+from hyena.evaluate.positions import bucket_start
 from hyena.evaluate.plots import _save
 
 STUDENTS = ("distilled", "finetuned", "pretrained")
@@ -53,6 +54,8 @@ def row_values(v: Variant) -> dict:
         "distill_s": sum(s for k, s in v.timings.items() if k.startswith("distill_")) or None,
         "finetune_s": v.timings.get("finetune"),
         "pretrain_s": v.timings.get("pretrain"),
+        "state_mib": (v.metrics["recurrent.state_bytes_per_sequence"] / 2**20
+                      if "recurrent.state_bytes_per_sequence" in v.metrics else None),
         **long_context_values(v),
     })
     return out
@@ -62,10 +65,9 @@ def long_context_values(v: Variant) -> dict:
     """The fine-tuned student's perplexity / teacher's in the last position bucket of the eval's
     curve (e.g. 4K-8K) and in its first (0-256), and its passkey accuracy at the longest length."""
     ratios = {k.split("/")[1]: x for k, x in v.metrics.items() if k.startswith("metrics.pos_ratio/") and k.endswith("/finetuned")}
-    keys = sorted(v.metrics)
-    passkey = [k for k in keys if k.startswith("metrics.passkey/") and k.endswith("/finetuned")]
+    passkey = [k for k in v.metrics if k.startswith("metrics.passkey/") and k.endswith("/finetuned")]
     longest = max(passkey, key=lambda k: int(k.split("/")[1]), default=None)
-    labels = list(ratios)  # in the eval's bucket order (metrics keep insertion order)
+    labels = sorted(ratios, key=bucket_start)  # by position: `dvc exp show` sorts keys as text (4K-8K < 512-1K)
     return {"pos_last_label": labels[-1] if labels else None, "pos_last_ratio": ratios[labels[-1]] if labels else None,
             "pos_first_ratio": ratios[labels[0]] if labels else None,
             "passkey_len": int(longest.split("/")[1]) if longest else None,
@@ -93,6 +95,7 @@ def recipe_table(variants: list[Variant], ignore: tuple[str, ...] = ()) -> str:
              if r["pos_last_label"] else "–")),
         ("passkey, fine-tuned (longest)",
          col(lambda r: f"{_f(r['passkey_acc'], 2)} @ {r['passkey_len']}" if r["passkey_len"] else "–")),
+        ("recurrent state MiB/sequence (mixers; kept attention adds its KV cache)", col(lambda r: _f(r["state_mib"], 1))),
         ("wall s: distill / finetune / pretrain",
          col(lambda r: " / ".join(_f(r[k], 0) for k in ("distill_s", "finetune_s", "pretrain_s")))),
     ]
