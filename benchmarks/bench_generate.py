@@ -317,11 +317,11 @@ def main() -> None:
                          {"prefill_s": t[1] - t[0], "decode_s": (t[-1] - t[1]) / (len(t) - 2), "state_bytes": 0}, weights["student"]))
     synthetic = {}
     for L in args.synthetic_at:
-        for k in ("teacher", "recurrent", "hybrid"):
+        for k in ("teacher", "recurrent", "hybrid", "multihyena-recurrent"):
             if k in models:
                 synthetic[(k, L)] = synthetic_step(k, models[k], L)
                 print(f"  {k} one decode step at context {L} (synthetic cache): {synthetic[(k, L)] * 1e3:.1f} ms", flush=True)
-        for k in ("recurrent", "hybrid"):
+        for k in ("recurrent", "hybrid", "multihyena-recurrent"):
             if ("teacher", L) in synthetic and (k, L) in synthetic:
                 print(f"  context {L}: {k} step {synthetic[('teacher', L)] / synthetic[(k, L)]:.2f}x faster than the teacher's")
     print()
