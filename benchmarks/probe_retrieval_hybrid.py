@@ -6,9 +6,10 @@
    does not look for it scores ~0.02; a copying head scores near 1.
 2. A hybrid = the teacher with every attention replaced by the student's mixer except in the kept
    layers. For a student distilled on the teacher's own layer inputs (`distill.input: teacher`,
-   the committed recipe) this *is* the pipeline's distilled hybrid with
-   `student.keep_attention: <kept>`: each layer's mixer is fitted independently of the others, and
-   the teacher's MLPs, norms and embeddings are the student's.
+   the committed recipe) this is the pipeline's distilled hybrid with
+   `student.keep_attention: <kept>` up to the mixers' random features (each layer's mixer is fitted
+   independently of the others, and the teacher's MLPs, norms and embeddings are the student's); a
+   pipeline run of the list draws its own features, and retrieved 4 of 8 keys where this found 7.
 3. Passkey accuracy of hybrids keeping the k highest-scoring layers, beside the list that
    `hyena-distill rank-layers` picks by KL (the hybrid measured so far), and (`--prune-from`) of
    the smallest list a greedy search finds, starting from one that retrieves: drop each layer in
