@@ -3,7 +3,7 @@ the real-arithmetic, in-place step (`RecurrentMultiHyena.step`), interleaved in 
 
 Shape: batch 1, 9 heads of 64, 16 modes: a 4.7 MB complex64 state per layer. "complex einsum" is
 the step as first written (q^T S through a complex einsum, then S * p + k v^T into a new tensor);
-"library" is `RecurrentMultiHyena.read_state` and the in-place update the step now runs.
+"library" is `RecurrentMultiHyena.read_state` and `advance_state`, as the step runs them.
 
     python benchmarks/bench_multihyena_step.py [--threads 1] [--repeats 50]
 """
@@ -42,9 +42,7 @@ def main() -> None:
         return y, S * poles[None, :, :, None, None] + (k[..., :, None] * v[..., None, :]).to(torch.complex64)[:, :, None]
 
     def library(S):
-        y = mixer.read_state(q, S)
-        S.mul_(poles[None, :, :, None, None]).add_((k[..., :, None] * v[..., None, :])[:, :, None])
-        return y, S
+        return mixer.read_state(q, S), mixer.advance_state(S, k, v)
 
     with torch.no_grad():
         (y0, s0), (y1, s1) = complex_einsum(S0.clone()), library(S0.clone())

@@ -112,12 +112,7 @@ class RecurrentMultiHyena(MultiHyenaOperator):
         k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # (B, H, N)
         y = self.modal.D[0][:, None] * (q * k).sum(-1, keepdim=True) * v  # (B, H, N): the pass-through
         y = y + self.read_state(q, state.S).to(y.dtype)
-        poles = self.modal.poles()[0][None, :, :, None, None]  # (1, H, n, 1, 1)
-        kv = (k[..., :, None] * v[..., None, :])[:, :, None]  # (B, H, 1, N, N)
-        if torch.is_grad_enabled():
-            state.S = state.S * poles + kv
-        else:  # decoding: update the 4.7 MB-a-layer state in place, no new tensor per token
-            state.S.mul_(poles).add_(kv)
+        state.S = self.advance_state(state.S, k, v)
         state.seen += 1
         return self.out_proj(y.reshape(B, 1, self.d_model))
 
@@ -132,6 +127,13 @@ class RecurrentMultiHyena(MultiHyenaOperator):
         R = self.modal.residues()[0]  # (H, n)
         weights = torch.stack([R.real, -R.imag], dim=-1)  # (H, n, 2)
         return torch.einsum("bhnjc,hnc->bhj", read.view(B, H, n, N, 2), weights)
+
+    def advance_state(self, S: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """S_n <- p_n S_n + k v^T for one token, k and v (B, H, N): in place when decoding (no
+        new 4.7 MB tensor a layer per token), out of place when autograd needs the old S."""
+        poles = self.modal.poles()[0][None, :, :, None, None]  # (1, H, n, 1, 1)
+        kv = (k[..., :, None] * v[..., None, :])[:, :, None]  # (B, H, 1, N, N)
+        return S * poles + kv if torch.is_grad_enabled() else S.mul_(poles).add_(kv)
 
     def state_bytes(self, batch: int = 1) -> int:
         """Bytes of this layer's decoding state for `batch` sequences (modal state + FIR)."""
