@@ -78,6 +78,30 @@ def test_blocked_modal_sums_match_materialised_powers(start, T):
     assert rel(modal_absorb(w, decay, theta).to(torch.complex128), want_state) < 1e-5
 
 
+@pytest.mark.parametrize("M", [1, 65, 700])
+def test_closed_form_fit_products_match_the_explicit_matrices(M):
+    """The fits solve with Gram matrices formed in closed form (geometric sums, Hankel diagonal
+    recursions) instead of the design and Hankel matrices; they equal the explicit products,
+    including real poles, a repeated pole and the slowest decay allowed."""
+    from hyena.recurrence.modal import _design, _design_gram, _design_rhs, _hankel_gram
+
+    g = torch.Generator().manual_seed(M)
+    C, N = 5, 6
+    decay = torch.rand(C, N, generator=g, dtype=torch.float64) * 0.05 + 1e-6
+    decay[0, 0] = 1e-6
+    theta = torch.rand(C, N, generator=g, dtype=torch.float64) * math.pi
+    theta[:, 1] = 0.0  # real poles: their -Im columns are zero
+    decay[1, 3], theta[1, 3] = decay[1, 2], theta[1, 2]  # a repeated pole
+    A = _design(decay, theta, M)  # (C, M, 2N)
+    G = A.transpose(1, 2) @ A
+    assert rel(_design_gram(decay, theta, M), G) < 1e-12
+    y = torch.randn(C, M, generator=g, dtype=torch.float64)
+    assert rel(_design_rhs(decay, theta, y), (A.transpose(1, 2) @ y[..., None])[..., 0]) < 1e-12
+    if M > 40:
+        H = y.unfold(-1, 41, 1)  # (C, M-40, 41) Hankel rows
+        assert rel(_hankel_gram(y, 40), H.transpose(1, 2) @ H) < 1e-12
+
+
 def test_poles_strictly_inside_unit_circle_in_fp32():
     m = ModalFilter((3,), 2)
     with torch.no_grad():

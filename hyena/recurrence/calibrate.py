@@ -36,7 +36,7 @@ from hyena.core.runtime import first_output
 from hyena.model.fftconv import causal_conv_from_spectrum, fft_size
 from hyena.model.operator import HyenaOperator
 from hyena.recurrence.mixer import RecurrentHyenaMixer
-from hyena.recurrence.modal import ModalFilter, _design
+from hyena.recurrence.modal import ModalFilter, _design, _design_gram, _design_rhs
 
 
 @dataclass
@@ -112,12 +112,12 @@ def output_weighted_residues(modal: ModalFilter, h: torch.Tensor, inputs: list[t
         sol = []
         for c0 in range(0, d, block):
             c1 = min(d, c0 + block)
-            A = _design(decay[c0:c1], theta[c0:c1], L_fit - 1).transpose(1, 2)  # (c, 2N, L'-1): Re R, Im R
-            A = torch.nn.functional.pad(A, (1, 0))  # tap 0 belongs to D: (c, 2N, L')
+            A = _design(decay[c0:c1], theta[c0:c1], T - 1).transpose(1, 2)  # (c, 2N, T-1): Re R, Im R
+            A = torch.nn.functional.pad(A, (1, 0))  # tap 0 belongs to D: (c, 2N, T)
             k = h[o, c0:c1].double().clone()
             k[:, 0] = 0.0  # (c, L')
             Wf = torch.fft.rfft(w[:, c0:c1].double(), n=n)  # (B, c, n/2+1)
-            Z = torch.fft.irfft(torch.fft.rfft(A[..., :T], n=n)[None] * Wf[:, :, None], n=n)[..., :T]  # (B, c, 2N, T)
+            Z = torch.fft.irfft(torch.fft.rfft(A, n=n)[None] * Wf[:, :, None], n=n)[..., :T]  # (B, c, 2N, T)
             z = torch.fft.irfft(torch.fft.rfft(k[:, :T], n=n)[None] * Wf, n=n)[..., :T]  # (B, c, T)
             if g_out is not None:
                 gt = g_out[:, c0:c1].double()
@@ -127,8 +127,9 @@ def output_weighted_residues(modal: ModalFilter, h: torch.Tensor, inputs: list[t
             r = torch.einsum("bcjt,bct->cj", Z, z) / out_scale[:, None]
             if filter_weight > 0:
                 f_scale = k.pow(2).sum(-1).clamp_min(1e-30) / filter_weight  # (c,)
-                G = G + (A @ A.transpose(1, 2)) / f_scale[:, None, None]
-                r = r + (A @ k[..., None])[..., 0] / f_scale[:, None]
+                # the filter error over all L' taps, in closed form (the design is never formed at L')
+                G = G + _design_gram(decay[c0:c1], theta[c0:c1], L_fit - 1) / f_scale[:, None, None]
+                r = r + _design_rhs(decay[c0:c1], theta[c0:c1], k[:, 1:]) / f_scale[:, None]
             diag = G.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
             G = G + (ridge * diag)[:, None, None] * torch.eye(2 * N, dtype=G.dtype)
             sol.append(torch.linalg.solve(G, r[..., None])[..., 0])  # (c, 2N)

@@ -201,25 +201,95 @@ def _one_thread():
 
 def _design(decay: torch.Tensor, theta: torch.Tensor, M: int) -> torch.Tensor:
     """Real design matrix of the model g[k] = Re(sum R p^k) = sum Re(R) Re(p^k) - Im(R) Im(p^k):
-    (C, M, 2N) = [Re V | -Im V]."""
+    (C, M, 2N) = [Re V | -Im V]. The fits never form it at the filter's length: they use its Gram
+    and its products with the targets, in closed form (`_design_gram`, `_design_rhs`)."""
     V = modal_powers(decay, theta, 0, M, torch.complex128)  # (C, N, M)
     return torch.cat([V.real, -V.imag], dim=1).transpose(1, 2)
+
+
+def _expm1(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    """exp(re + i im) - 1, accurate when it is small (complex expm1): complex128."""
+    half = torch.sin(0.5 * im)
+    return torch.complex(torch.expm1(re) * torch.cos(im) - 2 * half * half, torch.exp(re) * torch.sin(im))
+
+
+def _geometric_sum(re: torch.Tensor, im: torch.Tensor, M: int) -> torch.Tensor:
+    """sum_{k<M} exp(k z), z = re + i im with re < 0, in closed form: (e^{Mz} - 1) / (e^z - 1)."""
+    den = _expm1(re, im)
+    return torch.where(den == 0, torch.full_like(den, M), _expm1(M * re, M * im) / den)
+
+
+def _design_gram(decay: torch.Tensor, theta: torch.Tensor, M: int) -> torch.Tensor:
+    """A^T A for A = _design(decay, theta, M), without A: (C, 2N, 2N) fp64.
+
+    Products of Re/Im of p_a^k and p_b^k are Re/Im of (p_a p_b)^k and (p_a conj(p_b))^k, whose
+    sums over k are geometric. O(C N^2) instead of the explicit product's O(C M N^2) time and
+    O(C M N) memory (at M = 8K and d = 576 channels: ~7 s and ~5 GB a layer)."""
+    d64, t64 = decay.to(torch.float64), theta.to(torch.float64)
+    re = -(d64[:, :, None] + d64[:, None, :])  # (C, N, N)
+    same = _geometric_sum(re, t64[:, :, None] + t64[:, None, :], M)  # sum (p_a p_b)^k
+    conj = _geometric_sum(re, t64[:, :, None] - t64[:, None, :], M)  # sum (p_a conj(p_b))^k
+    cc = 0.5 * (same.real + conj.real)  # sum Re(p_a^k) Re(p_b^k)
+    ss = 0.5 * (conj.real - same.real)  # sum Im(p_a^k) Im(p_b^k)
+    cs = -0.5 * (same.imag - conj.imag)  # sum Re(p_a^k) * -Im(p_b^k)
+    return torch.cat([torch.cat([cc, cs], dim=2), torch.cat([cs.transpose(1, 2), ss], dim=2)], dim=1)
+
+
+def _design_rhs(decay: torch.Tensor, theta: torch.Tensor, g: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """A^T g for A = _design(decay, theta, M) and targets g (C, M), without A: (C, 2N) fp64.
+
+    It is [Re P, -Im P] with P = sum_k g[k] p^k; with k = block*a + j, P is one real batched
+    matmul of g's blocks against the table of p^j, weighted by p^(block a)."""
+    C, M = g.shape
+    n_blocks = -(-M // block)
+    d64, t64 = decay.to(torch.float64), theta.to(torch.float64)
+    small = modal_powers(d64, t64, 0, block, torch.complex128)  # (C, N, block): p^j
+    big = modal_powers(d64 * block, t64 * block, 0, n_blocks, torch.complex128)  # (C, N, nb): p^(block a)
+    gb = torch.nn.functional.pad(g.to(torch.float64), (0, n_blocks * block - M)).reshape(C, n_blocks, block)
+    inner = torch.complex(gb @ small.real.transpose(1, 2), gb @ small.imag.transpose(1, 2))  # (C, nb, N)
+    P = (inner * big.transpose(1, 2)).sum(1)  # (C, N)
+    return torch.cat([P.real, -P.imag], dim=-1)
 
 
 def _least_squares_residues(decay, theta, g, ridge, mask=None) -> torch.Tensor:
     """Residues minimising ||g - Re(V R)||^2 (+ ridge) for fixed poles: (C, N) complex128.
     `mask` (C, N) bool drops modes (their columns are zeroed, the ridge keeps the solve regular)."""
-    A = _design(decay, theta, g.shape[-1])  # (C, M, 2N)
+    G = _design_gram(decay, theta, g.shape[-1])  # (C, 2N, 2N)
+    b = _design_rhs(decay, theta, g)  # (C, 2N)
     if mask is not None:
-        A = A * torch.cat([mask, mask], dim=-1)[:, None, :]
-    G = A.transpose(1, 2) @ A  # (C, 2N, 2N)
+        m = torch.cat([mask, mask], dim=-1).to(G.dtype)
+        G, b = G * m[:, :, None] * m[:, None, :], b * m
     scale = G.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)  # (C,)
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     G = G + (ridge * scale + 1e-30)[:, None, None] * eye
     with _one_thread():
-        x = torch.linalg.solve(G, (A.transpose(1, 2) @ g[..., None]))[..., 0]  # (C, 2N)
+        x = torch.linalg.solve(G, b[..., None])[..., 0]  # (C, 2N)
     N = decay.shape[-1]
     return torch.complex(x[:, :N], x[:, N:])
+
+
+def _hankel_gram(g: torch.Tensor, P: int) -> torch.Tensor:
+    """H^T H for the Hankel matrix H[k, i] = g[c, k + i] (k < M - P, i <= P) of each channel's
+    tail g (C, M), without forming H: (C, P+1, P+1).
+
+    The first row is a correlation, G[0, l] = sum_{k<K} g[k] g[k+l] with K = M - P rows, taken by
+    FFT. Along each diagonal one row of H enters and one leaves: G[i+1, i+1+l] = G[i, i+l]
+    + g[K+i] g[K+i+l] - g[i] g[i+l], so the rest is cumulative sums: O(C M log M + C P^2) time and
+    O(C P^2) memory, where forming H (d = 576 channels, M = 8K, P = 128: 4.8 GB) and multiplying
+    it out took seconds a layer (benchmarks/bench_modal_fit.py)."""
+    C, M = g.shape
+    K = M - P
+    n_fft = 1 << (M - 1).bit_length()  # >= M: lags 0..P of the first K taps do not wrap
+    first_row = torch.fft.irfft(torch.fft.rfft(g[:, :K], n=n_fft).conj() * torch.fft.rfft(g, n=n_fft), n=n_fft)
+    G = g.new_empty(C, P + 1, P + 1)
+    for lag in range(P + 1):
+        n = P + 1 - lag  # entries on this diagonal
+        first = first_row[:, lag:lag + 1]  # (C, 1): G[0, lag]
+        step = g[:, K:K + n - 1] * g[:, K + lag:K + lag + n - 1] - g[:, :n - 1] * g[:, lag:lag + n - 1]
+        diag = torch.cat([first, first + step.cumsum(-1)], dim=-1)  # (C, n)
+        G.diagonal(offset=lag, dim1=1, dim2=2).copy_(diag)
+        G.diagonal(offset=-lag, dim1=1, dim2=2).copy_(diag)
+    return G
 
 
 def _pencil_poles(g: torch.Tensor, cfg: ModalFitConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,12 +305,10 @@ def _pencil_poles(g: torch.Tensor, cfg: ModalFitConfig) -> tuple[torch.Tensor, t
     m = min(2 * N, M // 2)
     P = cfg.pencil or min(4 * m, M // 2)
     P = max(P, m + 1)
-    H = g.unfold(-1, P + 1, 1).contiguous()  # (C, M-P, P+1) Hankel rows (a copy: bmm on the
-    # overlapping strided view is ~20x slower)
-    # dominant right singular vectors of H = top eigenvectors of H^T H (batched SVD of tall
-    # matrices is ~100x slower on CPU; squaring the condition number is harmless in fp64 here)
+    # dominant right singular vectors of the Hankel matrix H = top eigenvectors of H^T H (batched
+    # SVD of tall matrices is ~100x slower on CPU; squaring the condition number is harmless in fp64 here)
     with _one_thread():
-        _, V = torch.linalg.eigh(H.transpose(1, 2) @ H)  # ascending eigenvalues
+        _, V = torch.linalg.eigh(_hankel_gram(g, P))  # ascending eigenvalues
         V = V.flip(-1)[:, :, :m]  # (C, P+1, m)
         A = torch.linalg.pinv(V[:, :-1]) @ V[:, 1:]  # (C, m, m): shift-invariance of the signal space
         z = torch.linalg.eigvals(A)  # (C, m) complex128
@@ -327,9 +395,12 @@ def _fit_modal(h, cfg: ModalFitConfig, passthrough, progress: bool, desc: str) -
     with torch.no_grad():
         decay, theta = _pencil_poles(gn, cfg)
         R = _least_squares_residues(decay, theta, gn, cfg.ridge)
-        init_err = _channel_loss(decay, theta, R, gn).sqrt()  # (C,) relative L2 of the init
-    refine = (init_err > cfg.refine_tol).nonzero().flatten()
-    if cfg.steps > 0 and len(refine) > 0:
+    refine = torch.zeros(0, dtype=torch.long)
+    if cfg.steps > 0:
+        with torch.no_grad():
+            init_err = _channel_loss(decay, theta, R, gn).sqrt()  # (C,) relative L2 of the init
+        refine = (init_err > cfg.refine_tol).nonzero().flatten()
+    if len(refine) > 0:
         d_r, t_r, R_r = _adam_refine(decay[refine], theta[refine], R[refine], gn[refine], cfg, progress, desc)
         decay, theta, R = decay.clone(), theta.clone(), R.clone()
         decay[refine], theta[refine], R[refine] = d_r, t_r, R_r
