@@ -24,24 +24,14 @@ Run after `dvc repro` (it reads data/teacher and a student). fp32, one process.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import torch
 
-from hyena.evaluate.passkey import FILLER, INTRO, NEEDLE, PasskeyConfig, _ids, build_trial, retrieved, trials
+from hyena.evaluate.passkey import PasskeyConfig, build_trial, needle_span, retrieved, trials
+from hyena.evaluate.substitution import substituted
 from hyena.model.modeling import HyenaStudentForCausalLM
-from hyena.teachers import get_adapter, load_teacher, load_tokenizer
-
-
-def needle_span(tokenizer, length: int, depth: float, key: int, prompt: list[int]) -> tuple[int, int]:
-    """Token positions [a, b) of the needle sentence in the prompt build_trial made."""
-    unit = len(_ids(tokenizer, FILLER * 8)) / 8
-    fixed = len(_ids(tokenizer, INTRO + NEEDLE.format(key=key) + "What is the pass key? The pass key is" + f" {key}"))
-    n_fill = round((len(prompt) - fixed) / unit)
-    before = INTRO + FILLER * round(n_fill * depth)
-    a = len(_ids(tokenizer, before))
-    return a, a + len(_ids(tokenizer, NEEDLE.format(key=key)))
+from hyena.teachers import load_teacher, load_tokenizer
 
 
 @torch.no_grad()
@@ -52,7 +42,7 @@ def retrieval_scores(teacher, tokenizer, length: int, cfg: PasskeyConfig) -> lis
     try:
         for depth, key in trials(cfg, length):
             prompt, answer = build_trial(tokenizer, length, depth, key)
-            a, b = needle_span(tokenizer, length, depth, key, prompt)
+            a, b = needle_span(tokenizer, length, depth, key)
             ids = torch.tensor([prompt + answer])
             att = teacher(input_ids=ids, use_cache=False, output_attentions=True).attentions  # L x (1, H, T, T)
             rows = slice(len(prompt) - 1, len(prompt) - 1 + len(answer))
@@ -63,18 +53,9 @@ def retrieval_scores(teacher, tokenizer, length: int, cfg: PasskeyConfig) -> lis
     return (per_layer / cfg.trials).max(dim=1).values.tolist()
 
 
-@contextlib.contextmanager
 def hybrid(teacher, student, keep: list[int]):
     """The teacher with the student's mixer in every layer but `keep` (1-based), restored after."""
-    adapter, layers = get_adapter(teacher), get_adapter(teacher).layers(teacher)
-    swapped = {i: adapter.attention(layers[i]) for i in student.hyena_layers() if i + 1 not in keep}
-    for i in swapped:
-        adapter.set_attention(layers[i], student.mixer(i))
-    try:
-        yield teacher
-    finally:
-        for i, attention in swapped.items():
-            adapter.set_attention(layers[i], attention)
+    return substituted(teacher, student, [i for i in student.hyena_layers() if i + 1 not in keep])
 
 
 def passkey_row(model, tokenizer, cfg: PasskeyConfig) -> dict[int, str]:

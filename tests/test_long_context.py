@@ -108,6 +108,8 @@ def test_passkey_prompt_has_the_length_key_and_depth(smollm_tokenizer):
         at = text.index(f"The pass key is {key}.") / len(text)
         assert abs(at - depth) < 0.05, (at, depth)
         assert text.endswith("What is the pass key? The pass key is")
+        a, b = passkey.needle_span(smollm_tokenizer, 1024, depth, key)
+        assert smollm_tokenizer.decode(prompt[a:b]).strip() == passkey.NEEDLE.format(key=key).strip()
 
 
 def test_passkey_counts_only_a_fully_retrieved_key(smollm_tokenizer):

@@ -62,6 +62,20 @@ def _prompt(n_fill: int, depth: float, key: int) -> str:
 
 def build_trial(tokenizer, length: int, depth: float, key: int) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) of about `length` tokens in all, the needle at `depth` in [0, 1]."""
+    return _fit_trial(tokenizer, length, depth, key)[:2]
+
+
+def needle_span(tokenizer, length: int, depth: float, key: int) -> tuple[int, int]:
+    """Token positions [a, b) of the needle sentence in `build_trial`'s prompt: the lengths of the
+    text before it and through it, each tokenized alone without its trailing space (which the
+    tokenizer joins to the next word)."""
+    n_fill = _fit_trial(tokenizer, length, depth, key)[2]
+    before = INTRO + FILLER * round(n_fill * depth)
+    return len(_ids(tokenizer, before.rstrip())), len(_ids(tokenizer, (before + NEEDLE.format(key=key)).rstrip()))
+
+
+def _fit_trial(tokenizer, length: int, depth: float, key: int) -> tuple[list[int], list[int], int]:
+    """build_trial's (prompt ids, answer ids) and the number of filler units in the prompt."""
     fixed = len(_ids(tokenizer, INTRO + NEEDLE.format(key=key) + QUESTION + f" {key}"))
     unit = len(_ids(tokenizer, FILLER * 8)) / 8
     n_fill = max(int((length - fixed) / unit), 1)
@@ -71,7 +85,7 @@ def build_trial(tokenizer, length: int, depth: float, key: int) -> tuple[list[in
         # the answer as the prompt continues it; if the tokenizer merged across the boundary, alone
         answer = full[len(prompt_ids):] if full[: len(prompt_ids)] == prompt_ids else _ids(tokenizer, f" {key}")
         if len(prompt_ids) + len(answer) <= length or n_fill == 1:
-            return prompt_ids, answer
+            return prompt_ids, answer, n_fill
         n_fill -= 1
 
 

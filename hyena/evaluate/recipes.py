@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 
 from hyena.evaluate.ablations import Variant, differing_params, render_table
-from hyena.evaluate.positions import bucket_start
 from hyena.evaluate.plots import _save
+from hyena.evaluate.positions import bucket_start
 
 STUDENTS = ("distilled", "finetuned", "pretrained")
 

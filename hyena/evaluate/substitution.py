@@ -9,10 +9,29 @@ their per-layer MSE says (a large error in a direction the rest of the network i
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
+
 import torch
 import torch.nn.functional as F
 
 from hyena.teachers import get_adapter
+
+
+@contextlib.contextmanager
+def substituted(teacher, student, layers: Iterable[int]) -> Iterator:
+    """The teacher with the student's mixer in place of its attention in `layers` (0-based Hyena
+    layers of the student), restored on exit, also after an error."""
+    adapter = get_adapter(teacher)
+    blocks = adapter.layers(teacher)
+    saved = {i: adapter.attention(blocks[i]) for i in layers}
+    for i in saved:
+        adapter.set_attention(blocks[i], student.mixer(i))
+    try:
+        yield teacher
+    finally:
+        for i, attention in saved.items():
+            adapter.set_attention(blocks[i], attention)
 
 
 @torch.no_grad()
@@ -20,9 +39,6 @@ def substitution_costs(teacher, student, tokens: torch.Tensor, batch_size: int =
     """[{layer (1-based), loss, kl}] for every Hyena layer of `student`, plus the teacher's own
     loss as the reference: `loss` is the mean next-token cross-entropy (nats) with only that layer
     substituted, `kl` the mean KL(teacher || substituted) per token. tokens: (n, L) ids."""
-    adapter = get_adapter(teacher)
-    layers = adapter.layers(teacher)
-
     def run() -> tuple[float, list[torch.Tensor]]:
         total, count, logps = 0.0, 0, []
         for a in range(0, len(tokens), batch_size):
@@ -36,12 +52,8 @@ def substitution_costs(teacher, student, tokens: torch.Tensor, batch_size: int =
     base_loss, base = run()
     out = [{"layer": 0, "loss": base_loss, "kl": 0.0}]
     for i in student.hyena_layers():
-        attention = adapter.attention(layers[i])
-        adapter.set_attention(layers[i], student.mixer(i))
-        try:
+        with substituted(teacher, student, [i]):
             loss, logps = run()
-        finally:
-            adapter.set_attention(layers[i], attention)
         kl = sum((t.exp() * (t - s)).sum(-1).sum().item() for t, s in zip(base, logps, strict=True))
         out.append({"layer": i + 1, "loss": loss, "kl": kl / sum(t.shape[0] * t.shape[1] for t in base)})
     return out
