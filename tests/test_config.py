@@ -59,7 +59,7 @@ def test_paper_cpu_preset_is_the_papers_recipe_on_the_cpu_smoke_data():
     preset, same data knobs as cpu-smoke."""
     paper, cpu, smoke = configs("paper-pythia70m"), configs("paper-cpu"), configs("cpu-smoke")
     recipe = {"distill": ("input", "target", "readout"), "finetune": ("train", "ce_weight", "kl_weight"),
-              "student": ("init", "keep_attention", "out_scale")}
+              "student": ("mixer", "init", "keep_attention", "out_scale")}
     for sec, keys in recipe.items():
         for key in keys:
             assert getattr(cpu[sec], key) == getattr(paper[sec], key), f"{sec}.{key}"
