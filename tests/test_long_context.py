@@ -88,11 +88,11 @@ class _Oracle(torch.nn.Module):
         super().__init__()
         self.perfect = perfect
 
-    def forward(self, input_ids, use_cache=False):
+    def forward(self, input_ids, use_cache=False, logits_to_keep=0):
         logits = torch.zeros(*input_ids.shape, 32000)
         if self.perfect:
             logits[0, torch.arange(input_ids.shape[1] - 1), input_ids[0, 1:]] = 1.0
-        return type("Out", (), {"logits": logits})()
+        return type("Out", (), {"logits": logits[:, -logits_to_keep:]})()  # as transformers slices (0: all)
 
 
 def test_passkey_prompt_has_the_length_key_and_depth(smollm_tokenizer):
