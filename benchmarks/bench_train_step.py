@@ -50,9 +50,11 @@ def worker(kind: str, steps: int, mixer: str = "hyena", precision: str = "auto")
                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                          tie_word_embeddings=True, rms_norm_eps=1e-5)
     teacher = AutoModelForCausalLM.from_config(config).eval()
-    extra = {} if mixer == "hyena" else {"mixer": mixer, "init": "teacher_attention"}
-    student = build_student(teacher, StudentConfig(hyena=HyenaConfig(max_len=8192, decay_len=64), **extra)
-                            if extra else StudentConfig(hyena=HyenaConfig(max_len=8192)))
+    if mixer == "hyena":
+        cfg = StudentConfig(hyena=HyenaConfig(max_len=8192))
+    else:  # the cpu-smoke recipe's student: MultiHyena from the teacher's heads, fast decays
+        cfg = StudentConfig(mixer=mixer, init="teacher_attention", hyena=HyenaConfig(max_len=8192, decay_len=64))
+    student = build_student(teacher, cfg)
     del teacher
     env = setup(precision=precision)
     rng = np.random.default_rng(0)
@@ -124,8 +126,10 @@ def main() -> None:
     if args.baseline:
         trees = {"baseline": args.baseline.resolve(), **trees}
     # columns: every tree at every precision, alternating within a repeat so that load hits all
-    runs = {(f"{name} {prec}" if len(args.precisions) > 1 else name): (tree, prec)
-            for name, tree in trees.items() for prec in args.precisions}
+    def col(name: str, prec: str) -> str:
+        return f"{name} {prec}" if len(args.precisions) > 1 else name
+
+    runs = {col(name, prec): (tree, prec) for name, tree in trees.items() for prec in args.precisions}
     load0 = os.getloadavg()[0]
     results: dict = {}
     for r in range(args.repeats):
@@ -140,8 +144,7 @@ def main() -> None:
           f"average {load0:.1f} -> {os.getloadavg()[0]:.1f}; best of {args.repeats} (tokens/s, wall)")
     ratios = []  # (header, numerator column, denominator column)
     if args.baseline:
-        ratios += [(f"this / baseline {p}", f"this tree {p}", f"baseline {p}") if len(args.precisions) > 1
-                   else ("this / baseline", "this tree", "baseline") for p in args.precisions]
+        ratios += [(col("this / baseline", p), col("this tree", p), col("baseline", p)) for p in args.precisions]
     if set(args.precisions) >= {"fp32", "bf16"}:
         ratios += [(f"bf16 / fp32 ({n})", f"{n} bf16", f"{n} fp32") for n in trees]
     print("| step | " + " | ".join(runs) + " | " + "".join(f"{h} | " for h, _, _ in ratios))
