@@ -167,3 +167,31 @@ def test_documents_too_short_for_the_window_are_na_not_a_failed_eval(tiny_neox):
         "na": "eval.positions: no document has 8192 tokens"}
     windows = np.zeros((1, 4096), dtype=np.int64)  # longer than the tiny model's positions
     assert "exceed" in model_long_context(tiny_neox, windows, cfg, "cpu", "m")["na"]
+
+
+def test_skipped_models_keep_table1_but_get_no_curve_or_keys(tmp_path, tiny_llama, smollm_tokenizer):
+    """eval.positions.skip_models / eval.passkey.skip_models: the named model still gets its Table 1
+    perplexity; its curve and keys are marked skipped, not run; a name not in eval.models is ignored."""
+    from hyena.evaluate.runner import EvalConfig, evaluate_models
+
+    model_dir = tmp_path / "m"
+    tiny_llama.save_pretrained(model_dir)
+    smollm_tokenizer.save_pretrained(model_dir)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "book.txt").write_text("It was a dark and stormy night; the rain fell in torrents. " * 200)
+    (tmp_path / "wiki.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    cfg = EvalConfig(
+        models={"kept": str(model_dir), "skipped": str(model_dir)}, context=64, max_windows=1,
+        datasets={"wiki": str(tmp_path / "wiki.txt")}, long_contexts=[], long_context_datasets=[], tasks=[], reference="",
+        positions=positions.PositionsConfig(source=str(tmp_path / "docs"), context=256, windows=1, first_bucket=32,
+                                            skip_models=["skipped", "dropped-by-an-experiment"]),
+        passkey=passkey.PasskeyConfig(lengths=[128], trials=1, skip_models=["skipped"]))
+    res = evaluate_models(cfg)
+    kept, skipped = res["models"]["kept"], res["models"]["skipped"]
+    assert skipped["ppl"]["wiki"]["64"]["ppl"] == pytest.approx(kept["ppl"]["wiki"]["64"]["ppl"])
+    assert kept["positions"]["buckets"] and "acc" in kept["passkey"]["128"]
+    assert skipped["positions"] == {"na": "skipped (eval.positions.skip_models)"}
+    assert skipped["passkey"] == {"128": {"na": "skipped (eval.passkey.skip_models)"}}
+    report = render_report(res)
+    assert "`skipped`: skipped (eval.positions.skip_models)" in report and "n/a (skipped (eval.passkey" in report
+    assert not [k for k in flat_metrics(res) if k.endswith("/skipped") and k.startswith(("pos_", "passkey/"))]

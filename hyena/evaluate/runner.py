@@ -250,7 +250,9 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
             "max_positions": max_positions(model),
             "ppl": model_perplexities(model, token_streams, cfg, device, name),
         }
-        if long_docs:
+        if long_docs and name in cfg.positions.skip_models:
+            entry["positions"] = {"na": SKIPPED.format(section="positions")}
+        elif long_docs:
             if (POSITIONS, tok_key) not in tokenized:
                 try:
                     tokenized[POSITIONS, tok_key] = positions.cut_windows(
@@ -258,7 +260,9 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
                 except ValueError as err:  # documents too short in this tokenizer: n/a, not a failed stage
                     tokenized[POSITIONS, tok_key] = str(err)
             entry["positions"] = model_long_context(model, tokenized[POSITIONS, tok_key], cfg, device, name)
-        if cfg.passkey.lengths:
+        if cfg.passkey.lengths and name in cfg.passkey.skip_models:
+            entry["passkey"] = {str(n): {"na": SKIPPED.format(section="passkey")} for n in cfg.passkey.lengths}
+        elif cfg.passkey.lengths:
             entry["passkey"] = passkey.model_passkey(model, tokenizer, cfg.passkey, device, name, context_limit(model))
         if cfg.tasks or user_tasks:
             entry.update(model_tasks(model, tokenizer, cfg, user_tasks, device, name))
@@ -269,6 +273,7 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
 
 
 POSITIONS = "positions"  # key of the position curve's windows in the per-tokenizer cache
+SKIPPED = "skipped (eval.{section}.skip_models)"
 
 
 def model_tasks(model, tokenizer, cfg: EvalConfig, user_tasks: list[str], device: str, name: str) -> dict:
