@@ -27,7 +27,7 @@ os.environ["OMP_NUM_THREADS"] = str(THREADS)  # stages the tests start as proces
 
 # Tests that share an expensive fixture run on one pytest-xdist worker (`--dist loadgroup`), so that
 # it is built once: the tiny pipeline run (~2 min) and the real SmolLM2 teacher (~20 s to dequantise).
-GROUPED_BY_FIXTURE = {"tiny_repo": "tiny_pipeline", "smollm_teacher": "smollm"}
+GROUPED_BY_FIXTURE = {"tiny_repo": "tiny_pipeline", "smollm_teacher": "smollm", "smollm_teacher_dir": "smollm"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -85,11 +85,22 @@ def pythia_tokenizer(pythia_dir):
 
 
 @pytest.fixture(scope="session")
-def smollm_teacher(smollm_gguf):
-    """The real SmolLM2-135M teacher (fp32), loaded once per session (~20 s)."""
+def smollm_teacher_dir(smollm_gguf, tmp_path_factory) -> Path:
+    """The real SmolLM2-135M teacher as the teacher stage writes it: the GGUF dequantised once per
+    session (~20-40 s, the slowest part of loading it) into a plain fp32 HF directory."""
+    from hyena.teachers import TeacherConfig, save_teacher
+
+    out = tmp_path_factory.mktemp("smollm_teacher")
+    save_teacher(TeacherConfig(source=str(smollm_gguf)), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm_teacher(smollm_teacher_dir):
+    """The real SmolLM2-135M teacher (fp32) from that directory, loaded once per session."""
     from hyena.teachers import load_teacher
 
-    return load_teacher(str(smollm_gguf))
+    return load_teacher(str(smollm_teacher_dir))
 
 
 @pytest.fixture(scope="session")
