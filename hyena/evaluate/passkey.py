@@ -43,8 +43,8 @@ class PasskeyConfig(Config):
     lengths: list[int] = param([1024, 2048, 4096, 8192], "prompt lengths in tokens ([]: skip the probe)")
     trials: int = param(5, "keys per length, at depths spread evenly over the filler", ge=1)
     seed: int = param(0, "keys and depths")
-    skip_models: list[str] = param([], "eval.models names not probed (others are ignored): each saves its trials' forwards (at 8K, "
-                                       "~1 min a student on 2 CPU cores)")
+    skip_models: list[str] = param([], "eval.models names not probed (others are ignored): each saves its "
+                                       "trials' forwards (at 8K, ~1 min a student on 2 CPU cores)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

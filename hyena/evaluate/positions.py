@@ -43,8 +43,9 @@ class PositionsConfig(Config):
     windows: int = param(4, "windows scored per model, shared over the documents and spread over each (4 x 8,192 "
                             "tokens: 16K scored tokens in the 4K-8K bucket, 1K in 0-256)", ge=1)
     first_bucket: int = param(256, "positions [1, first_bucket) form the first bucket; each next one doubles", ge=2)
-    skip_models: list[str] = param([], "eval.models names scored without the curve (others are ignored: an experiment may drop a model): each saves its 8K forwards "
-                                       "(~1 min a student on 2 CPU cores)")
+    skip_models: list[str] = param([], "eval.models names scored without the curve (others are ignored: an "
+                                       "experiment may drop a model): each saves its 8K forwards (~1 min a "
+                                       "student on 2 CPU cores)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
