@@ -169,23 +169,49 @@ def test_documents_too_short_for_the_window_are_na_not_a_failed_eval(tiny_neox):
     assert "exceed" in model_long_context(tiny_neox, windows, cfg, "cpu", "m")["na"]
 
 
-def test_skipped_models_keep_table1_but_get_no_curve_or_keys(tmp_path, tiny_llama, smollm_tokenizer):
-    """eval.positions.skip_models / eval.passkey.skip_models: the named model still gets its Table 1
-    perplexity; its curve and keys are marked skipped, not run; a name not in eval.models is ignored."""
-    from hyena.evaluate.runner import EvalConfig, evaluate_models
+def _probe_eval_config(tmp_path, model, tokenizer, models: list[str], **kw):
+    """An EvalConfig over `model` saved once under each name, with a 64-token Table 1, a 256-token
+    position curve and 128-token passkeys, on small text files."""
+    from hyena.evaluate.runner import EvalConfig
 
     model_dir = tmp_path / "m"
-    tiny_llama.save_pretrained(model_dir)
-    smollm_tokenizer.save_pretrained(model_dir)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "book.txt").write_text("It was a dark and stormy night; the rain fell in torrents. " * 200)
     (tmp_path / "wiki.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
-    cfg = EvalConfig(
-        models={"kept": str(model_dir), "skipped": str(model_dir)}, context=64, max_windows=1,
+    skip = kw.pop("skip", [])
+    return EvalConfig(
+        models={n: str(model_dir) for n in models}, context=64, max_windows=1,
         datasets={"wiki": str(tmp_path / "wiki.txt")}, long_contexts=[], long_context_datasets=[], tasks=[], reference="",
         positions=positions.PositionsConfig(source=str(tmp_path / "docs"), context=256, windows=1, first_bucket=32,
-                                            skip_models=["skipped", "dropped-by-an-experiment"]),
-        passkey=passkey.PasskeyConfig(lengths=[128], trials=1, skip_models=["skipped"]))
+                                            skip_models=skip + ["dropped-by-an-experiment"]),
+        passkey=passkey.PasskeyConfig(lengths=[128], trials=1, skip_models=skip), **kw)
+
+
+def test_bf16_probes_change_only_the_curve_and_say_so(tmp_path, tiny_llama, smollm_tokenizer):
+    """eval.probe_precision bf16: the position curve runs under bf16 autocast (close to fp32, not
+    equal to it), Table 1 stays fp32 to the bit, and the report says which precision the probes used."""
+    from hyena.evaluate.runner import evaluate_models
+
+    cfg = _probe_eval_config(tmp_path, tiny_llama, smollm_tokenizer, ["m"])
+    fp32 = evaluate_models(cfg)["models"]["m"]
+    cfg.probe_precision = "bf16"
+    res = evaluate_models(cfg)
+    bf16 = res["models"]["m"]
+    assert bf16["ppl"] == fp32["ppl"]
+    a, b = ([r["ppl"] for r in m["positions"]["buckets"]] for m in (fp32, bf16))
+    assert a != b and b == pytest.approx(a, rel=0.03)
+    assert "acc" in bf16["passkey"]["128"]
+    assert render_report(res).count("bf16 autocast (eval.probe_precision)") == 2  # the curve and the passkey rows
+
+
+def test_skipped_models_keep_table1_but_get_no_curve_or_keys(tmp_path, tiny_llama, smollm_tokenizer):
+    """eval.positions.skip_models / eval.passkey.skip_models: the named model still gets its Table 1
+    perplexity; its curve and keys are marked skipped, not run; a name not in eval.models is ignored."""
+    from hyena.evaluate.runner import evaluate_models
+
+    cfg = _probe_eval_config(tmp_path, tiny_llama, smollm_tokenizer, ["kept", "skipped"], skip=["skipped"])
     res = evaluate_models(cfg)
     kept, skipped = res["models"]["kept"], res["models"]["skipped"]
     assert skipped["ppl"]["wiki"]["64"]["ppl"] == pytest.approx(kept["ppl"]["wiki"]["64"]["ppl"])

@@ -141,7 +141,7 @@ def positions_table(results: dict) -> list[str]:
     missing = [f"`{n}`: {m['positions']['na']}" for n, m in models.items() if "na" in (m.get("positions") or {})]
     src = results["settings"].get("positions", {}).get("source", "?")
     lines += ["", f"{first['windows']} windows of {first['context']} tokens from `{src}` (round-robin over its "
-              "documents); the token at position t is predicted from the t tokens before it in its window. "
+              f"documents), {probe_precision(results)}; the token at position t is predicted from the t tokens before it in its window. "
               "A ratio that stays flat or falls past the training window means the student gains from "
               "context as its teacher does; one that rises means it does not."
               + (" Not run: " + "; ".join(missing) + "." if missing else ""), ""]
@@ -280,6 +280,12 @@ def table2(results: dict, reference: dict | None) -> list[str]:
     return lines + passkey + [""]
 
 
+def probe_precision(results: dict) -> str:
+    """How the long-context probes ran: "fp32" or "bf16 autocast (eval.probe_precision)"."""
+    bf16 = results["settings"].get("probe_precision") == "bf16"
+    return "bf16 autocast (eval.probe_precision)" if bf16 else "fp32"
+
+
 def render_report(results: dict, reference: dict | None = None) -> str:
     """The whole markdown report (Table 1, long-context table, Table 2, how everything was computed)."""
     s = results["settings"]
@@ -294,14 +300,14 @@ def render_report(results: dict, reference: dict | None = None) -> str:
                       for e in by_ctx.values() if "method" in e})
     lines += [f"- Perplexity: {m}." for m in methods]
     lines += [
-        "- Perplexity is token-level (each model's own tokenizer), fp32. lm-eval's `wikitext` task reports "
+        "- Perplexity (Table 1) is token-level (each model's own tokenizer), fp32. lm-eval's `wikitext` task reports "
         "word-level perplexity over whole documents, which is a different (larger) number.",
         f"- lm-eval: zero-shot, fp32, task source `{s.get('task_source', '?')}`, "
         f"limit {s.get('limit') or 'none'} examples per task; `acc ± stderr`, `norm` = length-normalised accuracy (acc_norm)"
         + (f"; rows marked (yours) are the task YAMLs of `{s.get('include_path')}` (not in the means)." if s.get("user_tasks") else "."),
         "- Passkey rows (hyena/evaluate/passkey.py): a random 5-digit key stated once inside repeated filler "
         "sentences, at depths spread evenly over the prompt, asked for at the end; retrieved when greedy "
-        "decoding writes the whole key; the mean accuracy leaves them out.",
+        f"decoding writes the whole key, {probe_precision(results)}; the mean accuracy leaves them out.",
         "- SciQ offline: the local copy lacks the support paragraph that lm-eval's `sciq` prompt starts with, "
         "so SciQ accuracies are not comparable with the paper's or the reference column.",
         "- Paper columns are the published numbers of the paper (Pythia-70M teacher); the reference column is "

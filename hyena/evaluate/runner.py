@@ -7,6 +7,7 @@ are loaded one at a time and freed, so memory holds one model at once.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -259,17 +260,28 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
                         [streams.tokenize_stream(tokenizer, d) for d in long_docs], cfg.positions.context, cfg.positions.windows)
                 except ValueError as err:  # documents too short in this tokenizer: n/a, not a failed stage
                     tokenized[POSITIONS, tok_key] = str(err)
-            entry["positions"] = model_long_context(model, tokenized[POSITIONS, tok_key], cfg, device, name)
+            with probe_autocast(cfg.probe_precision, device):
+                entry["positions"] = model_long_context(model, tokenized[POSITIONS, tok_key], cfg, device, name)
         if cfg.passkey.lengths and name in cfg.passkey.skip_models:
             entry["passkey"] = {str(n): {"na": SKIPPED.format(section="passkey")} for n in cfg.passkey.lengths}
         elif cfg.passkey.lengths:
-            entry["passkey"] = passkey.model_passkey(model, tokenizer, cfg.passkey, device, name, context_limit(model))
+            with probe_autocast(cfg.probe_precision, device):
+                entry["passkey"] = passkey.model_passkey(model, tokenizer, cfg.passkey, device, name, context_limit(model))
         if cfg.tasks or user_tasks:
             entry.update(model_tasks(model, tokenizer, cfg, user_tasks, device, name))
         results["models"][name] = entry
         del model
         gc.collect()
     return results
+
+
+def probe_autocast(precision: str, device: str):
+    """bf16 autocast around a long-context probe (eval.probe_precision), or nothing for fp32. The
+    model stays fp32: autocast runs its matmuls in bf16 and keeps norms, softmax and the Hyena
+    FFTs in fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 POSITIONS = "positions"  # key of the position curve's windows in the per-tokenizer cache
