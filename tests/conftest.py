@@ -87,7 +87,7 @@ def pythia_tokenizer(pythia_dir):
 @pytest.fixture(scope="session")
 def smollm_teacher_dir(smollm_gguf, tmp_path_factory) -> Path:
     """The real SmolLM2-135M teacher as the teacher stage writes it: the GGUF dequantised once per
-    session (~20-40 s, the slowest part of loading it) into a plain fp32 HF directory."""
+    session (~5 s) into a plain fp32 HF directory."""
     from hyena.teachers import TeacherConfig, save_teacher
 
     out = tmp_path_factory.mktemp("smollm_teacher")

@@ -289,3 +289,41 @@ def test_new_family_projections_are_what_the_attention_computes(family):
         assert attn.c_attn.weight.shape == (d, 3 * d)
         assert not torch.allclose(u @ attn.c_attn.weight[:, :d].T + attn.c_attn.bias[:d], q, atol=1e-3)
         torch.testing.assert_close(naive, q, rtol=1e-5, atol=1e-5)
+
+
+def _write_gguf(path, value: int) -> None:
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_uint32("test.value", value)
+    w.add_tensor("token_embd.weight", np.full((4, 8), value, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_parses_are_shared_while_the_file_is_unchanged(tmp_path):
+    """transformers builds a GGUFReader per config, weights and tokenizer: within
+    `shared_gguf_parses` each is the first parse of that file, a rewritten file is parsed anew, and
+    gguf's own names are restored afterwards."""
+    import os
+
+    import gguf
+
+    from hyena.teachers.gguf_cache import shared_gguf_parses
+
+    path = tmp_path / "m.gguf"
+    _write_gguf(path, 1)
+    original = gguf.GGUFReader, gguf.get_tensor_name_map
+    with shared_gguf_parses():
+        first = gguf.GGUFReader(str(path))
+        assert gguf.GGUFReader(path) is first and first.fields["test.value"].contents() == 1
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+        _write_gguf(path, 2)
+        os.utime(path, ns=(1, 2))  # a rewrite within the clock's resolution still changes mtime
+        again = gguf.GGUFReader(str(path))
+        assert again is not first and again.fields["test.value"].contents() == 2
+        assert float(again.tensors[0].data[0, 0]) == 2.0
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == original

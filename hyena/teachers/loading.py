@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from hyena.core.config import Config, param
 from hyena.core.io import CorruptInputError
 from hyena.teachers.families import get_adapter
+from hyena.teachers.gguf_cache import gguf_reader, shared_gguf_parses
 
 
 @dataclass
@@ -42,20 +43,17 @@ GGUF_FIX = "re-download it, or point teacher.source at a complete .gguf file or 
 
 def read_gguf(source: str | Path, fix: str = GGUF_FIX):
     """The `gguf` reader of a .gguf file, after checking its header and tensor table parse and
-    every tensor's data lies inside the file (memory-mapped: nothing is decoded, a few seconds).
+    every tensor's data lies inside the file (memory-mapped: nothing is decoded, a few seconds,
+    once per process: `gguf_cache`).
 
     A truncated download or a file that is not a GGUF is one line naming the file and `fix`,
     instead of a reshape or struct error from deep inside the loader."""
-
-    from gguf import GGUFReader
-
-
     p = Path(source).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"GGUF file not found: {source} ({fix})")
     size = p.stat().st_size
     try:
-        reader = GGUFReader(str(p))
+        reader = gguf_reader(p)
         end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
     except (ValueError, struct.error, IndexError, KeyError, EOFError, OverflowError, TypeError) as err:
         raise CorruptInputError(f"{source} is truncated or not a GGUF file ({type(err).__name__}): {fix}") from None
@@ -109,7 +107,8 @@ def load_tokenizer(source: str):
     """Tokenizer for a hub id, a local directory or a local .gguf file."""
     where, kwargs = _split_source(source)
     try:
-        return AutoTokenizer.from_pretrained(where, **kwargs)
+        with shared_gguf_parses():
+            return AutoTokenizer.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
         if Path(where).exists():
             raise
@@ -128,14 +127,16 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, config_only: b
         read_gguf(source)  # a truncated file: one line, not a reshape error from the loader
     try:
         # a GGUF's config costs as much as its weights (~15 s), so check it after loading
-        config = None if (kwargs and not config_only) else AutoConfig.from_pretrained(where, **kwargs)
+        with shared_gguf_parses():
+            config = None if (kwargs and not config_only) else AutoConfig.from_pretrained(where, **kwargs)
         if config is not None:
             get_adapter(config)
         if config_only:
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+            with shared_gguf_parses():
+                model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
         if Path(where).is_dir() and not kwargs and "no file named" in str(err):
             raise FileNotFoundError(
