@@ -58,6 +58,7 @@ from hyena.teachers import attention_projections
 QUADRATIC_MAX_LEN = 4096  # "auto" uses the masked quadratic form up to this length (BENCHMARKS.md)
 BLOCK_ELEMENTS = 1 << 24  # scores per query block, (B, H, block, keys): ~64 MB in fp32
 FFT_ELEMENTS = 1 << 27  # spectrum entries per key/value-column block of the FFT form (~1 GB complex64)
+ENVELOPE_RIDGE = 1e-12  # of fit_filter_envelope's solve, relative to the Gram diagonal's mean
 TAIL_TOL = 1e-7  # filter taps below this fraction of a head's largest are treated as zero (fp32 eps ~1.2e-7)
 
 
@@ -257,7 +258,13 @@ class MultiHyenaOperator(nn.Module):
         _, z = positional_embedding(L, c.emb_dim, c.max_len, device=self.filter_fn.bias.device)
         hidden = self.filter_fn.ffn[:-1](z.to(self.filter_fn.bias.dtype)).double()  # (L, F)
         ones = torch.ones(L, 1, dtype=hidden.dtype, device=hidden.device)
-        w = torch.linalg.lstsq(hidden, ones).solution  # (F, 1)
+        # Normal equations with a tiny ridge, not lstsq: the sine features are ill-conditioned
+        # (cond ~1e8), so many w fit to ~3e-8, and CPU lstsq (MKL's gelsy) picked a different one
+        # from run to run with the memory layout: two fresh `dvc repro` gave students that differed
+        # from the first layer on. solve() on the Gram matrix gives the same bits every time.
+        gram = hidden.T @ hidden  # (F, F)
+        gram += ENVELOPE_RIDGE * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+        w = torch.linalg.solve(gram, hidden.T @ ones)  # (F, 1)
         last = self.filter_fn.ffn[-1].weight  # (H, F)
         last.copy_(w.T.expand_as(last).to(last.dtype))
         self.filter_fn.bias.zero_()
