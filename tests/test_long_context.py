@@ -206,6 +206,25 @@ def test_bf16_probes_change_only_the_curve_and_say_so(tmp_path, tiny_llama, smol
     assert render_report(res).count("bf16 autocast (eval.probe_precision)") == 2  # the curve and the passkey rows
 
 
+def test_bf16_probes_leave_no_bf16_filters_for_the_fp32_scoring_after_them(tiny_llama):
+    """Hyena filters are cached at inference whatever precision made them: a bf16 probe must not
+    leave its filters to the fp32 tasks after it. The forward after the probe equals a fresh fp32
+    forward to the bit, and a probe with a cache made in fp32 makes its own."""
+    from hyena.evaluate.runner import probe_autocast
+    from hyena.model.build import StudentConfig, build_student
+
+    torch.manual_seed(0)
+    student = build_student(tiny_llama, StudentConfig(init="random")).eval()
+    ids = torch.randint(0, 1000, (1, 96))
+    with torch.no_grad():
+        fresh = student(input_ids=ids).logits
+        with probe_autocast("bf16", "cpu", student):
+            probed = student(input_ids=ids).logits.float()
+        after = student(input_ids=ids).logits
+    assert torch.equal(after, fresh)
+    assert not torch.equal(probed, fresh) and torch.allclose(probed, fresh, rtol=0.05, atol=0.05)
+
+
 def test_skipped_models_keep_table1_but_get_no_curve_or_keys(tmp_path, tiny_llama, smollm_tokenizer):
     """eval.positions.skip_models / eval.passkey.skip_models: the named model still gets its Table 1
     perplexity; its curve and keys are marked skipped, not run; a name not in eval.models is ignored."""

@@ -260,12 +260,12 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
                         [streams.tokenize_stream(tokenizer, d) for d in long_docs], cfg.positions.context, cfg.positions.windows)
                 except ValueError as err:  # documents too short in this tokenizer: n/a, not a failed stage
                     tokenized[POSITIONS, tok_key] = str(err)
-            with probe_autocast(cfg.probe_precision, device):
+            with probe_autocast(cfg.probe_precision, device, model):
                 entry["positions"] = model_long_context(model, tokenized[POSITIONS, tok_key], cfg, device, name)
         if cfg.passkey.lengths and name in cfg.passkey.skip_models:
             entry["passkey"] = {str(n): {"na": SKIPPED.format(section="passkey")} for n in cfg.passkey.lengths}
         elif cfg.passkey.lengths:
-            with probe_autocast(cfg.probe_precision, device):
+            with probe_autocast(cfg.probe_precision, device, model):
                 entry["passkey"] = passkey.model_passkey(model, tokenizer, cfg.passkey, device, name, context_limit(model))
         if cfg.tasks or user_tasks:
             entry.update(model_tasks(model, tokenizer, cfg, user_tasks, device, name))
@@ -275,13 +275,29 @@ def evaluate_models(cfg: EvalConfig, tokens_dir: str | Path = "", labels: dict[s
     return results
 
 
-def probe_autocast(precision: str, device: str):
+@contextlib.contextmanager
+def probe_autocast(precision: str, device: str, model=None):
     """bf16 autocast around a long-context probe (eval.probe_precision), or nothing for fp32. The
     model stays fp32: autocast runs its matmuls in bf16 and keeps norms, softmax and the Hyena
-    FFTs in fp32."""
+    FFTs in fp32. Hyena filters are cached at inference whatever precision made them, so the
+    model's caches are dropped on the way in and out: the probe makes its own, and the fp32
+    scoring after it (the tasks) does not reuse filters made under bf16."""
     if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+        yield
+        return
+    clear_filter_caches(model)
+    try:
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+            yield
+    finally:
+        clear_filter_caches(model)
+
+
+def clear_filter_caches(model) -> None:
+    """Drop every cached Hyena filter of `model` (None: nothing to do)."""
+    for module in model.modules() if model is not None else ():
+        if hasattr(module, "clear_cache"):
+            module.clear_cache()
 
 
 POSITIONS = "positions"  # key of the position curve's windows in the per-tokenizer cache
