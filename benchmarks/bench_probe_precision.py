@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,10 +23,7 @@ from hyena.evaluate import positions, streams
 from hyena.evaluate.config import EvalConfig
 from hyena.evaluate.runner import load_model, probe_autocast
 from hyena.teachers import load_tokenizer
-from pipeline.params import load_params, section
-
-PATHS = {"teacher": "data/teacher", "finetuned": "data/students/finetuned", "recurrent": "data/students/recurrent",
-         "pretrained": "data/students/pretrained", "distilled": "data/students/distilled"}
+from pipeline.params import Params
 
 
 def main() -> None:
@@ -33,14 +31,15 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["teacher", "finetuned", "recurrent"])
     ap.add_argument("--windows", type=int, default=0, help="windows scored (0: eval.positions.windows)")
     args = ap.parse_args()
-    cfg = section(load_params("params.yaml"), "eval", EvalConfig).positions
-    tok = load_tokenizer(PATHS["teacher"])
+    params = Params.read(Path("params.yaml"))
+    paths, cfg = params.paths, params.get("eval", EvalConfig).positions
+    tok = load_tokenizer(paths.teacher)
     docs = [streams.tokenize_stream(tok, d) for d in positions.read_documents(cfg)]
     windows = positions.cut_windows(docs, cfg.context, args.windows or cfg.windows)
     ppl: dict[tuple[str, str], list[float]] = {}
     labels: list[str] = []
     for name in args.models:
-        model = load_model(PATHS.get(name, name))
+        model = load_model(paths.teacher if name == "teacher" else str(paths.student(name)))
         for precision in ("fp32", "bf16"):
             t = time.perf_counter()
             with probe_autocast(precision, "cpu", model):  # each precision makes its own filters
